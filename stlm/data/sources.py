@@ -1,0 +1,244 @@
+"""Where text comes from: data.source names one of
+
+    generated                the built-in story generator (stlm.data.generated), the default
+    tinystories, ...         a short name from HUB_SOURCES below
+    owner/name               any Hugging Face hub dataset with a text column (data.text_column)
+    path/to/file_or_dir      local .txt / .jsonl / .json / .parquet files (a directory: all of them)
+
+A Source yields documents (str) for the "train" and "val" splits:
+
+- Sources with their own validation split (generated, tinystories) use it.
+- The others are split by document: a document is held out for val when the hash of
+  (data.split_seed, its text) falls below data.val_fraction. The split is therefore fixed
+  per document, independent of reading order, of max_chars and of the machine.
+
+Caps: train reads documents until data.max_chars characters; val until
+val_chars(data) = max(VAL_MIN_CHARS, max_chars * val_fraction), at least 250k characters so
+that a validation pass has enough tokens to be stable. Sources with a hashed split can only
+give the held-out documents that exist in the corpus (a 1 MB file with val_fraction 0.01
+has ~10k val characters). The last document read may overshoot a cap (documents are never
+cut); max_chars=None reads everything (refused for the infinite generated corpus).
+
+Hub datasets are streamed (datasets.load_dataset(..., streaming=True)), so only what is read
+is downloaded. Pin data.revision for reproducibility: it is part of the cache key.
+Local .txt files are split into documents at blank lines (paragraphs), or at newlines when
+the file has no blank line at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from stlm.errors import StlmError
+
+if TYPE_CHECKING:
+    from stlm.config import DataConfig
+
+VAL_MIN_CHARS = 250_000
+LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    path: str
+    subset: str | None = None
+    train_split: str = "train"
+    val_split: str | None = None  # None: hashed split of train
+
+
+# Short names. babylm_100m is nilq/babylm-100M: the BabyLM 2024 strict (100M-word) corpus as parquet
+# with a "text" column (the official cambridge-climb/BabyLM repo needs a loading script, which
+# datasets >= 4 no longer runs).
+HUB_SOURCES: dict[str, HubSpec] = {
+    "tinystories": HubSpec("roneneldan/TinyStories", val_split="validation"),
+    "openwebtext": HubSpec("Skylion007/openwebtext"),
+    "simple_en_wiki": HubSpec("wikimedia/wikipedia", "20231101.simple"),
+    "en_wiki": HubSpec("wikimedia/wikipedia", "20231101.en"),
+    "babylm_100m": HubSpec("nilq/babylm-100M"),
+    "fineweb_edu": HubSpec("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_root(data_cfg: "DataConfig") -> Path:
+    """data.cache_dir, else $STLM_CACHE, else ~/.cache/stlm; made absolute (Ray changes trial cwd)."""
+    root = data_cfg.cache_dir or os.environ.get("STLM_CACHE") or "~/.cache/stlm"
+    return Path(root).expanduser().absolute()
+
+
+def val_chars(data_cfg: "DataConfig") -> int | None:
+    if data_cfg.max_chars is None:
+        return None
+    return max(VAL_MIN_CHARS, int(data_cfg.max_chars * data_cfg.val_fraction))
+
+
+def _capped(docs: Iterator[str], max_chars: int | None) -> Iterator[str]:
+    total = 0
+    for d in docs:
+        if max_chars is not None and total >= max_chars:
+            return
+        if not d or d.isspace():
+            continue
+        total += len(d)
+        yield d
+
+
+class Source:
+    """Base: subclasses give identity() and _stream(split); documents() applies the split and caps."""
+
+    name: str
+    native_val = False  # True: _stream("val") exists; False: val is hashed out of _stream("train")
+
+    def __init__(self, name: str, data_cfg: "DataConfig"):
+        self.name = name
+        self.split_seed = data_cfg.split_seed
+        self.val_fraction = data_cfg.val_fraction
+
+    def identity(self) -> dict:
+        raise NotImplementedError
+
+    def _stream(self, split: str) -> Iterator[str]:
+        raise NotImplementedError
+
+    def is_val(self, text: str) -> bool:
+        """Hashed split: 8 bytes of blake2b(seed, text) as a uniform number in [0, 1)."""
+        h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(self.split_seed).encode())
+        return int.from_bytes(h.digest(), "little") / 2**64 < self.val_fraction
+
+    def documents(self, split: str, max_chars: int | None = None) -> Iterator[str]:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if self.native_val:
+            docs = self._stream(split)
+        else:
+            want_val = split == "val"
+            docs = (d for d in self._stream("train") if self.is_val(d) == want_val)
+        return _capped(docs, max_chars)
+
+
+class GeneratedSource(Source):
+    native_val = True
+
+    def identity(self) -> dict:
+        from stlm.data import generated
+
+        # The generator's own source text is its version: any edit to the grammar invalidates caches.
+        code = hashlib.sha256(inspect.getsource(generated).encode()).hexdigest()[:16]
+        return {"kind": "generated", "generator": code, "seed": self.split_seed}
+
+    def _stream(self, split: str) -> Iterator[str]:
+        from stlm.data.generated import generate_stories
+
+        return generate_stories(split, None, seed=self.split_seed)
+
+
+class HubSource(Source):
+    def __init__(self, name: str, spec: HubSpec, data_cfg: "DataConfig"):
+        super().__init__(name, data_cfg)
+        self.spec = spec
+        self.subset = data_cfg.subset or spec.subset
+        self.revision = data_cfg.revision
+        self.text_column = data_cfg.text_column
+        self.native_val = spec.val_split is not None
+
+    def identity(self) -> dict:
+        return {"kind": "hub", "path": self.spec.path, "subset": self.subset, "revision": self.revision,
+                "text_column": self.text_column, "train_split": self.spec.train_split,
+                "val_split": self.spec.val_split}
+
+    def _stream(self, split: str) -> Iterator[str]:
+        import datasets
+
+        hub_split = self.spec.val_split if split == "val" else self.spec.train_split
+        try:
+            ds = datasets.load_dataset(self.spec.path, self.subset, revision=self.revision, split=hub_split,
+                                       streaming=True)
+        except Exception as e:  # noqa: BLE001 - network, auth, missing config: all need a human
+            raise StlmError(
+                f"data.source={self.name!r}: could not open hub dataset {self.spec.path!r} "
+                f"(subset {self.subset!r}, revision {self.revision!r}, split {hub_split!r}): "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        for ex in ds:
+            if self.text_column not in ex:
+                raise StlmError(f"data.text_column={self.text_column!r} is not a column of {self.spec.path!r}; "
+                                f"columns: {', '.join(ex)}.")
+            yield ex[self.text_column]
+
+
+class LocalSource(Source):
+    def __init__(self, name: str, files: list[Path], data_cfg: "DataConfig"):
+        super().__init__(name, data_cfg)
+        self.files = files
+        self.text_column = data_cfg.text_column
+
+    def identity(self) -> dict:
+        # Path, size and modification time: cheap, and any edit of a file changes the key.
+        files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in self.files]
+        needs_column = any(LOCAL_FORMATS[f.suffix] != "text" for f in self.files)
+        return {"kind": "local", "files": files, "text_column": self.text_column if needs_column else None}
+
+    def _stream(self, split: str) -> Iterator[str]:
+        import datasets
+
+        for f in self.files:  # one file at a time keeps the documented order (sorted paths)
+            builder = LOCAL_FORMATS[f.suffix]
+            kwargs = {}
+            column = self.text_column
+            if builder == "text":
+                with open(f, encoding="utf-8", errors="replace") as fh:
+                    head = fh.read(1 << 20)
+                kwargs["sample_by"] = "paragraph" if "\n\n" in head else "line"
+                column = "text"
+            ds = datasets.load_dataset(builder, data_files=[str(f)], split="train", streaming=True, **kwargs)
+            for ex in ds:
+                if column not in ex:
+                    raise StlmError(f"data.text_column={column!r} is not a column of {str(f)!r}; "
+                                    f"columns: {', '.join(ex)}.")
+                yield ex[column]
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.suffix not in LOCAL_FORMATS:
+            raise StlmError(f"data.source {str(path)!r}: unsupported file type {path.suffix!r}; "
+                            f"use one of {', '.join(LOCAL_FORMATS)}.")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_FORMATS)
+    if not files:
+        raise StlmError(f"data.source {str(path)!r} is a directory without {', '.join(LOCAL_FORMATS)} files.")
+    return files
+
+
+def get_source(data_cfg: "DataConfig") -> Source:
+    """The Source data.source names (see the module docstring for the lookup order)."""
+    name = data_cfg.source
+    if name == "generated":
+        return GeneratedSource(name, data_cfg)
+    if name in HUB_SOURCES:
+        return HubSource(name, HUB_SOURCES[name], data_cfg)
+    path = Path(name).expanduser()
+    if path.exists():
+        return LocalSource(name, _local_files(path.absolute()), data_cfg)
+    looks_like_path = name.startswith((".", "/", "~")) or Path(name).suffix in LOCAL_FORMATS
+    if HUB_ID.match(name) and not looks_like_path:
+        return HubSource(name, HubSpec(name), data_cfg)
+    raise StlmError(
+        f"data.source={name!r} is neither a built-in source, an existing file or directory, nor a "
+        f"hub dataset id (owner/name). Built-in: generated, {', '.join(HUB_SOURCES)}; local files: "
+        f"{', '.join(LOCAL_FORMATS)} or a directory of them."
+    )
+
+
+def source_key(source: Source, data_cfg: "DataConfig") -> dict:
+    """What, besides the caps, determines the documents of each split."""
+    key = {"identity": source.identity()}
+    if not source.native_val:
+        key.update(split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction)
+    return key

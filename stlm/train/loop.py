@@ -1,0 +1,429 @@
+"""The one training loop: standalone (`stlm train`) and inside Ray Train workers (sweeps).
+
+    metrics = train(cfg, report=report)      # report(metrics, checkpoint_dir) every eval_interval
+
+One optimizer step = grad_accum micro-batches of batch_size x context_length tokens per worker:
+
+    tokens/step = batch_size * context_length * grad_accum * world_size
+
+Distribution stays out of the model: with torch.distributed initialised (Ray Train does it in
+its workers) the model is wrapped in DistributedDataParallel here, each rank reads its own
+data stream (TokenBatcher(rank, world_size)), validation windows are split across ranks and
+the sums all-reduced. Only rank 0 writes checkpoints; `report` is called on every rank
+(ray.train.report is a barrier) with checkpoint_dir=None on the others.
+
+The hot loop never waits on the device: losses go into a device buffer that is read (one
+sync) at log steps only, where non-finite losses are caught and named by their step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from stlm.config import Config, TrainConfig, to_dict
+from stlm.errors import StlmError
+from stlm.eval.bpb import bpb_from_sums, bpb_sums
+from stlm.train import checkpoint as ckpt
+from stlm.train.optim import build_optimizer
+from stlm.train.schedules import build_scheduler
+
+KEEP_CHECKPOINTS = 1  # older step_* directories of a run are deleted once a newer one is complete
+
+Report = Callable[[dict, "str | None"], None]
+
+
+class NonFiniteLossError(StlmError):
+    """The training loss became NaN or infinite; the trial stops instead of training on."""
+
+
+# --------------------------------------------------------------------------- world / device
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def detect(cls) -> "World":
+        """From an initialised torch.distributed process group (Ray Train, torchrun), else one process."""
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank()
+            return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+        return cls()
+
+
+def resolve_device(tc: TrainConfig, world: World) -> torch.device:
+    name = tc.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise StlmError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu.")
+        if world.distributed:
+            try:  # Ray Train knows which GPU it gave this worker
+                import ray.train.torch
+
+                return ray.train.torch.get_device()
+            except Exception:
+                return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise StlmError("train.device=mps but MPS is not available; use train.device=auto or cpu.")
+    return torch.device(name)
+
+
+def resolve_amp(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for plain fp32. auto = bf16 on CUDA, fp32 elsewhere."""
+    if tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# Dense bf16 tensor-core peaks (no sparsity), matched against torch.cuda.get_device_name().
+# Order matters: the first pattern that matches wins (H100 PCIe before H100, L40S before L40, ...).
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    (r"H100.*PCIe", 756e12),
+    (r"H100 NVL", 835e12),
+    (r"H200|H100", 989e12),
+    (r"A100", 312e12),
+    (r"L40S", 362e12),
+    (r"L40\b", 181e12),
+    (r"\bL4\b", 121e12),
+    (r"RTX 4090", 165e12),
+]
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """bf16 dense peak FLOP/s of `device`, or None where unknown (then no mfu is reported)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for pattern, flops in PEAK_BF16_FLOPS:
+        if re.search(pattern, name):
+            return flops
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":  # pinned host memory makes the copy asynchronous
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+# --------------------------------------------------------------------------- one optimizer step
+
+
+def train_step(model, optimizer, batches, *, grad_clip: float, amp_dtype: torch.dtype | None,
+               device: torch.device, want_grad_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward/backward over the micro-batches `batches` (an iterable of (x, y)), then one AdamW step.
+
+    Each micro-batch loss is divided by the number of micro-batches, so accumulating k batches
+    of size B gives the gradient of one batch of size k*B. Under DDP the gradient all-reduce
+    runs only on the last micro-batch. Returns (mean loss, pre-clip grad norm) as device tensors.
+    """
+    batches = list(batches) if not isinstance(batches, list) else batches
+    n = len(batches)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel) or isinstance(
+        getattr(model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    loss_sum = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(batches):
+        x, y = _to_device(x, device), _to_device(y, device)
+        sync = contextlib.nullcontext() if (not ddp or i == n - 1) else _no_sync(model)
+        with sync:
+            with amp:
+                _, loss = model(x, y)
+            (loss / n).backward()
+        loss_sum += loss.detach()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = None
+    if grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    elif want_grad_norm:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / n, grad_norm
+
+
+def _no_sync(model):
+    inner = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...))
+    return inner.no_sync()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Config,
+    *,
+    report: Report | None = None,
+    resume_from: str | os.PathLike | None = None,
+    data=None,
+    world: World | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Train `cfg` and return the final metrics (+ params, flops_per_token).
+
+    report(metrics, checkpoint_dir): every train.eval_interval steps and at the end, on all ranks.
+    resume_from: a checkpoint directory (or a run directory: its latest checkpoint).
+    data: a stlm.data.PreparedData (default: stlm.data.prepare(cfg)).
+    on_log(metrics): rank 0, every train.log_interval steps (train metrics; val metrics at eval steps).
+    progress: show a tqdm bar over steps (rank 0; off when not a TTY or STLM_QUIET=1).
+    """
+    from stlm.data import prepare
+    from stlm.data.loader import TokenBatcher, val_windows
+    from stlm.models import build_model, count_params
+    from stlm.models.layers.dropout import dropout_scale
+
+    tc, mc = cfg.train, cfg.model
+    world = world or World.detect()
+    device = resolve_device(tc, world)
+    amp_dtype = resolve_amp(tc, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+
+    seed_everything(tc.seed)
+    data = data if data is not None else prepare(cfg)
+    tokenizer = data.tokenizer
+    raw = build_model(mc, tokenizer).to(device)  # same seed on every rank: same init (DDP broadcasts anyway)
+    counted = count_params(mc)
+    optimizer = build_optimizer(raw, tc, device)
+    scheduler = build_scheduler(optimizer, tc)
+    batcher = TokenBatcher(data.train, tc.batch_size, mc.context_length, seed=tc.seed,
+                           rank=world.rank, world_size=world.world_size)
+    windows = val_windows(data.val, mc.context_length, tc.eval_batches * tc.batch_size)[world.rank::world.world_size]
+    byte_lengths = tokenizer.byte_lengths
+    torch.manual_seed(tc.seed + world.rank)  # dropout masks differ across ranks
+
+    step, elapsed_prev, last_metrics = 0, 0.0, {}
+    last_good = (None, None)  # (step, loss) of the last finite logged train loss
+    if resume_from is not None:
+        step, elapsed_prev, last_metrics, last_good = _resume(
+            resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batcher)
+
+    if step >= tc.max_steps:  # resumed a finished run (e.g. a restored sweep trial): report it again
+        if report is not None:
+            report(dict(last_metrics), str(ckpt.resolve_checkpoint(resume_from)) if world.is_main else None)
+        return dict(last_metrics, params=counted.total, flops_per_token=counted.flops_per_token)
+
+    model = raw
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        model = torch.compile(model)
+
+    run_dir = Path(tc.out_dir).expanduser().resolve() / (tc.run_name or "run")
+    tokens_per_step = tc.batch_size * mc.context_length * tc.grad_accum * world.world_size
+    peak = peak_flops(device)
+    losses = torch.zeros(tc.log_interval, device=device)  # per-step losses since the last log
+    in_window, window_t0 = 0, time.perf_counter()
+    run_t0 = time.perf_counter()
+    cur_scale = None
+    bar = _progress_bar(tc.max_steps, step, progress and world.is_main)
+    quiet_lines = progress and world.is_main and bar is None and os.environ.get("STLM_QUIET") != "1"
+
+    model.train()
+    while step < tc.max_steps:
+        scale = float(dropout_scale(mc.dropout, step, tc.max_steps))
+        if scale != cur_scale:  # only on change: a compiled model re-specialises on new values
+            raw.set_dropout_scale(scale)
+            cur_scale = scale
+        lr = optimizer.param_groups[0]["lr"]
+        is_log = (step + 1) % tc.log_interval == 0
+        is_eval = (step + 1) % tc.eval_interval == 0 or step + 1 == tc.max_steps
+        loss, grad_norm = train_step(model, optimizer, (batcher.next() for _ in range(tc.grad_accum)),
+                                     grad_clip=tc.grad_clip, amp_dtype=amp_dtype, device=device,
+                                     want_grad_norm=is_log or is_eval)
+        scheduler.step()
+        losses[in_window] = loss
+        in_window += 1
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if not (is_log or is_eval):
+            continue
+
+        # ---- log step: the one host sync of the window
+        window = losses[:in_window]
+        if world.distributed:
+            window = window.clone()
+            dist.all_reduce(window, op=dist.ReduceOp.SUM)
+            window /= world.world_size
+        values = window.tolist()
+        dt = time.perf_counter() - window_t0
+        first_step = step - in_window + 1
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                _raise_nonfinite(v, first_step + i, last_good, tc)
+        train_loss = sum(values) / len(values)
+        last_good = (step, train_loss)
+        tps = in_window * tokens_per_step / max(dt, 1e-9)
+        metrics = {
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "train_loss": train_loss,
+            "lr": lr,
+            "dropout_scale": scale,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_s": tps,
+        }
+        if peak is not None:
+            # flops_per_token counts forward + backward of one token (6N + attention)
+            metrics["mfu"] = counted.flops_per_token * tps / (peak * world.world_size)
+
+        if is_eval:
+            sums = bpb_sums(raw, windows, byte_lengths, device, batch_size=tc.batch_size, amp_dtype=amp_dtype)
+            if world.distributed:
+                dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            metrics.update(bpb_from_sums(sums))
+            if not math.isfinite(metrics["val_loss"]):
+                _raise_nonfinite(metrics["val_loss"], step, last_good, tc, what="validation loss")
+        metrics["elapsed_s"] = elapsed_prev + time.perf_counter() - run_t0
+        if is_eval:
+            last_metrics = metrics
+
+        if world.is_main and on_log is not None:
+            on_log(dict(metrics))
+        if bar is not None:
+            post = {"loss": f"{train_loss:.3f}"}
+            if "val_bpb" in last_metrics:
+                post["bpb"] = f"{last_metrics['val_bpb']:.3f}"
+            bar.set_postfix(post, refresh=False)
+        elif quiet_lines and is_eval:
+            print(_line(metrics), flush=True)
+
+        if is_eval:
+            path = _save(run_dir, step, cfg, tokenizer, world, raw, optimizer, scheduler, batcher, metrics, last_good)
+            if report is not None:
+                report(dict(metrics), str(path) if path is not None else None)
+        in_window, window_t0 = 0, time.perf_counter()  # eval and checkpoint time is not training time
+
+    if bar is not None:
+        bar.close()
+    final = dict(last_metrics)
+    final["params"] = counted.total
+    final["flops_per_token"] = counted.flops_per_token
+    return final
+
+
+def _raise_nonfinite(value: float, step: int, last_good, tc: TrainConfig, what: str = "training loss"):
+    good_step, good_loss = last_good
+    good = f"last good loss {good_loss:.4f} at step {good_step}" if good_step is not None else "no finite loss logged yet"
+    raise NonFiniteLossError(
+        f"The {what} became {value} at step {step} ({good}); stopping instead of training on. "
+        f"Try a lower train.lr (now {tc.lr:g}), a longer train.warmup_steps (now {tc.warmup_steps}) "
+        f"or gradient clipping (train.grad_clip, now {tc.grad_clip:g}).")
+
+
+def _line(m: dict) -> str:
+    parts = [f"step {m['step']}", f"loss {m['train_loss']:.4f}"]
+    if "val_bpb" in m:
+        parts.append(f"val_loss {m['val_loss']:.4f} bpb {m['val_bpb']:.4f}")
+    parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+    return "  ".join(parts)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled or os.environ.get("STLM_QUIET") == "1" or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rank_state(batcher) -> dict:
+    return {"rng": ckpt.rng_state(), "batcher": batcher.state_dict()}
+
+
+def _save(run_dir, step, cfg, tokenizer, world, raw, optimizer, scheduler, batcher, metrics, last_good) -> Path | None:
+    mine = _rank_state(batcher)
+    if world.distributed:  # every rank's RNG and data position go into rank 0's checkpoint
+        states: list = [None] * world.world_size
+        dist.all_gather_object(states, mine)
+    else:
+        states = [mine]
+    if not world.is_main:
+        return None
+    trainer_state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "elapsed_s": metrics["elapsed_s"],
+        "metrics": metrics,
+        "last_good": last_good,
+        "rank_states": states,
+    }
+    meta = {
+        "step": step,
+        "tokens": metrics["tokens"],
+        "world_size": world.world_size,
+        "tokenizer": {"name": tokenizer.name, "identity": tokenizer.identity},
+    }
+    path = ckpt.save_checkpoint(run_dir / ckpt.step_dir_name(step), model_state=raw.state_dict(),
+                                trainer_state=trainer_state, cfg=cfg, meta=meta)
+    ckpt.prune_checkpoints(run_dir, KEEP_CHECKPOINTS)
+    return path
+
+
+def _resume(resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batcher):
+    path = ckpt.resolve_checkpoint(resume_from)
+    meta = ckpt.read_meta(path)
+    saved = ckpt.read_config(path)
+    for section in ("model", "data"):
+        a, b = to_dict(getattr(saved, section)), to_dict(getattr(cfg, section))
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise StlmError(f"Cannot resume from {str(path)!r}: {section}.{', {section}.'.join(diff)} "
+                            f"differ from the checkpoint's config.".replace("{section}", section))
+    if meta["tokenizer"]["identity"] != tokenizer.identity:
+        raise StlmError(f"Cannot resume from {str(path)!r}: it was trained with another tokenizer "
+                        f"(identity {meta['tokenizer']['identity']}, now {tokenizer.identity}).")
+    state = ckpt.load_trainer_state(path)
+    if len(state["rank_states"]) != world.world_size:
+        raise StlmError(f"Cannot resume from {str(path)!r}: it was written by {len(state['rank_states'])} workers "
+                        f"and this run has {world.world_size}; the data positions would not line up.")
+    raw.load_state_dict(ckpt.load_model_state(path))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    mine = state["rank_states"][world.rank]
+    batcher.load_state_dict(mine["batcher"])
+    ckpt.set_rng_state(mine["rng"])
+    return state["step"], state["elapsed_s"], dict(state["metrics"]), tuple(state["last_good"])

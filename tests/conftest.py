@@ -1,0 +1,33 @@
+"""Shared test fixtures: the real public data beside the repo, and an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real BLiMP, HellaSwag, ARC, ..., TinyStories); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Token caches and trained tokenizers go to a per-session temp dir, never ~/.cache."""
+    cache = tmp_path_factory.mktemp("stlm_cache")
+    old = os.environ.get("STLM_CACHE")
+    os.environ["STLM_CACHE"] = str(cache)
+    os.environ.setdefault("STLM_QUIET", "1")
+    yield cache
+    if old is None:
+        os.environ.pop("STLM_CACHE", None)
+    else:
+        os.environ["STLM_CACHE"] = old
