@@ -173,12 +173,14 @@ def evaluate(
     device: str = "cpu",
     items_path: str | Path | None = None,
     config=None,
+    context_cache: bool = True,
     verbose: bool = False,
 ) -> dict[str, dict]:
     """Score `model` on `tasks`; returns {task: {metric: value, metric_stderr, metric_ci95_low/high, n}}.
 
     `model` is an stlm model (with `tokenizer`) or any `stlm.eval.scorer.LM` (e.g. stlm.eval.hf.HFLM).
-    `config` (the run's Config) is needed only by the `bpb` task. Group tasks also report their members
+    `config` (the run's Config) is needed only by the `bpb` task. `context_cache`: run a context shared by
+    several continuations once through the KV cache (stlm token models; see stlm.eval.scorer.StlmLM). Group tasks also report their members
     (blimp_<uid>, mmlu_<subject>, mmlu_<category>). Per-item predictions go to `items_path` (JSONL).
     """
     names = parse_tasks(tasks)
@@ -191,7 +193,7 @@ def evaluate(
         torch_model.to(device)
         was_training = torch_model.training
         torch_model.eval()
-        lm: LM = StlmLM(torch_model, tokenizer, batch_size=batch_size, device=device)
+        lm: LM = StlmLM(torch_model, tokenizer, batch_size=batch_size, device=device, context_cache=context_cache)
     else:
         lm = model
     results: dict[str, dict] = {}
@@ -202,7 +204,7 @@ def evaluate(
             if name == "bpb":
                 from stlm.eval.tasks.bpb import run_bpb
 
-                results["bpb"] = run_bpb(torch_model if torch_model is not None else model, config, device, limit)
+                results["bpb"] = run_bpb(torch_model if torch_model is not None else model, config, device, limit, batch_size)
                 continue
             task = TASKS[name]()
             items: list[Item] = []

@@ -40,6 +40,7 @@ from stlm.train import checkpoint as ckpt
 from stlm.train.optim import build_optimizer
 from stlm.train.schedules import build_scheduler
 
+DROPOUT_STEPS = 20  # with train.compile, scheduled dropout scales are rounded to multiples of 1/20
 KEEP_CHECKPOINTS = 1  # older step_* directories of a run are deleted once a newer one is complete
 
 Report = Callable[[dict, "str | None"], None]
@@ -120,7 +121,10 @@ def peak_flops(device: torch.device) -> float | None:
     """bf16 dense peak FLOP/s of `device`, or None where unknown (then no mfu is reported)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_flops_for(torch.cuda.get_device_name(device))
+
+
+def peak_flops_for(name: str) -> float | None:
     for pattern, flops in PEAK_BF16_FLOPS:
         if re.search(pattern, name):
             return flops
@@ -215,9 +219,9 @@ def train(
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
         torch.backends.cudnn.allow_tf32 = True
 
-    seed_everything(tc.seed)
     data = data if data is not None else prepare(cfg)
     tokenizer = data.tokenizer
+    seed_everything(tc.seed)  # after prepare: the init must not depend on whether the data was cached
     raw = build_model(mc, tokenizer).to(device)  # same seed on every rank: same init (DDP broadcasts anyway)
     counted = count_params(mc)
     optimizer = build_optimizer(raw, tc, device)
@@ -229,7 +233,7 @@ def train(
     torch.manual_seed(tc.seed + world.rank)  # dropout masks differ across ranks
 
     step, elapsed_prev, last_metrics = 0, 0.0, {}
-    last_good = (None, None)  # (step, loss) of the last finite logged train loss
+    last_good = (None, None)  # (step, loss) of the last finite training loss seen
     if resume_from is not None:
         step, elapsed_prev, last_metrics, last_good = _resume(
             resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batcher)
@@ -245,6 +249,11 @@ def train(
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
+        # the dropout probability is a Python float, so each new value is a new graph: quantize
+        # scheduled values to 1/DROPOUT_STEPS below and allow that many recompilations
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * DROPOUT_STEPS + 2)
         model = torch.compile(model)
 
     run_dir = Path(tc.out_dir).expanduser().resolve() / (tc.run_name or "run")
@@ -255,11 +264,14 @@ def train(
     run_t0 = time.perf_counter()
     cur_scale = None
     bar = _progress_bar(tc.max_steps, step, progress and world.is_main)
-    quiet_lines = progress and world.is_main and bar is None and os.environ.get("STLM_QUIET") != "1"
+    # no TTY (a log file): one line per evaluation instead of a bar
+    print_lines = progress and world.is_main and bar is None and os.environ.get("STLM_QUIET") != "1"
 
     model.train()
     while step < tc.max_steps:
         scale = float(dropout_scale(mc.dropout, step, tc.max_steps))
+        if tc.compile:
+            scale = round(scale * DROPOUT_STEPS) / DROPOUT_STEPS
         if scale != cur_scale:  # only on change: a compiled model re-specialises on new values
             raw.set_dropout_scale(scale)
             cur_scale = scale
@@ -290,8 +302,8 @@ def train(
         for i, v in enumerate(values):
             if not math.isfinite(v):
                 _raise_nonfinite(v, first_step + i, last_good, tc)
+            last_good = (first_step + i, v)
         train_loss = sum(values) / len(values)
-        last_good = (step, train_loss)
         tps = in_window * tokens_per_step / max(dt, 1e-9)
         metrics = {
             "step": step,
@@ -324,7 +336,7 @@ def train(
             if "val_bpb" in last_metrics:
                 post["bpb"] = f"{last_metrics['val_bpb']:.3f}"
             bar.set_postfix(post, refresh=False)
-        elif quiet_lines and is_eval:
+        elif print_lines and is_eval:
             print(_line(metrics), flush=True)
 
         if is_eval:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from stlm.errors import StlmError
 
 
-def run_bpb(model, cfg, device: str, limit: int | None) -> dict:
+def run_bpb(model, cfg, device: str, limit: int | None, batch_size: int = 32) -> dict:
     if cfg is None:
         raise StlmError("Task 'bpb' needs the run's config (its data section): pass config=cfg to "
                         "stlm.eval.evaluate, or evaluate a checkpoint with `stlm eval`.")
@@ -24,5 +24,5 @@ def run_bpb(model, cfg, device: str, limit: int | None) -> dict:
     n_all = max(1, (len(data.val) - 1) // ctx)  # every non-overlapping window of the val split
     n = min(n_all, limit) if limit else n_all
     windows = val_windows(data.val, ctx, n)
-    out = evaluate_bpb(model, windows, data.tokenizer.byte_lengths, device)
+    out = evaluate_bpb(model, windows, data.tokenizer.byte_lengths, device, batch_size=batch_size)
     return {"val_bpb": float(out["val_bpb"]), "val_loss": float(out["val_loss"]), "n": len(windows)}

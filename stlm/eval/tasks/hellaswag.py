@@ -11,9 +11,10 @@ Local files in <benchmarks>/hellaswag/, first found wins:
   hellaswag_val_preprocessed.jsonl export of klosax/hellaswag_text_data (activity_label, ctx, endings, label)
   hellaswag_val_full.txt.bz2       the same export as 6 lines per item
 The export has ctx = ctx_a + " " + ctx_b already preprocessed, and ctx_b NOT capitalised. We
-re-capitalise the trailing fragment after the last sentence end when it starts lower-case (that
-fragment is ctx_b for the ActivityNet items; WikiHow items have an empty ctx_b). On the 10,042 items
-no such fragment contains another upper-case letter, so str.capitalize() gives the same string.
+re-capitalise the unfinished sentence after the last sentence end (that fragment is ctx_b for the
+ActivityNet items; WikiHow contexts are whole sentences and ctx_b is empty). On the 10,042 items no
+such fragment has an upper-case letter after its first, so str.capitalize() on it can only differ
+from the harness's where ctx_b would have started earlier than the last sentence end.
 Known residual difference of the export: its per-field preprocessing trims and collapses spaces, so a
 WikiHow ending that begins with a "[tag]" loses the leading space the harness keeps (" " + " text").
 """
@@ -35,17 +36,21 @@ def preprocess(text: str) -> str:
     return text
 
 
-_LAST_FRAGMENT = re.compile(r"^(.*[.!?]) ([a-z].*)$", re.S)
+_SENTENCE_END = re.compile(r"[.!?] ")
 
 
 def _capitalize_ctx_b(ctx: str) -> str:
-    """Undo the export's missing ctx_b.capitalize(): 'A man is on a roof. he' -> '... He'."""
-    m = _LAST_FRAGMENT.match(ctx)
-    if m:
-        return m.group(1) + " " + m.group(2).capitalize()
-    if ctx[:1].islower():  # no sentence before it: the whole ctx is ctx_b
-        return ctx.capitalize()
-    return ctx
+    """Undo the export's missing ctx_b.capitalize(): 'A man is sitting on a roof. he' -> '... He'.
+
+    ctx_b is the unfinished sentence the endings complete: the text after the last sentence end,
+    when it does not end a sentence itself (WikiHow contexts are whole sentences: ctx_b is empty).
+    """
+    ends = list(_SENTENCE_END.finditer(ctx))
+    start = ends[-1].end() if ends else 0
+    fragment = ctx[start:]
+    if not fragment or fragment[-1] in '.!?"':
+        return ctx
+    return ctx[:start] + fragment.capitalize()
 
 
 def _read_bz2(path) -> list[dict]:

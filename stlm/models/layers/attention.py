@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from stlm.models.layers.dropout import ScaledDropout
 from stlm.models.layers.norms import RMSNorm
 
+# SDPA's enable_gqa (torch >= 2.5) lets flash attention read grouped kv heads without copying them.
+HAS_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 class KVCache:
     """Keys and values of every *applied* layer (a block run twice has two slots).
@@ -113,16 +116,14 @@ class Attention(nn.Module):
             bias = bias.to(q.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
 
-        enable_gqa = False
+        gqa = {}
         if KV != H:
-            if mask is None:
-                enable_gqa = True  # flash attention handles grouped heads natively
+            if mask is None and HAS_GQA:
+                gqa = {"enable_gqa": True}  # flash attention reads the grouped kv heads without copies
             else:  # the kernels that take a mask want as many kv heads as query heads
                 k = k.repeat_interleave(H // KV, dim=1)
                 v = v.repeat_interleave(H // KV, dim=1)
         dropout_p = self.attn_dropout.p if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=enable_gqa
-        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, **gqa)
         y = y.transpose(1, 2).reshape(B, T, H * hd)
         return self.proj(y)

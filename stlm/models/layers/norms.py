@@ -19,7 +19,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # weight in x's dtype: QK-norm sees bf16 q/k under autocast, and mixed dtypes miss the fused kernel
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
 
     @staticmethod
     def n_params(dim: int, bias: bool) -> int:

@@ -1,0 +1,342 @@
+"""Training throughput: stlm's model + training step vs a plain reference transformer (reference.py).
+
+    python benchmarks/bench_train.py [--quick | --smoke] [--variants rope_swiglu,byte_level] [--device cuda --compile --amp bf16]
+    python benchmarks/bench_train.py --profile rope_swiglu        # torch.profiler tables of both steps
+    python benchmarks/bench_train.py --gpu-baseline               # configs/baseline-50m.yaml, bf16 + compile, MFU
+
+Both models live in one process, have identical shapes (checked: the sorted lists of parameter
+shapes must be equal), and train on the same batches (real tokens of the generated corpus).
+
+    stlm step       stlm.train.loop.train_step (micro-batch forward/backward, grad clip, AdamW from
+                    stlm.train.optim.build_optimizer) + the LR scheduler step: the loop's own code
+    reference step  reference.ref_step: forward, backward, clip 1.0, fused AdamW where available
+
+Timing alternates: warmup (not timed), then rounds of `steps` stlm steps and `steps` reference
+steps, the order flipping every round (AB BA AB ...), so load changes on a shared machine hit both
+alike. Per round: ratio = stlm tokens/s / reference tokens/s; reported: the median ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import fused_available, ref_model, ref_optimizer, ref_step  # noqa: E402
+from run import REPO, bench_config, emit, machine, median  # noqa: E402
+
+# The variants the issue names: overrides of the benchmark's base config (run.bench_config).
+VARIANTS: dict[str, list[str]] = {
+    "rope_swiglu": ["model.positional=rope", "model.ffn=swiglu"],
+    "learned_gelu": ["model.positional=learned", "model.ffn=gelu"],
+    "ffn_all": ["model.positional=rope", "model.ffn=swiglu", "model.sharing.mode=ffn_all"],
+    "byte_level": ["model.embedder=byte_pooled", "model.positional=rope", "model.ffn=swiglu"],
+}
+
+MODES = {  # batch x context (byte_level: byte_batch; it costs ~4x the FLOPs per token), warmup, rounds, steps per turn
+    "full": dict(batch=8, byte_batch=4, ctx=256, warmup=3, rounds=9, steps=4),
+    "quick": dict(batch=8, byte_batch=4, ctx=256, warmup=2, rounds=5, steps=2),
+    "smoke": dict(batch=2, byte_batch=2, ctx=32, warmup=1, rounds=2, steps=1),
+}
+
+
+def shapes(model: torch.nn.Module) -> list[tuple[int, ...]]:
+    return sorted(tuple(p.shape) for p in model.parameters())
+
+
+def make_batches(cfg, data, n: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from stlm.data.loader import TokenBatcher
+
+    b = TokenBatcher(data.train, cfg.train.batch_size, cfg.model.context_length, seed=0)
+    return [b.next() for _ in range(n)]
+
+
+@torch.no_grad()
+def same_function(stlm_model, ref, mc, device) -> float:
+    """Copy stlm's weights into the reference (both list parameters in the same order) and return
+    |loss difference| on one random batch in eval mode: ~1e-6 means the reference computes the same
+    function, so the speed comparison is of two implementations of one model. The reference is
+    re-initialised afterwards (its own GPT-2 init), so training starts from independent weights."""
+    a, b = list(stlm_model.parameters()), list(ref.parameters())
+    saved = [p.detach().clone() for p in b]
+    for p, q in zip(a, b):
+        q.copy_(p)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, mc.effective_vocab_size - 1, (2, min(16, mc.context_length) + 1), generator=g).to(device)
+    stlm_model.eval(), ref.eval()
+    inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    la = float(stlm_model(inp, tgt)[1])
+    lb = float(ref(inp, tgt)[1])
+    stlm_model.train(), ref.train()
+    for p, q in zip(saved, b):
+        q.copy_(p)
+    return abs(la - lb)
+
+
+class Pair:
+    """An stlm model + optimizer + scheduler and a reference model + optimizer of the same shapes."""
+
+    def __init__(self, cfg, data, device: torch.device, compile_: bool, amp: torch.dtype | None):
+        from stlm.models import build_model, count_params
+        from stlm.train.optim import build_optimizer
+        from stlm.train.schedules import build_scheduler
+
+        mc, tc = cfg.model, cfg.train
+        torch.manual_seed(0)
+        self.stlm_raw = build_model(mc, data.tokenizer if data else None).to(device)
+        torch.manual_seed(0)
+        self.ref_raw = ref_model(mc, data.tokenizer if data else None).to(device)
+        a, b = shapes(self.stlm_raw), shapes(self.ref_raw)
+        if a != b:
+            raise SystemExit(f"reference and stlm shapes differ for {mc}:\n stlm {a}\n ref  {b}")
+        self.params = count_params(mc).total
+        assert self.params == sum(p.numel() for p in self.ref_raw.parameters()), "count_params != reference size"
+        self.flops_per_token = count_params(mc).flops_per_token
+        self.same_loss = same_function(self.stlm_raw, self.ref_raw, mc, device)
+        self.opt = build_optimizer(self.stlm_raw, tc, device)
+        self.sched = build_scheduler(self.opt, tc)
+        self.ref_opt = ref_optimizer(self.ref_raw, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
+        self.stlm = torch.compile(self.stlm_raw) if compile_ else self.stlm_raw
+        self.ref = torch.compile(self.ref_raw) if compile_ else self.ref_raw
+        self.stlm.train()
+        self.ref.train()
+        self.device, self.amp, self.tc = device, amp, tc
+
+    def stlm_step(self, batch):
+        from stlm.train.loop import train_step
+
+        loss, _ = train_step(self.stlm, self.opt, [batch], grad_clip=self.tc.grad_clip, amp_dtype=self.amp,
+                             device=self.device, want_grad_norm=False)
+        self.sched.step()
+        return loss
+
+    def ref_step(self, batch):
+        x, y = batch
+        if self.device.type == "cuda":
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return ref_step(self.ref, self.ref_opt, x, y, self.tc.grad_clip, self.amp)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, batches, n: int, device, start: int) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(n):
+        loss = step(batches[(start + i) % len(batches)])
+    float(loss)  # the value is real (and the device is done)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def compare(pair: Pair, batches, tokens_per_step: int, warmup: int, rounds: int, steps: int) -> dict:
+    dev = pair.device
+    timed(pair.stlm_step, batches, warmup, dev, 0)
+    timed(pair.ref_step, batches, warmup, dev, 0)
+    ratios, s_tps, r_tps = [], [], []
+    for r in range(rounds):
+        order = ("stlm", "ref") if r % 2 == 0 else ("ref", "stlm")
+        dt = {}
+        for who in order:
+            dt[who] = timed(pair.stlm_step if who == "stlm" else pair.ref_step, batches, steps, dev, r * steps)
+        s_tps.append(steps * tokens_per_step / dt["stlm"])
+        r_tps.append(steps * tokens_per_step / dt["ref"])
+        ratios.append(s_tps[-1] / r_tps[-1])
+    return {
+        "ratio": round(median(ratios), 4),
+        "ratios": [round(x, 4) for x in ratios],
+        "stlm_tokens_per_s": round(median(s_tps), 1),
+        "ref_tokens_per_s": round(median(r_tps), 1),
+        "params": pair.params,
+        "flops_per_token": pair.flops_per_token,
+        "same_function_loss_diff": float(f"{getattr(pair, 'same_loss', float('nan')):.2e}"),
+    }
+
+
+def load(variant: str, mode: dict, device_name: str):
+    from stlm.data import prepare
+
+    small = mode["smoke"]
+    batch = mode["byte_batch"] if variant == "byte_level" else mode["batch"]
+    ov = VARIANTS[variant] + [f"train.batch_size={batch}", f"model.context_length={mode['ctx']}",
+                              f"train.device={device_name}"]
+    if small:
+        ov += ["model.d_model=64", "model.n_layers=2", "model.byte_level.byte_dim=32", "model.byte_level.chunk_len=8",
+               "model.byte_level.encoder_layers=1", "model.byte_level.decoder_layers=1"]
+    cfg = bench_config(ov, vocab=512 if small else 2048, bpe_chars=100_000 if small else 500_000,
+                       max_chars=200_000 if small else 1_000_000)
+    return cfg, prepare(cfg)
+
+
+def run_variants(args, mode) -> dict:
+    device = torch.device(args.device)
+    amp = torch.bfloat16 if args.amp == "bf16" else None
+    out = {}
+    for v in args.variants:
+        cfg, data = load(v, mode, args.device)
+        pair = Pair(cfg, data, device, args.compile, amp)
+        batches = make_batches(cfg, data, 8, device)
+        tps = cfg.train.batch_size * cfg.model.context_length
+        t0 = time.time()
+        out[v] = compare(pair, batches, tps, mode["warmup"], mode["rounds"], mode["steps"])
+        out[v]["seconds"] = round(time.time() - t0, 1)
+        print(f"{v:<14} stlm {out[v]['stlm_tokens_per_s']:>9,.0f} tok/s   reference {out[v]['ref_tokens_per_s']:>9,.0f} tok/s"
+              f"   ratio {out[v]['ratio']:.3f}  (rounds {out[v]['ratios']}, {out[v]['params']:,} params)", flush=True)
+        del pair
+    return out
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def profile(args, mode) -> None:
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    device = torch.device(args.device)
+    for v in args.variants:
+        cfg, data = load(v, mode, args.device)
+        pair = Pair(cfg, data, device, args.compile, None)
+        batches = make_batches(cfg, data, 4, device)
+        for name, step in (("stlm", pair.stlm_step), ("reference", pair.ref_step)):
+            timed(step, batches, 2, device, 0)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with tprofile(activities=acts, record_shapes=False) as prof:
+                timed(step, batches, 3, device, 0)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(f"\n##### {v} / {name}: top ops by self time (3 steps)")
+            print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
+
+
+# --------------------------------------------------------------------------- GPU: the 50M baseline
+
+
+def gpu_baseline(args) -> dict:
+    """configs/baseline-50m.yaml on CUDA: bf16 autocast + torch.compile, tokens/s and MFU, vs the reference."""
+    from stlm.config import load_config
+    from stlm.train.loop import peak_flops
+
+    if not torch.cuda.is_available():
+        msg = "no CUDA device on this machine: --gpu-baseline not run"
+        print(msg)
+        return {"gpu_baseline": {"skipped": msg}}
+    torch.set_float32_matmul_precision("high")
+    cfg = load_config(REPO / "configs" / "baseline-50m.yaml", ["train.device=cuda", *args.overrides])
+    device = torch.device("cuda", torch.cuda.current_device())
+    mc, tc = cfg.model, cfg.train
+    pair = Pair(cfg, None, device, compile_=True, amp=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    V, B, T = mc.effective_vocab_size, tc.batch_size, mc.context_length
+    batches = []
+    for _ in range(8):
+        buf = torch.randint(0, V - 1, (B, T + 1), generator=g)
+        batches.append((buf[:, :-1].contiguous(), buf[:, 1:].contiguous()))
+    # one optimizer step = grad_accum micro-batches, as in the loop
+    k = tc.grad_accum
+
+    def stlm_step(i_batch):
+        from stlm.train.loop import train_step
+
+        loss, _ = train_step(pair.stlm, pair.opt, [batches[(i_batch + j) % 8] for j in range(k)], grad_clip=tc.grad_clip,
+                             amp_dtype=torch.bfloat16, device=device, want_grad_norm=False)
+        pair.sched.step()
+        return loss
+
+    def ref_steps(i_batch):
+        loss = None
+        for j in range(k):
+            x, y = batches[(i_batch + j) % 8]
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = pair.ref(x, y)
+            (loss / k).backward()
+        torch.nn.utils.clip_grad_norm_(pair.ref_raw.parameters(), tc.grad_clip)
+        pair.ref_opt.step()
+        pair.ref_opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    idx = list(range(8))
+    tokens = B * T * k
+    res = compare(_Steps(pair, stlm_step, ref_steps), idx, tokens,
+                  warmup=args.gpu_warmup, rounds=args.gpu_rounds, steps=args.gpu_steps)
+    peak = peak_flops(device)
+    name = torch.cuda.get_device_name(device)
+    res["device"] = name
+    res["peak_bf16_flops"] = peak
+    if peak:
+        res["mfu"] = round(res["flops_per_token"] * res["stlm_tokens_per_s"] / peak, 4)
+        res["ref_mfu"] = round(res["flops_per_token"] * res["ref_tokens_per_s"] / peak, 4)
+    res["tokens_per_step"] = tokens
+    res["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(f"baseline-50m on {name}: stlm {res['stlm_tokens_per_s']:,.0f} tok/s (MFU {res.get('mfu', float('nan')):.1%}), "
+          f"reference {res['ref_tokens_per_s']:,.0f} tok/s (MFU {res.get('ref_mfu', float('nan')):.1%}), ratio {res['ratio']:.3f}")
+    return {"gpu_baseline": res}
+
+
+class _Steps:
+    """Adapts compare() to step functions that take a batch index (grad_accum micro-batches each)."""
+
+    def __init__(self, pair, stlm_step, ref_step):
+        self.device, self.params, self.flops_per_token = pair.device, pair.params, pair.flops_per_token
+        self.stlm_step, self.ref_step = stlm_step, ref_step
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="stlm training throughput vs a plain reference transformer")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--smoke", action="store_true")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--rounds", type=int, default=None, help="override the mode's alternating rounds")
+    p.add_argument("--steps", type=int, default=None, help="override the mode's steps per turn")
+    p.add_argument("--profile", default=None, metavar="VARIANTS", help="profile these variants instead of timing")
+    p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--gpu-baseline", action="store_true", help="the 50M baseline on CUDA, bf16 + compile, MFU")
+    p.add_argument("--gpu-warmup", type=int, default=15, help="untimed steps (compilation) for --gpu-baseline")
+    p.add_argument("--gpu-rounds", type=int, default=6)
+    p.add_argument("--gpu-steps", type=int, default=10)
+    p.add_argument("overrides", nargs="*", help="config overrides for --gpu-baseline (e.g. train.grad_accum=1)")
+    args = p.parse_args(argv)
+    mode = dict(MODES["smoke" if args.smoke else "quick" if args.quick else "full"], smoke=args.smoke)
+    mode.update({k: v for k, v in (("rounds", args.rounds), ("steps", args.steps)) if v})
+
+    if args.gpu_baseline:
+        emit({**gpu_baseline(args), "machine": machine()})
+        return 0
+    if args.profile:
+        args.variants = args.profile.split(",")
+        profile(args, mode)
+        return 0
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in args.variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    info = machine()
+    print(f"machine: {info}; reference AdamW fused: {fused_available(torch.device(args.device))}", flush=True)
+    res = run_variants(args, mode)
+    ratios = {v: r["ratio"] for v, r in res.items()}
+    emit({
+        "train_vs_reference": ratios,
+        "train_vs_reference_min": min(ratios.values()),
+        "train": res,
+        "settings": {"device": args.device, "compile": args.compile, "amp": args.amp, **mode},
+        "machine": info,
+        "load_avg_1m_end": round(__import__("os").getloadavg()[0], 2),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Tokenize a corpus once into memory-mapped token shards, cached and shared between runs.
+
+    data = prepare(cfg)                 # cfg: stlm.config.Config
+    data.train, data.val                # np.memmap of uint16 (uint32 when vocab > 65536)
+    data.tokenizer, data.manifest, data.cache_path
+
+Layout under the cache root (data.cache_dir, else $STLM_CACHE, else ~/.cache/stlm):
+
+    tokenizers/bpe-<vocab>-<key>.json              trained BPEs (stlm.tokenizers)
+    data/<source>-<tokenizer>-<key>/train.bin      documents, each followed by end-of-text
+    data/<source>-<tokenizer>-<key>/val.bin
+    data/<source>-<tokenizer>-<key>/manifest.json  written last: its presence means "complete"
+
+<key> hashes everything that determines the tokens (source identity, split and caps,
+tokenizer identity, dtype, format version), so a change of any of them is a new directory.
+
+Safety:
+- Atomic: shards and manifest are written into a temp directory, fsynced, and the
+  directory is renamed into place. An interrupted preparation leaves only a temp directory,
+  which is never read and is removed by the next preparation of the same key.
+- Verified: a cache is trusted only if its manifest repeats the expected content fields and
+  key and the shard sizes match the token counts; anything else is rebuilt, not reused.
+- Shared: a FileLock per key makes concurrent processes (sweep trials, DDP ranks) prepare
+  once; the others wait and then read the finished cache.
+
+Tokenization runs in data.num_proc worker processes (spawned) over batches of ~1 MB of
+documents; the main process reads the source and writes the results in order. Splits under
+2M characters, and num_proc=1, are tokenized in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import numpy as np
+
+from stlm.data.sources import GeneratedSource, Source, cache_root, get_source, source_key, val_chars
+from stlm.errors import StlmError
+from stlm.tokenizers import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from stlm.config import Config
+
+FORMAT_VERSION = 1
+BATCH_CHARS = 1 << 20  # documents per worker task: about 1 MB of text
+PARALLEL_MIN_CHARS = 2 * BATCH_CHARS  # below this, starting worker processes costs more than it saves
+log = logging.getLogger("stlm.data")
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    train: np.ndarray  # np.memmap, read-only
+    val: np.ndarray
+    manifest: dict
+    cache_path: Path
+
+
+def _progress_disabled() -> bool:
+    return os.environ.get("STLM_QUIET") == "1" or not sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------- workers
+
+_worker_tok: Tokenizer | None = None
+_worker_dtype: Any = None
+
+
+def _init_worker(tokenizer: Tokenizer, dtype: str) -> None:
+    global _worker_tok, _worker_dtype
+    _worker_tok, _worker_dtype = tokenizer, np.dtype(dtype)
+
+
+def _encode_batch(docs: list[str]) -> tuple[np.ndarray, int, int, int]:
+    """(tokens with an EOT after each document, UTF-8 bytes, characters, documents)."""
+    arr = _worker_tok.encode_documents(docs, dtype=_worker_dtype)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return arr, n_bytes, sum(map(len, docs)), len(docs)
+
+
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for d in docs:
+        batch.append(d)
+        size += len(d)
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _ordered_map(pool, fn, items: Iterable, in_flight: int) -> Iterator:
+    """Ordered pool.map that reads `items` lazily (Pool.imap would pull a whole corpus into memory)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _tokenize_split(docs: Iterable[str], tokenizer: Tokenizer, path: Path, dtype: str, num_proc: int,
+                    cap: int | None, desc: str) -> dict:
+    from tqdm.auto import tqdm
+
+    stats = {"tokens": 0, "bytes": 0, "chars": 0, "documents": 0}
+    bar = tqdm(total=cap, desc=desc, unit="char", unit_scale=True, disable=_progress_disabled())
+    pool = None
+    try:
+        if num_proc > 1 and (cap is None or cap > PARALLEL_MIN_CHARS):
+            # spawn, not fork: the caller may hold threads (torch, Ray, rayon inside rustbpe) whose locks
+            # a forked child would inherit mid-use. A ProcessPoolExecutor, not a multiprocessing.Pool:
+            # a worker that cannot start raises BrokenProcessPool instead of being restarted for ever.
+            pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(tokenizer, dtype))
+            results = _ordered_map(pool, _encode_batch, _batches(docs), in_flight=2 * num_proc)
+        else:
+            _init_worker(tokenizer, dtype)
+            results = map(_encode_batch, _batches(docs))
+        with open(path, "wb") as f:
+            for arr, n_bytes, n_chars, n_docs in results:
+                f.write(arr.tobytes())
+                stats["tokens"] += len(arr)
+                stats["bytes"] += n_bytes
+                stats["chars"] += n_chars
+                stats["documents"] += n_docs
+                bar.update(n_chars)
+            f.flush()
+            os.fsync(f.fileno())
+    except BrokenProcessPool as e:
+        raise StlmError(
+            f"The data.num_proc={num_proc} tokenization processes could not run ({e}). They are started with "
+            "'spawn', which re-imports the main script: guard it with `if __name__ == \"__main__\":`, "
+            "or set data.num_proc=1."
+        ) from None
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return stats
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _content(cfg: "Config", source: Source, tokenizer: Tokenizer, dtype: str) -> dict:
+    """Every manifest field that determines the tokens; its hash names the cache directory."""
+    d = cfg.data
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": d.source,
+        "subset": d.subset,
+        "revision": d.revision,
+        "source_key": source_key(source, d),
+        "tokenizer": {"name": tokenizer.name, "identity": tokenizer.identity,
+                      "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
+        "dtype": dtype,
+        "split_seed": d.split_seed,
+        "val_fraction": d.val_fraction,
+        "max_chars": d.max_chars,
+        "val_chars": val_chars(d),
+    }
+
+
+def _key(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
+    """The manifest of a complete cache for exactly `content`, or None (missing, partial or tampered)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
+        return None
+    if any(manifest.get(k) != v for k, v in content.items()):
+        return None
+    itemsize = np.dtype(content["dtype"]).itemsize
+    for split in ("train", "val"):
+        try:
+            n = int(manifest["splits"][split]["tokens"])
+            if n <= 0 or (path / f"{split}.bin").stat().st_size != n * itemsize:
+                return None
+        except (KeyError, TypeError, ValueError, OSError):
+            return None
+    return manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _label(source: Source) -> str:
+    name = Path(source.name).stem if source.identity()["kind"] == "local" else source.name
+    return re.sub(r"[^\w.-]+", "_", name)[:40]
+
+
+def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, key: str, final: Path) -> dict:
+    d = cfg.data
+    root = final.parent
+    for stale in root.glob(f".tmp-{final.name}-*"):  # left by an interrupted run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        t0 = time.time()
+        splits = {}
+        for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
+            splits[split] = _tokenize_split(source.documents(split, cap), tokenizer, tmp / f"{split}.bin",
+                                            content["dtype"], max(1, d.num_proc), cap,
+                                            desc=f"tokenize {source.name} {split}")
+            if splits[split]["documents"] == 0:
+                hint = " Raise data.val_fraction or use a larger corpus." if split == "val" else ""
+                raise StlmError(f"data.source={source.name!r} gave no {split} documents.{hint}")
+        manifest = {**content, "key": key, "splits": splits, "build_id": uuid.uuid4().hex,
+                    "created": time.time(), "seconds": round(time.time() - t0, 2)}
+        with open(tmp / "manifest.json", "w") as f:  # last: a directory with a manifest is complete
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # an untrusted (tampered or older) cache under the same name
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("prepared %s: %s train / %s val tokens in %.1fs -> %s", source.name, splits["train"]["tokens"],
+             splits["val"]["tokens"], manifest["seconds"], final)
+    return manifest
+
+
+def _open(path: Path, manifest: dict, tokenizer: Tokenizer) -> PreparedData:
+    dtype = np.dtype(manifest["dtype"])
+    train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+    return PreparedData(tokenizer=tokenizer, train=train, val=val, manifest=manifest, cache_path=path)
+
+
+def prepare(cfg: "Config") -> PreparedData:
+    """Tokenized train/val token arrays for cfg.data and cfg.model.tokenizer (built once, then cached)."""
+    from filelock import FileLock
+
+    source = get_source(cfg.data)
+    if isinstance(source, GeneratedSource) and cfg.data.max_chars is None:
+        raise StlmError("data.max_chars must be set for data.source=generated: the generated corpus is infinite.")
+    tokenizer = load_tokenizer(cfg.model, cfg.data)
+    dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
+    content = _content(cfg, source, tokenizer, dtype)
+    key = _key(content)
+    root = cache_root(cfg.data) / "data"
+    final = root / f"{_label(source)}-{tokenizer.name}-{key}"
+    manifest = _trusted_manifest(final, content, key)
+    if manifest is None:
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f"{final.name}.lock")):
+            manifest = _trusted_manifest(final, content, key)  # built by another process while we waited?
+            if manifest is None:
+                manifest = _build(cfg, source, tokenizer, content, key, final)
+    return _open(final, manifest, tokenizer)

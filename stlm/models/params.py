@@ -1,0 +1,214 @@
+"""Exact parameter accounting, FLOPs per token and budget solving, without building a model.
+
+    count_params(cfg)                      -> ParamCount(total, breakdown, flops_per_token)
+    solve_budget(cfg, 50_000_000, free="d_model")   -> a ModelConfig within 1% of 50M
+    stlm count CONFIG [--budget 50M --free d_model] [--json] [key=value ...]
+
+Counts are of *unique* trainable parameters (a shared FFN counts once, tied embeddings once,
+the byte table is a buffer, not a parameter); a property test checks them against
+sum(p.numel() for p in build_model(cfg).parameters()).
+
+FLOPs per token of one forward + backward pass (PaLM appendix B, Chowdhery et al. 2022):
+
+    flops = 6 * N_applied + 12 * L_applied * H * hd * T
+
+  N_applied  weights that multiply each token's activations, counted once per USE: a block run
+             twice (block_repeat) or a shared FFN in every layer counts every time it is applied;
+             includes the d x V output matmul (tied or not) and LoRA adapters; excludes lookups
+             (embeddings, positions) and elementwise weights (norms, biases).
+  L_applied  applied depth (n_layers * repeats for block_repeat), H * hd = d_model (query heads),
+             T = context_length: the QK^T and AV products, 2 * 2 * T * d per token per layer forward,
+             x3 for forward + backward (full T x T, as PaLM and torch's FLOP counter count it).
+  byte_pooled adds per token the byte encoder and decoder (chunk_len bytes each, their own
+             12 * layers * byte_dim * chunk_len attention term per byte), the pooling and conditioning
+             projections and the chunk_len x byte_dim x 258 byte output matmul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from stlm.config import ModelConfig, _parse_int, load_config
+from stlm.errors import StlmError
+from stlm.models.core import BlockDims
+from stlm.models.embedders import EMBEDDERS
+from stlm.models.heads import HEADS
+from stlm.models.layers.ffn import FFNS
+from stlm.models.layers.positional import POSITIONALS
+from stlm.models.sharing import SHARING, LoRA, n_unique_ffns
+
+
+@dataclass
+class ParamCount:
+    total: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+    flops_per_token: int = 0
+    n_layers_applied: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def count_params(cfg: ModelConfig) -> ParamCount:
+    """Exact unique trainable parameters of build_model(cfg), by component, and FLOPs per token."""
+    dims = BlockDims.of(cfg)
+    sharing, sh, L = SHARING[cfg.sharing.mode], cfg.sharing, cfg.n_layers
+    n_blocks = sharing.n_blocks(sh, L)
+    n_ffns = n_unique_ffns(sh, L)
+    n_applied = len(sharing.schedule(sh, L))
+    shapes = FFNS[cfg.ffn].shapes(dims.d_model, dims.ffn_dim)
+    lora_per_block = LoRA.n_params(shapes, sh.lora_rank) if sharing.lora else 0  # also its matmul weights
+
+    emb, head = EMBEDDERS[cfg.embedder], HEADS[cfg.embedder]
+    breakdown: dict[str, int] = {}
+    breakdown.update(emb.count(cfg))
+    breakdown["positional"] = POSITIONALS[cfg.positional].n_params(cfg)
+    breakdown["attention"] = n_blocks * dims.attn_params()
+    breakdown["ffn"] = n_ffns * dims.ffn_params()
+    breakdown["lora"] = n_blocks * lora_per_block
+    breakdown["norms"] = (2 * n_blocks + 1) * dims.norm_params()  # two per block + the final norm
+    breakdown.update(head.count(cfg))
+
+    flops = (
+        emb.flops_per_token(cfg)
+        + 6 * n_applied * (dims.matmul_params() + lora_per_block)
+        + 12 * n_applied * dims.n_heads * (dims.d_model // dims.n_heads) * cfg.context_length
+        + head.flops_per_token(cfg)
+    )
+    return ParamCount(sum(breakdown.values()), breakdown, flops, n_applied)
+
+
+# ---------------------------------------------------------------------------- budget solving
+
+FREE_DIMS = ("d_model", "ffn_dim", "n_layers")
+
+
+def _step(cfg: ModelConfig, free: str) -> int:
+    """Granularity of the free dimension that keeps the config valid."""
+    if free == "d_model":  # multiple of n_heads (and 2 * n_heads for rope's even head dim) and of multiple_of
+        heads = cfg.n_heads * (2 if cfg.positional == "rope" else 1)
+        return math.lcm(heads, cfg.multiple_of)
+    if free == "ffn_dim":
+        return cfg.multiple_of
+    return 1
+
+
+def _with(cfg: ModelConfig, free: str, value: int) -> ModelConfig:
+    if free == "d_model":  # ffn_dim=None scales with d_model; an explicit ffn_dim is kept
+        return dataclasses.replace(cfg, d_model=value)
+    return dataclasses.replace(cfg, **{free: value})
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def solve_budget(
+    model_cfg: ModelConfig, target: int, free: str = "d_model", tolerance: float = 0.01, max_value: int = 1 << 16
+) -> ModelConfig:
+    """A copy of model_cfg with `free` set so that count_params(...).total is within
+    `tolerance` (relative) of `target`; the closest such value. Counts are monotone in every free
+    dim, so we walk up the valid values until we pass the target."""
+    if free not in FREE_DIMS:
+        raise StlmError(f"--free must be one of {', '.join(FREE_DIMS)}, got {free!r}.")
+    if target <= 0:
+        raise StlmError(f"The parameter budget must be positive, got {target}.")
+    step = _step(model_cfg, free)
+    below: tuple[int, int] | None = None  # (value, count) with count <= target, the largest
+    above: tuple[int, int] | None = None  # (value, count) with count > target, the smallest
+    v, last = step, None
+    while v <= max_value:
+        n = count_params(_with(model_cfg, free, v)).total
+        if n <= target:
+            below = (v, n)
+        else:
+            above = (v, n)
+            break
+        if last == n and free == "n_layers" and v > 64:  # the count does not depend on n_layers (block_all)
+            break
+        last, v = n, v + step
+    cands = [c for c in (below, above) if c is not None]
+    best = min(cands, key=lambda c: abs(c[1] - target))
+    if abs(best[1] - target) <= tolerance * target:
+        return _with(model_cfg, free, best[0])
+    near = ", ".join(f"{free}={val} -> {_fmt(n)}" for val, n in cands)
+    why = ""
+    if below is None:
+        why = f" Even the smallest {free}={step} gives {_fmt(above[1])}: the rest of the model is too big."
+    elif above is None:
+        why = f" The count stops growing with {free} (or {free} would pass {max_value})."
+    grid = f" (multiple of {step})" if step > 1 else ""
+    raise StlmError(
+        f"No {free}{grid} gives {_fmt(target)} parameters within {tolerance:.1%}; "
+        f"nearest feasible: {near}.{why} Loosen --tolerance, free another dimension, or change the fixed ones."
+    )
+
+
+# ---------------------------------------------------------------------------- stlm count
+
+
+def format_table(pc: ParamCount, cfg: ModelConfig) -> str:
+    rows = [(k, v) for k, v in pc.breakdown.items()]
+    width = max(len(k) for k, _ in rows + [("component", 0)])
+    lines = [f"{'component':<{width}}  {'params':>14}  {'share':>7}"]
+    for k, v in rows:
+        share = 100.0 * v / pc.total if pc.total else 0.0
+        lines.append(f"{k:<{width}}  {v:>14,}  {share:>6.2f}%")
+    lines.append(f"{'total':<{width}}  {pc.total:>14,}  {100.0:>6.2f}%")
+    lines.append(
+        f"FLOPs/token (forward+backward): {pc.flops_per_token:,} ({pc.flops_per_token:.3e}); "
+        f"applied layers {pc.n_layers_applied}, context {cfg.context_length}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="stlm count", description="Exact parameter count and FLOPs/token of a config.")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (model.d_model=384 ...)")
+    p.add_argument("--budget", help="solve for this many parameters (50M, 10_000_000, 1.5B)")
+    p.add_argument("--free", default="d_model", choices=FREE_DIMS, help="dimension to solve (default d_model)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance of --budget (default 0.01)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the flags
+
+    cfg = load_config(args.config, args.overrides).model
+    solved = None
+    if args.budget is not None:
+        try:
+            target = _parse_int(args.budget)
+        except ValueError:
+            raise StlmError(f"--budget {args.budget!r} is not a number like 50M or 10_000_000.") from None
+        cfg = solve_budget(cfg, target, free=args.free, tolerance=args.tolerance)
+        solved = {args.free: getattr(cfg, args.free), "ffn_dim": cfg.effective_ffn_dim, "target": target}
+    pc = count_params(cfg)
+    if args.json:
+        out = pc.to_dict()
+        out["dims"] = {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads")} | {
+            "n_kv_heads": cfg.kv_heads,
+            "ffn_dim": cfg.effective_ffn_dim,
+            "vocab_size": cfg.effective_vocab_size,
+        }
+        if solved is not None:
+            out["solved"] = solved
+        print(json.dumps(out, indent=2))
+    else:
+        if solved is not None:
+            print(f"solved {args.free}={solved[args.free]} for a budget of {_fmt(solved['target'])}")
+        print(format_table(pc, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from stlm.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -1,0 +1,405 @@
+"""`python -m stlm.sweep SWEEP [key=value ...] [--dry-run] [--resume] ...` (also `stlm sweep`).
+
+    python -m stlm.sweep sweeps/quickstart.yaml                  # run it (local Ray unless --address / RAY_ADDRESS)
+    python -m stlm.sweep sweeps/ffn_type.yaml --dry-run          # arms, sizes, FLOPs, trials, resources; launches nothing
+    python -m stlm.sweep sweeps/quickstart.yaml train.max_steps=30
+    python -m stlm.sweep sweeps/quickstart.yaml --resume         # continue an interrupted sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from stlm.errors import StlmError
+from stlm.sweep.spec import Sweep, human, load_sweep
+
+PLAN_FILE = "plan.pkl"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stlm sweep", description=(
+        "Run a budget-matched ablation / Optuna search on Ray Tune + Ray Train, tracked in MLflow."))
+    p.add_argument("sweep", help="sweep YAML file (see sweeps/ and stlm/sweep/spec.py)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config (train.max_steps=30)")
+    p.add_argument("--dry-run", action="store_true", help="print arms, sizes, trials and resources; launch nothing")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the experiment directory")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing experiment directory and start afresh")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--experiment-dir", default=None, help="where Tune, Train and the ledger live (default ./sweep_runs/<name>)")
+    p.add_argument("--verbose", action="store_true", help="show the trials' worker logs (Ray Train, training loop)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, "
+                                                        "else sqlite:///<cwd>/mlflow.db)")
+    return p
+
+
+# --------------------------------------------------------------------------- dry run / plan
+
+
+def describe(sweep: Sweep, space) -> str:
+    from stlm.sweep.runner import trial_resources
+
+    spec = sweep.spec
+    lines = [f"sweep {sweep.name}: {sweep.path}"]
+    if sweep.overrides:
+        lines.append(f"overrides: {' '.join(sweep.overrides)}")
+    if spec.budget:
+        b = spec.budget
+        lines.append(f"budget: {b.target:,} parameters (+-{b.tolerance:.1%}), free dimension {b.free}")
+    lines.append("")
+    head = f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'FLOPs/token':>13}  settings"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for a in sweep.arms:
+        m = a.cfg.model
+        mark = " (control)" if a.name == sweep.control_arm else ""
+        mark += "" if a.solved else " (base shape; each trial's shape is searched and solved)"
+        sets = ", ".join(f"{k}={v}" for k, v in a.settings.items()) or "-"
+        lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} {m.effective_ffn_dim:>7} "
+                     f"{a.count.total:>12,} {a.count.flops_per_token:>13,}  {sets}{mark}")
+    lines.append("")
+    s = spec.search
+    n_cells = len(sweep.cells)
+    lines.append(f"trials: {len(sweep.arms)} arms x {len(spec.seeds)} seeds {spec.seeds} x {s.samples} sample(s) per cell "
+                 f"= {sweep.num_trials}")
+    knobs = [f"{k} ({p.type}{'' if p.type == 'categorical' else f' {p.low:g}..{p.high:g}'})" for k, p in s.params.items()]
+    if knobs or space.arch:
+        lines.append(f"search: Optuna {s.algorithm} over " + ", ".join(knobs + ([space.describe_arch()] if space.arch else [])))
+    else:
+        lines.append("search: none (each cell runs once with its configured values)")
+    if space.arch:
+        good, n = space.sample_feasibility(50)
+        lines.append(f"architecture feasibility: {good}/{n} points sampled as the sweep samples them meet the budget ({100.0 * good / n:.0f}%)")
+    sched = spec.scheduler
+    lines.append("scheduler: " + ("none" if sched.type == "none" else
+                                  f"ASHA on step (grace {sched.grace_period}, reduction {sched.reduction_factor:g})"))
+    res = trial_resources(sweep)
+    r = spec.resources
+    lines.append(f"resources per trial: {r.workers} Ray Train worker(s) x {{CPU: {r.cpus_per_worker:g}"
+                 + (f", GPU: {r.gpus_per_worker:g}" if r.gpus_per_worker else "") + "} = "
+                 + ", ".join(f"{v:g} {k}" for k, v in res.items())
+                 + f"; max concurrent: {r.max_concurrent or 'as many as the cluster fits'}")
+    cfg = sweep.arms[0].cfg
+    t = cfg.train
+    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.model.context_length * r.workers
+    total_flops = sum(a.count.flops_per_token for a in sweep.arms) * tokens * len(spec.seeds) * s.samples
+    lines.append(f"training: {t.max_steps} steps x {t.batch_size * t.grad_accum * r.workers} seqs x "
+                 f"{cfg.model.context_length} tokens = {human(tokens)} tokens per trial; "
+                 f"{total_flops:.3g} training FLOPs in all")
+    lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {sweep.control_arm}")
+    if cfg.eval.tasks:
+        lines.append(f"eval after each trial: {', '.join(cfg.eval.tasks)} (limit {cfg.eval.limit})")
+    del n_cells
+    return "\n".join(lines)
+
+
+def resolve_tracking_uri(cli: str | None, sweep: Sweep) -> str:
+    from stlm.tracking import tracking_uri
+
+    return tracking_uri(cli or sweep.arms[0].cfg.tracking.uri)
+
+
+def absolutize(sweep: Sweep) -> None:
+    """Relative paths in the config are relative to the driver's cwd; workers run elsewhere."""
+    import dataclasses
+
+    for arm in sweep.arms:
+        d, e, t = arm.data.setdefault("data", {}), arm.data.setdefault("eval", {}), arm.data.setdefault("train", {})
+        src = d.get("source")
+        if isinstance(src, str) and Path(src).expanduser().exists():
+            d["source"] = str(Path(src).expanduser().resolve())
+        for sec, key in ((d, "cache_dir"), (d, "gpt2_vocab_file"), (e, "data_dir")):
+            if sec.get(key):
+                sec[key] = str(Path(sec[key]).expanduser().resolve())
+        cfg = arm.cfg
+        arm.cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, source=d.get("source", cfg.data.source), cache_dir=d.get("cache_dir"),
+                                     gpt2_vocab_file=d.get("gpt2_vocab_file")),
+            eval=dataclasses.replace(cfg.eval, data_dir=e.get("data_dir")),
+        )
+
+
+def check_eval_tasks(sweep: Sweep) -> None:
+    tasks = sweep.arms[0].cfg.eval.tasks
+    if not tasks:
+        return
+    from stlm.eval.harness import parse_tasks
+
+    parse_tasks(tasks)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None) -> tuple[str, list[dict]]:
+    """The end-of-sweep table (one row per trial) and the rows themselves (for sweep.json)."""
+    spec = sweep.spec
+    metric = spec.metrics[0]
+    rows = []
+    for r in result_grid:
+        cfg = r.config or {}
+        m = r.metrics or {}
+        tid = m.get("trial_id") or (r.path and Path(r.path).name)
+        entry = ledger.get("trials", {}).get(tid, {})
+        status = entry.get("status") or ("failed" if r.error else "finished")
+        if r.error and status == "running":
+            status = "failed"
+        knobs = {k: v for k, v in cfg.items() if k not in ("arm", "seed") and not k.startswith("arch.")}
+        shape = None
+        if space is not None and space.arch is not None:
+            try:
+                mc = space.resolve(cfg).model
+                shape = f"{mc.d_model}x{mc.n_layers} h{mc.n_heads}/{mc.kv_heads} f{mc.effective_ffn_dim}"
+            except StlmError:
+                shape = "infeasible"
+        rows.append({
+            "trial_id": tid, "arm": cfg.get("arm"), "seed": cfg.get("seed"), "knobs": knobs, "shape": shape,
+            "params": m.get("params"), "step": m.get("step"), "val_bpb": m.get("val_bpb"),
+            **{k: m.get(k) for k in spec.metrics},
+            "evals": {k: v for k, v in m.items() if k.startswith("eval/") and k.endswith("/acc")},
+            "startup_s": m.get("startup_s"), "wall_s": m.get("time_total_s"), "status": status,
+            "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
+            "run_id": entry.get("run_id"),
+        })
+    rows.sort(key=lambda x: (str(x["arm"]), x["seed"] if x["seed"] is not None else -1, x["trial_id"] or ""))
+    if spec.multi_objective:
+        pareto = pareto_front(rows, spec.metrics, spec.modes)
+        for row in rows:
+            row["pareto"] = row["trial_id"] in pareto
+
+    # columns: trial, arm, seed, searched knobs, shape, params, step, the metrics, eval accuracies, wall, status
+    knob_keys = sorted({k for row in rows for k in row["knobs"]})
+    extra_metrics = [k for k in spec.metrics if k not in ("val_bpb", "params")]
+    eval_keys = sorted({k for row in rows for k in row["evals"]})
+    cols = [("trial", 10, lambda r: r["trial_id"]), ("arm", 18, lambda r: r["arm"]), ("seed", 4, lambda r: r["seed"])]
+    cols += [(k.split(".")[-1], 12, lambda r, k=k: _fmt(r["knobs"].get(k))) for k in knob_keys]
+    if any(row["shape"] for row in rows):
+        cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
+    cols += [("params", 9, lambda r: human(r["params"]) if r["params"] else "-"),
+             ("step", 6, lambda r: r["step"]),
+             ("val_bpb", 8, lambda r: _fmt(r["val_bpb"], ".4f"))]
+    cols += [(k, 12, lambda r, k=k: _fmt(r.get(k), ".4g")) for k in extra_metrics]
+    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: _fmt(r["evals"].get(k), ".3f")) for k in eval_keys]
+    cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
+    head = " ".join(f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w, _) in enumerate(cols)) + "  status"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        cells = []
+        for i, (_, w, get) in enumerate(cols):
+            v = get(row)
+            v = "-" if v is None else str(v)
+            cells.append(f"{v:>{w}}" if i > 1 else f"{v:<{w}}")
+        lines.append(" ".join(cells) + f"  {row['status']}" + (" *pareto*" if row.get("pareto") else "")
+                     + (f"  ({row['error']})" if row["error"] else ""))
+    # per-arm mean of the objective over its finished trials
+    lines.append("")
+    for arm in sweep.arms:
+        vals = [row[metric] for row in rows if row["arm"] == arm.name and isinstance(row[metric], (int, float))
+                and row["status"] == "finished"]
+        if vals:
+            mean = sum(vals) / len(vals)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
+            lines.append(f"{arm.name:<22} {metric} mean {mean:.4f} (sd {sd:.4f}, n={len(vals)})"
+                         + ("  [control]" if arm.name == sweep.control_arm else ""))
+    starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
+    if starts:
+        lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
+                     f"max {max(starts):.1f}s")
+    return "\n".join(lines), rows
+
+
+def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
+    """Trial ids of the finished trials no other finished trial dominates."""
+    pts = [(row["trial_id"], [row.get(k) for k in metrics]) for row in rows if row["status"] == "finished"]
+    pts = [(t, v) for t, v in pts if all(isinstance(x, (int, float)) for x in v)]
+    sign = [1 if mo == "min" else -1 for mo in modes]
+
+    def dominates(a, b):
+        return all(s * x <= s * y for s, x, y in zip(sign, a, b)) and any(s * x < s * y for s, x, y in zip(sign, a, b))
+
+    return {t for t, v in pts if not any(dominates(o, v) for _, o in pts)}
+
+
+def count_feasible(sweep: Sweep, space, results) -> int:
+    """Trials whose configuration resolves (stlm.models.solve_budget) to within the budget."""
+    from stlm.sweep.spec import count
+
+    b, good = sweep.spec.budget, 0
+    for r in results:
+        config = r.config or {}
+        if config.get("arch.infeasible"):
+            continue
+        try:
+            total = count(space.resolve(config)).total
+        except StlmError:
+            continue
+        good += b is None or abs(total - b.target) <= b.tolerance * b.target
+    return good
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    if isinstance(v, float):
+        return format(v, spec)
+    return "-" if v is None else str(v)
+
+
+def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment: str, parent_run_id: str | None,
+                     extra: dict | None = None) -> Path:
+    data = {
+        "name": sweep.name, "tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent_run_id,
+        "metric": sweep.spec.metrics[0] if not sweep.spec.multi_objective else sweep.spec.metrics,
+        "mode": sweep.spec.modes[0] if not sweep.spec.multi_objective else sweep.spec.modes,
+        "control_arm": sweep.control_arm, "arms": [a.name for a in sweep.arms], "seeds": list(sweep.spec.seeds),
+        "spec_path": str(sweep.path), "overrides": list(sweep.overrides), "experiment_dir": str(exp_dir),
+        "num_trials": sweep.num_trials,
+        "arm_settings": {a.name: a.settings for a in sweep.arms},
+        "arm_params": {a.name: a.count.total for a in sweep.arms},
+    }
+    path = exp_dir / "sweep.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        old.update({k: v for k, v in data.items() if v is not None})
+        data = old
+    data.update(extra or {})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    t_start = time.time()
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    check_eval_tasks(sweep)
+    exp_dir = Path(args.experiment_dir or Path("sweep_runs") / sweep.name).expanduser().resolve()
+
+    if args.resume:
+        plan = exp_dir / PLAN_FILE
+        if not (plan.is_file() and (exp_dir / "tune").is_dir()):
+            raise StlmError(f"--resume: {exp_dir} holds no interrupted sweep (no {PLAN_FILE} / tune/). "
+                            "Start it without --resume, or point --experiment-dir at the sweep's directory.")
+        if args.overrides:
+            print("note: --resume continues the sweep as it was planned; the overrides given now are ignored.")
+        sweep = pickle.loads(plan.read_bytes())
+    else:
+        absolutize(sweep)
+
+    from stlm.sweep.space import SearchSpace
+
+    space = SearchSpace(sweep)
+    print(describe(sweep, space), flush=True)
+    if args.dry_run:
+        print("\n--dry-run: nothing launched.")
+        return 0
+
+    if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
+        if not args.overwrite:
+            raise StlmError(f"The experiment directory {exp_dir} already holds a sweep. Continue it with --resume, "
+                            "start afresh with --overwrite, or choose another --experiment-dir.")
+        shutil.rmtree(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (exp_dir / PLAN_FILE).write_bytes(pickle.dumps(sweep))
+
+    return run(sweep, space, exp_dir, args, t_start)
+
+
+def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
+    from stlm import tracking as T
+    from stlm.sweep import runner
+    from stlm.sweep.tracking import Ledger, MLflowSweepCallback, start_parent
+
+    old = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
+    uri = args.tracking_uri or (old.get("tracking_uri") if args.resume else None) or resolve_tracking_uri(None, sweep)
+    uri = T.tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    experiment = sweep.arms[0].cfg.tracking.experiment
+    client = T.mlflow_client(uri)
+    ledger = Ledger(exp_dir)
+    parent = start_parent(client, ledger, sweep, experiment, exp_dir, space)
+    write_sweep_json(exp_dir, sweep, uri, experiment, parent)
+    print(f"\nexperiment dir: {exp_dir}\nMLflow: {uri} (experiment {experiment!r}, parent run {parent})", flush=True)
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        runner.prepare_data_locally(sweep)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
+    env = runner.env_vars()
+    t_ray = time.time()
+    runner.init_ray(address, env, verbose=args.verbose)
+    import ray
+
+    cluster = ray.cluster_resources()
+    runner.check_cluster(sweep, cluster, attached=bool(address))
+    concurrency = runner.default_concurrency(sweep, cluster)
+    print(f"Ray up in {time.time() - t_ray:.1f}s: {', '.join(f'{v:g} {k}' for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
+          f"{sweep.num_trials} trials, up to {concurrency} at a time", flush=True)
+
+    ctx = runner.Context(sweep=sweep, space=space, exp_dir=str(exp_dir))
+    callback = MLflowSweepCallback(tracking_uri=uri, experiment=experiment, sweep=sweep, space=space, exp_dir=exp_dir,
+                                   prepare_trial=lambda config, tid: runner.prepare_trial(ctx, config, tid))
+    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback], concurrency=concurrency,
+                               reporter=runner.make_reporter(sweep))
+    status = "failed"
+    try:
+        results = tuner.fit()
+        status = "finished"
+    finally:
+        if status != "finished":
+            callback.finish("failed")
+    if results.num_terminated + results.num_errors < sweep.num_trials:
+        # Ctrl-C (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost
+        callback.finish("interrupted")
+        print(f"\nsweep {sweep.name} interrupted after {time.time() - t_start:.0f}s "
+              f"({results.num_terminated} of {sweep.num_trials} trials done). Continue it with:\n"
+              f"  python -m stlm.sweep {sweep.path} --resume --experiment-dir {exp_dir}")
+        return 130
+    ledger = Ledger(exp_dir)  # re-read: the callback wrote it
+    table, rows = summarize(sweep, results, ledger.data, exp_dir, space)
+    wall = time.time() - t_start
+    feasible = count_feasible(sweep, space, results)
+    n_failed = sum(1 for r in rows if r["status"] == "failed")
+    callback.finish("finished")
+    extra = {"wall_s": wall, "trials": rows, "feasible_fraction": feasible / max(1, len(rows)),
+             "resumed": bool(args.resume)}
+    if sweep.spec.multi_objective:
+        extra["pareto"] = [r["trial_id"] for r in rows if r.get("pareto")]
+    write_sweep_json(exp_dir, sweep, uri, experiment, parent, extra)
+
+    print("\n" + table)
+    if space.arch is not None:
+        print(f"\narchitecture points feasible: {feasible}/{len(rows)} ({100.0 * feasible / max(1, len(rows)):.0f}%)"
+              + (f"; the sampled ffn_multiple was moved to the nearest feasible value in {space.stats['moved']} of "
+                 f"{space.stats['points']} points" if space.stats["points"] and not args.resume else ""))
+    report = None
+    try:
+        from stlm.sweep.report import build_report
+
+        report = build_report(uri, parent, exp_dir / "report", metric=sweep.spec.metrics[0], mode=sweep.spec.modes[0],
+                              control_arm=sweep.control_arm)
+    except Exception as e:  # the report is a bonus; the sweep's results are in MLflow either way
+        print(f"\n(report not written: {type(e).__name__}: {e})")
+    print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {exp_dir}")
+    if report:
+        print(f"report: {report}")
+    print(f"browse the runs:  mlflow ui --backend-store-uri {uri}")
+    return 0 if n_failed == 0 else 1
+
+
+if __name__ == "__main__":
+    from stlm.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -1,0 +1,321 @@
+"""Run a sweep on Ray: Tune schedules trials, each trial is a Ray Train (V2) run.
+
+    Tuner(run_trial)                       one Tune trial per (arm, seed, sample)
+      OptunaSearch(SearchSpace)            pins the cell, samples the knobs (space.py)
+      ASHAScheduler(time_attr="step")      optional early stopping on the reported step
+      MLflowSweepCallback                  parent + child runs, resume-safe (tracking.py)
+    run_trial(config)                      a Tune *function* trainable: Train V2 refuses Tuner(TorchTrainer)
+      TorchTrainer(worker_loop).fit()      RunConfig(name=<trial id>, storage_path=<exp>/train):
+                                           a retried or restored trial resumes from its last
+                                           Train checkpoint; TuneReportCallback forwards reports
+        worker_loop: stlm.train.loop.train(cfg, report=ray.train.report, resume_from=get_checkpoint())
+                     then the eval tasks on rank 0, reported as eval/<task>/<metric>
+
+The Tune function reserves {"cpu": 0, "memory": 1}: with Tune's default of one CPU per trial
+the Train workers of a trial could not be placed on a small machine (DESIGN.md).
+
+Experiment directory (absolute, default ./sweep_runs/<name>):
+    sweep.json            what stlm report reads (contract)   plan.pkl       the resolved sweep (resume)
+    mlflow_state.json     trial -> MLflow run ledger            tune/          Tune's experiment state
+    train/<trial id>/     Ray Train checkpoints                 trials/<trial id>/  config.yaml, eval items, local checkpoints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stlm.config import Config, dump_yaml
+from stlm.errors import StlmError
+from stlm.sweep.space import ARM, SEED, SearchSpace
+from stlm.sweep.spec import Sweep, count
+
+# environment the workers need, passed through runtime_env when set in the driver
+PASS_ENV = ("STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
+            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR")
+HEALTH_CHECK_S = "0.5"  # Ray Train polls its workers this often; every report waits for one poll (default 2 s)
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a trial needs, pickled once into the object store (tune.with_parameters)."""
+
+    sweep: Sweep
+    space: SearchSpace
+    exp_dir: str
+
+
+def prepare_trial(ctx: Context, config: dict, trial_id: str):
+    """(Config, ParamCount, trial dir) of a trial: arm + seed + knobs, budget-solved, absolute paths."""
+    cfg = ctx.space.resolve(config)
+    trial_dir = Path(ctx.exp_dir) / "trials" / trial_id
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"),
+                                                             run_name="run"))
+    return cfg, count(cfg), trial_dir
+
+
+# --------------------------------------------------------------------------- inside a Ray Train worker
+
+
+def worker_loop(lc: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    _quiet_train_logs()
+
+    from stlm.config import build_config
+    from stlm.train.loop import train
+
+    # start-up: from the Tune trial starting to this worker running (Tune actor, Train controller,
+    # placement group, worker actor, torch.distributed); logged with every report
+    extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
+             "startup_s": time.time() - lc["t_start"]}
+    cfg = build_config(lc["config"])
+    rank = ray.train.get_context().get_world_rank()
+    last = {"ckpt": None}
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        t0 = time.time()
+        ray.train.report({**metrics, **extra}, checkpoint=ckpt)
+        extra["report_s"] = time.time() - t0  # what the previous report cost the loop (logged with the next)
+        if checkpoint_dir:
+            last["ckpt"] = checkpoint_dir
+
+    restored = ray.train.get_checkpoint()  # the last reported checkpoint of this trial's Train run, if any
+    if restored is None:
+        extra["resumed_from_step"] = 0
+        final = train(cfg, report=report)
+    else:
+        from stlm.train.checkpoint import read_meta
+
+        with restored.as_directory() as d:
+            extra["resumed_from_step"] = int(read_meta(d).get("step", 0))
+            final = train(cfg, report=report, resume_from=d)
+
+    if cfg.eval.tasks:
+        evals = {}
+        if rank == 0:
+            evals = run_eval(cfg, last["ckpt"], Path(lc["trial_dir"]))
+        ray.train.report({**final, **extra, **evals})  # a barrier: every rank reports
+
+
+def _quiet_train_logs() -> None:
+    """Ray Train logs every report at INFO under a logger named by its file path, which
+    LoggingConfig(log_level=...) does not reach; keep the worker logs to warnings."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except Exception:  # a Ray version without that module: only noisier
+        pass
+
+
+def run_eval(cfg: Config, checkpoint_dir: str | None, trial_dir: Path) -> dict[str, float]:
+    import torch
+
+    from stlm.eval import evaluate, flat_metrics
+    from stlm.train.checkpoint import latest_checkpoint, load_model
+
+    path = checkpoint_dir or latest_checkpoint(Path(cfg.train.out_dir) / cfg.train.run_name)
+    if path is None:
+        raise StlmError(f"No final checkpoint to evaluate under {cfg.train.out_dir}.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, tokenizer = load_model(path, device=device)
+    items = None
+    if cfg.eval.write_items:
+        (trial_dir / "eval").mkdir(parents=True, exist_ok=True)
+        items = trial_dir / "eval" / "items.jsonl"
+    t0 = time.time()
+    results = evaluate(model, tokenizer, cfg.eval.tasks, limit=cfg.eval.limit, seed=cfg.eval.seed,
+                       data_dir=cfg.eval.data_dir, batch_size=cfg.eval.batch_size, device=device,
+                       items_path=items, config=cfg)
+    out = flat_metrics(results)
+    out["eval_s"] = time.time() - t0
+    return out
+
+
+# --------------------------------------------------------------------------- the Tune trial
+
+
+def run_trial(config: dict, ctx: Context) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    if config.get("arch.infeasible"):
+        raise StlmError(f"trial {trial_id}: the sampled shape {config} cannot meet the budget (not launched).")
+    cfg, counted, trial_dir = prepare_trial(ctx, config, trial_id)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "config.yaml").write_text(dump_yaml(cfg))
+    r = ctx.sweep.spec.resources
+    use_gpu = r.gpus_per_worker > 0
+    per_worker = {"CPU": r.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "config": dataclasses.asdict(cfg), "params": counted.total, "flops_per_token": counted.flops_per_token,
+            "trial_dir": str(trial_dir), "t_start": time.time(),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # fixed per trial: a retry or Tuner.restore continues this run's checkpoints
+            storage_path=str(Path(ctx.exp_dir) / "train"),
+            failure_config=ray.train.FailureConfig(max_failures=ctx.sweep.spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def env_vars() -> dict[str, str]:
+    env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
+    env.setdefault("STLM_QUIET", "1")  # no progress bars from trials
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)
+    return env
+
+
+def init_ray(address: str | None, env: dict[str, str], *, verbose: bool = False) -> None:
+    """Attach to `address`, else start a local Ray with every core.
+
+    The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API (served by the
+    dashboard) whether a trial's Train controller is still alive, and only then frees the
+    workers' placement group. When ASHA stops a trial its controller dies ungracefully; without
+    the dashboard its placement group is never freed and later trials wait for ever.
+    Worker logs reach the terminal only with verbose (they are in /tmp/ray/session_latest/logs
+    either way); a failing trial's error is shown by Tune and in the final table.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)  # read by the Train controller
+    kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.WARNING,
+                                  runtime_env={"env_vars": env})
+    if not address:
+        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    except Exception as e:  # a bad address, an unreachable or refusing cluster
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise StlmError(f"Could not start or reach {where}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
+                        "Check --address / RAY_ADDRESS (and RAY_AUTH_MODE, which must match the cluster's).") from None
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    r = sweep.spec.resources
+    out = {"CPU": r.workers * r.cpus_per_worker}
+    if r.gpus_per_worker:
+        out["GPU"] = r.workers * r.gpus_per_worker
+    return out
+
+
+def default_concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
+    """How many trials the cluster fits at once; every trial when it fits none yet (an autoscaling
+    cluster adds GPU nodes only once trials ask for them)."""
+    if sweep.spec.resources.max_concurrent:
+        return sweep.spec.resources.max_concurrent
+    need = trial_resources(sweep)
+    fits = [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
+    n = min(fits) if fits else 1
+    return n if n >= 1 else sweep.num_trials
+
+
+def check_cluster(sweep: Sweep, cluster: dict[str, float], attached: bool) -> None:
+    """A local Ray that lacks a resource would wait for ever: refuse. A cluster may autoscale: warn."""
+    r = sweep.spec.resources
+    for key, per in (("CPU", r.cpus_per_worker), ("GPU", r.gpus_per_worker)):
+        if per and cluster.get(key, 0) < per:
+            msg = (f"resources: each trial worker asks for {per:g} {key}, but the Ray cluster has "
+                   f"{cluster.get(key, 0):g} now.")
+            if attached:
+                print(f"warning: {msg} Trials wait until the autoscaler adds nodes with {key}s.", flush=True)
+                continue
+            raise StlmError(f"{msg} Lower resources.{'gpus' if key == 'GPU' else 'cpus'}_per_worker in the sweep "
+                            f"file, or attach to a cluster that has {key}s with --address.")
+
+
+def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int, reporter):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sweep, space = ctx.sweep, ctx.space
+    spec = sweep.spec
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": 1})
+    tune_dir = Path(ctx.exp_dir) / "tune"
+    run_config = tune.RunConfig(
+        name="tune", storage_path=str(Path(ctx.exp_dir)), callbacks=callbacks, progress_reporter=reporter, verbose=1,
+        failure_config=tune.FailureConfig(max_failures=0),  # retries happen inside Ray Train (spec.max_failures)
+    )
+    if resume:
+        return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+    metric = spec.metrics if spec.multi_objective else spec.metrics[0]
+    mode = spec.modes if spec.multi_objective else spec.modes[0]
+    points = space.points()
+    searcher = OptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points, sampler=space.sampler())
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        max_t = max(a.cfg.train.max_steps for a in sweep.arms)
+        scheduler = ASHAScheduler(time_attr="step", metric=spec.metrics[0], mode=spec.modes[0], max_t=max_t,
+                                  grace_period=min(spec.scheduler.grace_period, max_t),
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    tune_config = tune.TuneConfig(
+        search_alg=searcher, scheduler=scheduler, num_samples=len(points), max_concurrent_trials=concurrency,
+        trial_name_creator=lambda t: f"{t.config.get(ARM)}-s{t.config.get(SEED)}-{t.trial_id}",
+        trial_dirname_creator=lambda t: t.trial_id,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def make_reporter(sweep: Sweep):
+    from ray.tune import CLIReporter
+
+    knobs = list(sweep.spec.search.params)
+    if sweep.spec.search.architecture:
+        knobs += ["model.n_layers", "model.n_heads", "model.n_kv_heads", "model.ffn_multiple"]
+    metrics = {"step": "step", sweep.spec.metrics[0]: sweep.spec.metrics[0]}
+    if "val_bpb" not in metrics:
+        metrics["val_bpb"] = "val_bpb"
+    quick = sys.stdout.isatty()
+    return CLIReporter(
+        metric_columns=metrics,
+        parameter_columns={ARM: ARM, SEED: SEED, **{k: k.split(".")[-1] for k in knobs}},
+        max_report_frequency=15 if quick else 30,
+        sort_by_metric=False,
+        print_intermediate_tables=True,
+    )
+
+
+def prepare_data_locally(sweep: Sweep, log=print) -> None:
+    """Tokenize every distinct (data, tokenizer) once in the driver, so trials start on a warm cache."""
+    from stlm.data import prepare
+
+    seen = set()
+    for arm in sweep.arms:
+        key = (repr(arm.cfg.data), arm.cfg.model.tokenizer, arm.cfg.model.vocab_size)
+        if key in seen:
+            continue
+        seen.add(key)
+        t0 = time.time()
+        prepare(arm.cfg)
+        log(f"data ready for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}) in {time.time() - t0:.1f}s")

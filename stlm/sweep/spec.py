@@ -1,0 +1,525 @@
+"""The sweep file: which arms to compare, on which seeds, with which knobs searched, on what.
+
+    sweep = load_sweep("sweeps/quickstart.yaml", overrides=["train.max_steps=30"])
+    sweep.arms      # [Arm(name="rope", cfg=Config(...), count=ParamCount(...)), ...]
+    sweep.spec      # the validated SweepSpec
+
+A sweep file (every key optional except `name`; defaults shown):
+
+    name: positional_encoding
+    base: ../configs/baseline-50m.yaml   # config YAML, relative to this file
+    config: {train: {max_steps: 2000}}   # inline config merged over `base`
+    budget: {target: 50M, tolerance: 0.01, free: d_model}   # every arm re-solved to this size
+    grid:                                # every combination is an arm
+      model.positional: [rope, learned, alibi]
+    arms:                                # named multi-key arms (crossed with `grid` if both)
+      - {name: gqa4, set: {model.n_kv_heads: 4}}
+    control: rope                        # arm the others are compared with (default: the first)
+    seeds: [0]                           # paired: seed s of every arm sees the same batches
+    search:
+      algorithm: tpe                     # tpe | nsga2 | random (Optuna samplers)
+      samples: 1                         # trials PER (arm, seed) CELL: total = arms x seeds x samples
+      params:                            # knobs Optuna samples (dotted config keys)
+        train.lr: {type: loguniform, low: 3e-4, high: 3e-3}
+      architecture: false                # true (or bounds, see ArchitectureSpec): search the shape
+    scheduler: {type: none, grace_period: 100, reduction_factor: 2, time_attr: step}   # none | asha
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: null}
+    metric: val_bpb                      # or a list for multi-objective NSGA-II: [val_bpb, params]
+    mode: min                            # or a list, one per metric
+    eval: {tasks: [blimp], limit: 200}   # merged over the config's `eval` section
+    tracking: {uri: null, experiment: stlm}
+    max_failures: 1                      # retries of a trial from its last checkpoint
+    log_checkpoint: false                # upload each trial's final checkpoint to MLflow
+
+Validation follows stlm.config: unknown keys name the closest valid key, every error names
+its dotted path, and every axis (grid, arms, search.params) must be a config leaf key.
+Each arm is resolved and budget-solved here, so an infeasible arm fails before Ray starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from stlm.config import (
+    Config,
+    build_config,
+    flatten,
+    from_dict,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    to_dict,
+    EvalConfig,
+    TrackingConfig,
+)
+from stlm.errors import StlmError
+
+ALGORITHMS = ("tpe", "nsga2", "random")
+PARAM_TYPES = ("loguniform", "uniform", "int", "categorical")
+SCHEDULERS = ("none", "asha", "pbt")
+FREE_DIMS = ("d_model", "ffn_dim", "n_layers")
+
+# Every leaf of the config ("model.ffn", "train.lr", ...): the only keys an axis may name.
+CONFIG_KEYS: tuple[str, ...] = tuple(flatten(to_dict(Config())))
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class BudgetSpec:
+    """Every arm is re-solved to `target` parameters by changing one free dimension."""
+
+    target: int  # total parameters, e.g. 10M, 50M, 1.5M
+    tolerance: float = 0.01  # |params - target| <= tolerance * target
+    free: str = "d_model"  # d_model | ffn_dim | n_layers
+
+
+@dataclass
+class ArmSpec:
+    name: str
+    set: dict[str, Any] = field(default_factory=dict)  # dotted config key -> value
+
+
+@dataclass
+class ParamSpec:
+    """One Optuna-searched knob."""
+
+    type: str  # loguniform | uniform | int | categorical
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None  # uniform / int: grid step (optional)
+    choices: list[Any] | None = None  # categorical
+
+
+@dataclass
+class ArchitectureSpec:
+    """Search the shape inside the budget: Optuna picks these, the free dimension is solved.
+
+    Bounds left null are derived from the budget (the feasible range is computed exactly
+    with count_params before anything launches, so every sampled point meets the budget).
+    """
+
+    n_layers: list[int] | None = None  # [low, high]
+    n_heads: list[int] | None = None  # candidate head counts (default 1, 2, 4, 8, 16)
+    kv_heads: bool = True  # also search n_kv_heads among the divisors of n_heads (GQA / MQA)
+    ffn_multiple: list[float] | None = None  # [low, high], sampled in steps of 0.25
+    lr: list[float] | None = None  # [low, high] loguniform; null = do not search lr here
+
+
+@dataclass
+class SearchSpec:
+    algorithm: str = "tpe"
+    samples: int = 1  # per (arm, seed) cell
+    params: dict[str, Any] = field(default_factory=dict)  # dotted key -> ParamSpec
+    architecture: ArchitectureSpec | bool = False
+    sampler_seed: int = 0  # Optuna sampler seed (the search is reproducible)
+
+
+@dataclass
+class SchedulerSpec:
+    type: str = "none"  # none | asha (pbt is refused, see runner.py)
+    grace_period: int = 100  # in units of time_attr (optimizer steps)
+    reduction_factor: float = 2.0
+    time_attr: str = "step"
+
+
+@dataclass
+class ResourcesSpec:
+    workers: int = 1  # Ray Train workers per trial (DDP when > 1)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional shares a GPU, e.g. 0.25 for four 10M trials per GPU
+    max_concurrent: int | None = None  # default: as many trials as the cluster's resources fit
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetSpec | None = None
+    grid: dict[str, Any] = field(default_factory=dict)
+    arms: list[ArmSpec] = field(default_factory=list)
+    control: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    search: SearchSpec = field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    metric: str | list[str] = "val_bpb"
+    mode: str | list[str] = "min"
+    eval: dict[str, Any] = field(default_factory=dict)  # merged over the config's eval section
+    tracking: dict[str, Any] = field(default_factory=dict)  # merged over the config's tracking section
+    max_failures: int = 1
+    log_checkpoint: bool = False
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] * len(self.metrics) if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+
+# --------------------------------------------------------------------------- resolved sweep
+
+
+@dataclass
+class Arm:
+    """One compared configuration: the resolved (and budget-solved) config every seed of it trains."""
+
+    name: str
+    settings: dict[str, Any]  # the dotted keys this arm sets
+    data: dict  # the config as a plain dict (before the budget solve), what trials start from
+    cfg: Config  # validated and budget-solved
+    count: Any = None  # stlm.models.ParamCount of cfg.model
+    solved: bool = True  # False: architecture search, the base shape misses the budget (each trial's shape is solved)
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    path: Path  # the sweep file (absolute)
+    overrides: list[str]
+    arms: list[Arm]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def control_arm(self) -> str:
+        return self.spec.control or self.arms[0].name
+
+    @property
+    def cells(self) -> list[tuple[str, int]]:
+        """(arm, seed) pairs, seed-major so an interrupted sweep has every arm on the early seeds."""
+        return [(a.name, s) for s in self.spec.seeds for a in self.arms]
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.cells) * self.spec.search.samples
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise StlmError(f"Unknown arm {name!r}; the arms are {', '.join(a.name for a in self.arms)}.")
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def check_config_key(key: str, where: str) -> None:
+    """An axis must name a config leaf ('model.ffn'); say which one was meant otherwise."""
+    if key in CONFIG_KEYS:
+        return
+    sections = {k.rsplit(".", 1)[0] for k in CONFIG_KEYS}
+    if key in sections:
+        raise StlmError(f"{where}: {key!r} is a config section, not a value; name a key inside it "
+                        f"(e.g. {next(k for k in CONFIG_KEYS if k.startswith(key + '.'))!r}).")
+    close = difflib.get_close_matches(key, CONFIG_KEYS, n=1, cutoff=0.5)
+    if not close:  # 'model.positonal_encoding' -> compare the last part too
+        last = key.rsplit(".", 1)[-1]
+        by_last = difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in CONFIG_KEYS], n=1, cutoff=0.5)
+        close = [k for k in CONFIG_KEYS if by_last and k.endswith("." + by_last[0])][:1]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise StlmError(f"{where}: {key!r} is not a config key.{hint} Axes must be dotted config keys "
+                    "such as model.positional or train.lr (see stlm/config.py).")
+
+
+def _choice(value: str, allowed: Iterable[str], where: str) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise StlmError(f"{where}: {value!r} is not one of {', '.join(allowed)}.{hint}")
+
+
+def _parse_params(params: dict) -> dict[str, ParamSpec]:
+    out = {}
+    for key, raw in params.items():
+        where = f"search.params.{key}"
+        check_config_key(str(key), "search.params")
+        p = from_dict(ParamSpec, raw, where)
+        _choice(p.type, PARAM_TYPES, f"{where}.type")
+        if p.type == "categorical":
+            if not p.choices:
+                raise StlmError(f"{where}: type categorical needs a non-empty `choices` list.")
+        else:
+            if p.low is None or p.high is None:
+                raise StlmError(f"{where}: type {p.type} needs `low` and `high`.")
+            if not p.low < p.high:
+                raise StlmError(f"{where}: low ({p.low}) must be below high ({p.high}).")
+            if p.type == "loguniform" and p.low <= 0:
+                raise StlmError(f"{where}: loguniform needs low > 0, got {p.low}.")
+        out[str(key)] = p
+    return out
+
+
+def _validate_spec(spec: SweepSpec) -> None:
+    if not spec.name or not str(spec.name).replace("-", "_").replace(".", "_").isidentifier():
+        raise StlmError(f"name: {spec.name!r} must be a short identifier (letters, digits, _ - .): "
+                        "it names the experiment directory and MLflow tags.")
+    if spec.budget is not None:
+        _choice(spec.budget.free, FREE_DIMS, "budget.free")
+        if spec.budget.target <= 0:
+            raise StlmError(f"budget.target must be positive, got {spec.budget.target}.")
+        if not 0 < spec.budget.tolerance < 0.5:
+            raise StlmError(f"budget.tolerance must be in (0, 0.5), got {spec.budget.tolerance}.")
+    for key, values in spec.grid.items():
+        check_config_key(str(key), "grid")
+        if not isinstance(values, list) or not values:
+            raise StlmError(f"grid.{key}: expected a non-empty list of values, got {values!r}.")
+    names = [a.name for a in spec.arms]
+    for i, a in enumerate(spec.arms):
+        for key in a.set:
+            check_config_key(str(key), f"arms[{i}].set ({a.name})")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise StlmError(f"arms: names must be unique, {', '.join(sorted(dup))} repeats.")
+    if not spec.seeds:
+        raise StlmError("seeds: give at least one seed.")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise StlmError(f"seeds: {spec.seeds} has repeats.")
+    s = spec.search
+    _choice(s.algorithm, ALGORITHMS, "search.algorithm")
+    if s.samples < 1:
+        raise StlmError(f"search.samples must be >= 1, got {s.samples}.")
+    s.params = _parse_params(s.params)
+    for key in s.params:
+        setters = [f"grid.{key}"] if key in spec.grid else []
+        setters += [f"arms[{i}] ({a.name})" for i, a in enumerate(spec.arms) if key in a.set]
+        if setters:
+            raise StlmError(f"search.params.{key}: {setters[0]} also sets it; a key is either an arm's choice "
+                            "or searched, not both.")
+    if isinstance(s.architecture, ArchitectureSpec) or s.architecture is True:
+        if spec.budget is None:
+            raise StlmError("search.architecture needs a `budget`: the shape is searched inside a parameter budget.")
+        if spec.budget.free != "d_model":
+            raise StlmError("search.architecture searches n_layers, n_heads and ffn_multiple and solves "
+                            "d_model: set budget.free: d_model.")
+        clash = [k for k in s.params if k in ("model.n_layers", "model.n_heads", "model.n_kv_heads",
+                                               "model.ffn_multiple", "model.d_model")]
+        if clash:
+            raise StlmError(f"search.params.{clash[0]}: already searched by search.architecture; remove it.")
+    if s.architecture is True:
+        s.architecture = ArchitectureSpec()
+    if s.architecture is False:
+        s.architecture = None
+    sc = spec.scheduler
+    _choice(sc.type, SCHEDULERS, "scheduler.type")
+    if sc.type == "pbt":
+        raise StlmError(
+            "scheduler.type: pbt is not supported. Population-based training mutates a trial's "
+            "hyperparameters mid-run and copies weights between trials; that breaks the sweep's "
+            "contract that every (arm, seed) cell trains one fixed configuration from its own seed, "
+            "and each trial is a nested Ray Train run whose checkpoints Tune does not own. Use asha "
+            "(early stopping on `step`) or none.")
+    if sc.time_attr != "step":
+        raise StlmError(f"scheduler.time_attr: only 'step' is reported monotonically by every trial, got {sc.time_attr!r}.")
+    if sc.grace_period < 1 or sc.reduction_factor <= 1:
+        raise StlmError("scheduler: grace_period must be >= 1 and reduction_factor > 1.")
+    r = spec.resources
+    if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
+        raise StlmError("resources: workers must be >= 1 and cpus_per_worker / gpus_per_worker >= 0.")
+    if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
+        raise StlmError(f"resources.gpus_per_worker: above 1 it must be whole, got {r.gpus_per_worker}.")
+    if r.max_concurrent is not None and r.max_concurrent < 1:
+        raise StlmError("resources.max_concurrent must be >= 1 (or null).")
+    metrics, modes = spec.metrics, spec.modes
+    if len(metrics) != len(modes):
+        raise StlmError(f"mode: give one mode per metric ({len(metrics)} metrics, {len(modes)} modes).")
+    for i, m in enumerate(modes):
+        _choice(m, ("min", "max"), f"mode[{i}]" if isinstance(spec.mode, list) else "mode")
+    if spec.multi_objective and s.algorithm == "tpe":
+        pass  # Optuna's TPE handles several objectives; nsga2 is the usual choice
+    if spec.multi_objective and sc.type == "asha":
+        pass  # ASHA stops on the first metric
+    from_dict(EvalConfig, spec.eval, "eval")
+    from_dict(TrackingConfig, spec.tracking, "tracking")
+    if spec.max_failures < 0:
+        raise StlmError("max_failures must be >= 0.")
+
+
+def parse_spec(data: dict) -> SweepSpec:
+    if "name" not in data:
+        raise StlmError("A sweep file needs a `name` (it names the experiment directory and the MLflow tags).")
+    try:
+        spec = from_dict(SweepSpec, data)
+    except StlmError as e:
+        raise StlmError(str(e).replace("Unknown config key", "Unknown sweep key")) from None
+    _validate_spec(spec)
+    return spec
+
+
+# --------------------------------------------------------------------------- arms
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def _grid_arms(grid: dict[str, list]) -> list[tuple[str, dict]]:
+    if not grid:
+        return []
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, combo))
+        if len(keys) == 1:
+            name = _fmt(combo[0])
+        else:
+            name = ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in settings.items())
+        out.append((name, settings))
+    return out
+
+
+def arm_settings(spec: SweepSpec) -> list[tuple[str, dict]]:
+    """(name, {dotted key: value}) of every arm: grid combinations x named arms (either alone is fine)."""
+    grid = _grid_arms(spec.grid)
+    named = [(a.name, dict(a.set)) for a in spec.arms]
+    if grid and named:
+        arms = [(f"{n}/{g}", {**s, **gs}) for n, s in named for g, gs in grid]
+    else:
+        arms = grid or named or [("base", {})]
+    names = [n for n, _ in arms]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise StlmError(f"Two arms would share the name {sorted(dup)[0]!r}; give the arms distinct values or names.")
+    return arms
+
+
+def base_data(spec: SweepSpec, sweep_path: Path) -> dict:
+    """The config every arm starts from: `base` file, then the inline `config`, eval and tracking."""
+    data: dict = {}
+    if spec.base:
+        base_path = (sweep_path.parent / spec.base).resolve()
+        if not base_path.is_file():
+            raise StlmError(f"base: config file {str(base_path)!r} (from {spec.base!r}, relative to the sweep "
+                            "file) does not exist.")
+        data = read_yaml(base_path)
+    data = deep_merge(data, spec.config)
+    if spec.eval:
+        data = deep_merge(data, {"eval": spec.eval})
+    if spec.tracking:
+        data = deep_merge(data, {"tracking": spec.tracking})
+    return data
+
+
+def apply_settings(data: dict, settings: dict[str, Any]) -> dict:
+    data = copy.deepcopy(data)
+    for key, value in settings.items():
+        set_dotted(data, key, value)
+    return data
+
+
+def solve(cfg: Config, budget: BudgetSpec | None) -> Config:
+    """Re-solve cfg.model to the budget (StlmError with the nearest feasible sizes when it cannot)."""
+    if budget is None:
+        return cfg
+    from stlm.models import solve_budget
+
+    model = solve_budget(cfg.model, budget.target, free=budget.free, tolerance=budget.tolerance)
+    return dataclasses.replace(cfg, model=model)
+
+
+def resolve_config(data: dict, budget: BudgetSpec | None, where: str) -> Config:
+    try:
+        cfg = build_config(data)
+    except StlmError as e:
+        raise StlmError(f"{where}: {e}") from None
+    try:
+        return solve(cfg, budget)
+    except StlmError as e:
+        raise StlmError(f"{where} cannot meet the budget of {budget.target:,} parameters "
+                        f"(free: {budget.free}, tolerance {budget.tolerance:g}): {e}") from None
+
+
+def count(cfg: Config):
+    from stlm.models import count_params
+
+    return count_params(cfg.model)
+
+
+def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+    """Read, validate and resolve a sweep file; every arm is built and budget-solved here."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise StlmError(f"Sweep file {str(p)!r} does not exist.")
+    p = p.resolve()
+    try:
+        raw = read_yaml(p)
+    except StlmError as e:
+        raise StlmError(str(e).replace("Config file", "Sweep file")) from None
+    try:
+        spec = parse_spec(raw)
+    except StlmError as e:
+        raise StlmError(f"In sweep file {str(p)}: {e}") from None
+    overrides = list(overrides)
+    try:
+        return resolve_sweep(spec, p, overrides)
+    except StlmError as e:
+        raise StlmError(f"In sweep file {str(p)}: {e}") from None
+
+
+def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
+    data = base_data(spec, path)
+    for text in overrides:  # command-line key.sub=value apply to the base config
+        key, value = parse_override(text)
+        check_config_key(key, f"override {text!r}")
+        set_dotted(data, key, value)
+    arms = []
+    for name, settings in arm_settings(spec):
+        arm_data = apply_settings(data, settings)
+        seeded = apply_settings(arm_data, {"train.seed": spec.seeds[0]})
+        solved = True
+        try:
+            cfg = resolve_config(seeded, spec.budget, f"arm {name!r}")
+        except StlmError:
+            if not spec.search.architecture:
+                raise
+            # architecture search: the base shape is only a template, every trial's shape is solved
+            cfg, solved = resolve_config(seeded, None, f"arm {name!r}"), False
+        arms.append(Arm(name=name, settings=settings, data=arm_data, cfg=cfg, count=count(cfg), solved=solved))
+    names = [a.name for a in arms]
+    if spec.control is not None and spec.control not in names:
+        close = difflib.get_close_matches(spec.control, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise StlmError(f"control: {spec.control!r} is not an arm.{hint} The arms are {', '.join(names)}.")
+    return Sweep(spec=spec, path=path, overrides=overrides, arms=arms)
+
+
+def human(n: float) -> str:
+    """12_345_678 -> '12.35M'."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.{2 if abs(n) / div < 100 else 1}f}{unit}"
+    return f"{n:g}" if isinstance(n, float) and not math.isfinite(n) else str(int(n))

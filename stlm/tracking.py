@@ -1,0 +1,148 @@
+"""A small MLflow helper shared by `stlm train` and the sweep.
+
+Everything goes through an explicit MlflowClient and run id (no global "active run"), so
+several runs can be written from one process and Ray workers never depend on their
+working directory:
+
+    uri = tracking_uri(cfg.tracking.uri)               # explicit > $MLFLOW_TRACKING_URI > sqlite:///<abs cwd>/mlflow.db
+    client = mlflow_client(uri)
+    run_id = create_run(client, cfg.tracking.experiment, run_name="baseline-10m", tags={...})
+    log_config(client, run_id, cfg, extra={"params.total": 9.9e6})
+    log_metrics(client, run_id, {"train_loss": 3.1}, step=100)
+    end_run(client, run_id)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from stlm.config import Config, dump_yaml, flatten, to_dict
+
+PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
+METRICS_PER_CALL = 1000
+MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """explicit > $MLFLOW_TRACKING_URI > sqlite:///<absolute cwd>/mlflow.db (absolute: Ray moves trials' cwd)."""
+    if explicit:
+        return _absolutize(explicit)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return _absolutize(env)
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _absolutize(uri: str) -> str:
+    """Make a relative sqlite path or bare directory absolute, leave server URIs alone."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri and not uri.startswith("databricks"):
+        return str(Path(uri).resolve())
+    return uri
+
+
+def mlflow_client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(uri))
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """Experiment id of `name`, creating it (race-safe) if needed. For a sqlite store the
+    artifacts go next to the database (<db dir>/mlartifacts), not into the working directory."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
+    if uri.startswith("sqlite:///"):
+        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """HEAD commit of the repository holding `path` (default: the stlm package), or None."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def create_run(client, experiment: str, *, run_name: str | None = None, tags: dict[str, str] | None = None,
+               parent_run_id: str | None = None) -> str:
+    """A new RUNNING run in `experiment`; tags include stlm.git_commit when known."""
+    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    commit = git_commit()
+    if commit:
+        all_tags.setdefault("stlm.git_commit", commit)
+    run = client.create_run(get_or_create_experiment(client, experiment), run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def _param_value(v: Any) -> str:
+    s = "null" if v is None else str(v)
+    return s[:MAX_PARAM_CHARS]
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), PARAMS_PER_CALL):
+        client.log_batch(run_id, params=items[i:i + PARAMS_PER_CALL])
+
+
+def log_config(client, run_id: str, cfg: Config, extra: dict[str, Any] | None = None) -> None:
+    """Flattened config as params (model.d_model, ...), plus `extra`, plus config.yaml as an artifact."""
+    params = flatten(to_dict(cfg))
+    params.update(extra or {})
+    log_params(client, run_id, params)
+    client.log_text(run_id, dump_yaml(cfg), "config.yaml")
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+    """Numeric entries of `metrics` at `step` (default: metrics['step']); non-numbers are skipped."""
+    from mlflow.entities import Metric
+
+    step = int(metrics.get("step", 0) if step is None else step)
+    now = int(time.time() * 1000)
+    items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for i in range(0, len(items), METRICS_PER_CALL):
+        client.log_batch(run_id, metrics=items[i:i + METRICS_PER_CALL])
+
+
+def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
+    for k, v in tags.items():
+        client.set_tag(run_id, str(k), str(v))
+
+
+def end_run(client, run_id: str, status: str = "FINISHED") -> None:
+    """status: FINISHED | FAILED | KILLED."""
+    client.set_terminated(run_id, status=status)
+
+
+def reopen_run(client, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (resume); False if it is gone."""
+    try:
+        client.get_run(run_id)
+    except Exception:
+        return False
+    client.update_run(run_id, status="RUNNING")
+    return True

@@ -1,0 +1,81 @@
+"""The speed benchmarks run and report what they promise (never their numbers: timings are not tested).
+
+`python benchmarks/run.py --smoke --skip-sweep` runs bench_train, bench_data and bench_eval at
+tiny sizes in subprocesses; its last stdout line must be one JSON object with the headline keys.
+The Ray sweep benchmark is left out here (it starts a Ray cluster: minutes, not seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("train_vs_reference", "train_vs_reference_min", "tokenize_speedup", "loader_overhead",
+        "eval_items_per_s", "sweep_overhead", "machine", "details")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    env = dict(os.environ)
+    env["STLM_CACHE"] = str(tmp_path_factory.mktemp("bench_cache"))
+    env["STLM_QUIET"] = "1"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--skip-sweep"],
+                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=600)
+    return proc
+
+
+def test_smoke_run_ends_with_a_json_line_of_ratios(smoke_run):
+    lines = [ln for ln in smoke_run.stdout.splitlines() if ln.strip()]
+    assert lines, smoke_run.stderr[-3000:]
+    result = json.loads(lines[-1])  # the contract: the LAST line is one JSON object
+    for key in KEYS:
+        assert key in result, f"{key} missing from {sorted(result)}"
+    assert "errors" not in result, result.get("errors")
+    assert smoke_run.returncode == 0, smoke_run.stdout[-3000:]
+    assert result["mode"] == "smoke"
+    assert result["sweep_overhead"] is None  # skipped, and said so rather than invented
+    assert "bench_sweep" not in result["details"]
+    # the machine the numbers were taken on is recorded
+    assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
+
+
+def test_training_benchmark_covers_the_variants_the_issue_names(smoke_run):
+    result = json.loads(smoke_run.stdout.strip().splitlines()[-1])
+    ratios = result["train_vs_reference"]
+    assert set(ratios) == {"rope_swiglu", "learned_gelu", "ffn_all", "byte_level"}
+    train = result["details"]["bench_train"]["train"]
+    for variant, r in train.items():
+        # measured side by side: both throughputs and the per-round ratios are there
+        assert r["stlm_tokens_per_s"] > 0 and r["ref_tokens_per_s"] > 0, variant
+        assert len(r["ratios"]) >= 2, variant
+        assert r["params"] > 0
+    assert result["train_vs_reference_min"] == min(ratios.values())
+
+
+def test_data_and_eval_benchmarks_report_their_measures(smoke_run):
+    details = json.loads(smoke_run.stdout.strip().splitlines()[-1])["details"]
+    tok = details["bench_data"]["tokenize"]
+    assert tok["mb"] > 0 and set(tok["mb_per_s"]) >= {"prepare_np2", "tiktoken_loop"}
+    assert details["bench_data"]["loader"]["step_ms"] > 0
+    ev = details["bench_eval"]
+    if ev.get("skipped"):
+        pytest.skip(ev["skipped"])
+    assert set(ev["eval"]) == {"arc_easy", "hellaswag"}
+    assert all(v["items"] > 0 for v in ev["eval"].values())
+
+
+def test_gpu_baseline_says_when_there_is_no_gpu():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real --gpu-baseline would run for minutes")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--gpu-baseline"],
+                          capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "no CUDA device" in result["gpu_baseline"]["skipped"]

@@ -1,0 +1,277 @@
+"""The cluster launcher files: Ray's own schema (offline), and a real two-node Ray cluster running a sweep job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
+VENV_PYTHON = sys.executable  # the interpreter running the tests has stlm, ray and mlflow installed
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def _prepared(path: Path) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load(path.read_text()))
+    validate_config(config)
+    return config
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Validation must work offline and without AWS credentials: any connection attempt fails the test."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"cluster config validation tried to open a network connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_there_is_a_cluster_config():
+    assert REPO / "cluster" / "l40.yaml" in CLUSTER_YAMLS
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_cluster_yaml_validates_against_ray_schema_offline(path, no_network):
+    config = _prepared(path)
+    # every shell command Ray will run on a node at least parses (a stray ' or a YAML
+    # comment cutting a command short shows up here, not after 10 minutes of `ray up`)
+    for key in COMMAND_KEYS:
+        for cmd in config.get(key, []):
+            r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
+            assert r.returncode == 0, f"{path.name} {key}: {cmd!r}: {r.stderr}"
+
+
+def test_l40_cluster_shape():
+    config = _prepared(REPO / "cluster" / "l40.yaml")
+    assert config["provider"]["type"] == "aws"
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
+
+    # head: no GPU, on demand (it holds the MLflow database and the sweep driver)
+    assert head["resources"]["GPU"] == 0 and head["resources"]["CPU"] >= 1
+    assert "InstanceMarketOptions" not in head["node_config"]
+
+    # workers: L40S instance types (AWS g6e), autoscaling from zero, spot, GPUs advertised
+    instance_types = {t["node_config"]["InstanceType"] for t in workers.values()}
+    assert {"g6e.xlarge", "g6e.12xlarge"} <= instance_types
+    assert all(it.startswith("g6e.") for it in instance_types)
+    for name, t in workers.items():
+        assert t["min_workers"] == 0 and t["max_workers"] >= 1, name
+        assert t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot", name
+        assert t["resources"]["GPU"] >= 1, name
+    assert types["ray.worker.l40s_4x"]["resources"]["GPU"] == 4  # g6e.12xlarge has 4 L40S
+    for t in types.values():
+        assert "deeplearning" in t["node_config"]["ImageId"]  # a Deep Learning AMI (NVIDIA driver)
+
+    # the package is installed on every node from the synced working dir
+    assert config["file_mounts"]["~/stlm"] == "."
+    assert any("pip install" in c and "-e ~/stlm" in c for c in config["setup_commands"])
+
+
+def test_l40_cluster_runs_mlflow_and_agrees_on_auth():
+    config = _prepared(REPO / "cluster" / "l40.yaml")
+    head_cmds = " ".join(config["head_start_ray_commands"])
+    worker_cmds = " ".join(config["worker_start_ray_commands"])
+    # an MLflow tracking server on the head that every node can reach, with shared artifact storage
+    assert "mlflow server" in head_cmds
+    for flag in ("--backend-store-uri", "--artifacts-destination s3://", "--host 0.0.0.0", "--port 5000"):
+        assert flag in head_cmds, flag
+    # ... and its URI in the environment of every Ray process on the workers
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in worker_cmds
+    # one RAY_AUTH_MODE for every `ray start`, and the token shipped to every node
+    for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        starts = [c for c in cmds if "ray start" in c]
+        assert starts and all("export RAY_AUTH_MODE=token;" in c for c in starts)
+    assert "~/.ray/auth_token" in config["file_mounts"]
+
+
+def test_l40_cluster_shares_the_experiment_dir():
+    """Ray Train refuses a storage path workers cannot see: the head exports one over NFS, workers mount it."""
+    config = _prepared(REPO / "cluster" / "l40.yaml")
+    head_setup = " ".join(config["head_setup_commands"])
+    assert "nfs-kernel-server" in head_setup and "/home/ubuntu/shared" in head_setup and "exportfs" in head_setup
+    worker_start = config["worker_start_ray_commands"]
+    mount = next(i for i, c in enumerate(worker_start) if "mount -t nfs" in c)
+    assert "$RAY_HEAD_IP:/home/ubuntu/shared" in worker_start[mount]
+    assert mount < next(i for i, c in enumerate(worker_start) if "ray start" in c)  # mounted before trials can land
+
+
+# --------------------------------------------------------------------------- a real two-node cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), read from /proc."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(d.name)] = (ppid, cmdline)
+    return out
+
+
+def _cluster_pids(temp_dir: str) -> set[int]:
+    """Every process of this cluster (its command line names temp_dir) and their descendants (job drivers)."""
+    procs = _processes()
+    pids = {pid for pid, (_, cmd) in procs.items() if temp_dir in cmd and pid != os.getpid()}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in pids} - pids - {os.getpid()}
+        pids |= more
+        grew = bool(more)
+    return pids
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """Stop only this cluster's processes, by pid.
+
+    Not `ray stop --force`: that kills every Ray process on the machine, including other
+    clusters (CI jobs, other test sessions) that happen to run beside this one.
+    """
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        pids = _cluster_pids(temp_dir)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _cluster_pids(temp_dir):
+            time.sleep(0.2)
+        if not _cluster_pids(temp_dir):
+            return
+
+
+@contextmanager
+def two_node_cluster():
+    """A head and a second node (1 CPU each) on this machine, token auth on, torn down afterwards."""
+    # short root: Ray's unix sockets live under it and must stay below ~107 characters
+    temp_dir = tempfile.mkdtemp(prefix="stlm-ray-", dir="/tmp")
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(os.urandom(24).hex())
+    gcs, dash = _free_port(), _free_port()
+    # RAY_ADDRESS: every process of this cluster inherits it from `ray start`; without it, Ray code
+    # that looks the cluster up (Ray Train's placement group cleaner) fails when other Ray
+    # instances run on the same machine ("Found multiple active Ray instances").
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
+               RAY_ADDRESS=f"127.0.0.1:{gcs}")
+    bin_dir = Path(VENV_PYTHON).parent
+    ray = str(bin_dir / "ray")
+    common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+
+    def start(args: list[str]) -> float:
+        t0 = time.monotonic()
+        r = subprocess.run([ray, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
+                           env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, f"ray start failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return time.monotonic() - t0
+
+    try:
+        timings = {
+            "head_s": start(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--ray-client-server-port={_free_port()}"]),
+            "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"]),
+        }
+        yield {"env": env, "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}", "ray": ray, "timings": timings,
+               "temp_dir": temp_dir}
+    finally:
+        _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _state_api(cluster, path: str, token: bool = True) -> list[dict]:
+    """GET the dashboard's state API (token auth: the token goes in the Authorization header)."""
+    headers = {"Authorization": f"Bearer {Path(cluster['env']['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"} if token else {}
+    req = urllib.request.Request(cluster["dashboard"] + path, headers=headers)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["data"]["result"]["result"]
+
+
+TINY_SWEEP = """
+name: two_node
+config:
+  model: {tokenizer: bytes, n_layers: 1, d_model: 32, n_heads: 2, context_length: 32}
+  data: {source: generated, max_chars: 200000, num_proc: 1}
+  train: {max_steps: 4, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
+grid:
+  model.ffn: [gelu, swiglu]
+control: gelu
+seeds: [0]
+"""
+
+
+@pytest.mark.slow
+def test_two_node_cluster_runs_a_sweep(tmp_path):
+    """`ray job submit` of a small sweep to a real two-node cluster; its trials land in MLflow."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(TINY_SWEEP)
+    t0 = time.monotonic()
+    with two_node_cluster() as cluster:
+        nodes = _state_api(cluster, "/api/v0/nodes")
+        assert sum(n["state"] == "ALIVE" for n in nodes) == 2
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # token auth is really on
+            _state_api(cluster, "/api/v0/nodes", token=False)
+        entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--tracking-uri", uri,
+                 "--experiment-dir", str(tmp_path / "sweep_runs" / "two_node")]
+        r = subprocess.run(
+            [cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
+            env=dict(cluster["env"], STLM_QUIET="1"), capture_output=True, text=True, timeout=420, cwd=tmp_path,
+        )
+        job_s = time.monotonic() - t0
+        assert r.returncode == 0 and "succeeded" in r.stdout, f"job failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+        # each trial's Ray Train worker needs the one CPU of a node: the two ran on different nodes
+        actors = _state_api(cluster, "/api/v0/actors?detail=1&limit=10000")
+        train_nodes = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
+        # (both trials start together and neither fits beside the other on one node)
+        assert len(train_nodes) == 2, f"Ray Train workers ran on {len(train_nodes)} node(s), expected both"
+    print(f"cluster start {cluster['timings']}, total {time.monotonic() - t0:.1f}s (job done at {job_s:.1f}s)")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("stlm.sweep") == "two_node" and "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(c.data.tags["stlm.arm"] for c in children) == ["gelu", "swiglu"]
+    for c in children:
+        assert c.data.tags["stlm.status"] == "finished"
+        assert 0 < c.data.metrics["val_bpb"] < 20
+        assert len(client.get_metric_history(c.info.run_id, "val_bpb")) >= 2

@@ -1,0 +1,138 @@
+"""End to end: the quickstart sweep, reduced, through Ray Tune + Ray Train + Optuna + MLflow for real.
+
+One combined test (start-up dominates on 2 cores): start the sweep, SIGKILL the driver as soon as
+the first results are in, continue it with --resume, then read the MLflow sqlite store back and
+check that every trial finished exactly once, with its config, params, an unbroken val_bpb history
+without repeated steps, and the eval metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 30
+OVERRIDES = [
+    f"train.max_steps={MAX_STEPS}", "train.eval_interval=10", "train.log_interval=10", "train.warmup_steps=3",
+    "train.batch_size=8", "train.eval_batches=2", "data.max_chars=400000", "data.bpe_train_chars=200000",
+]
+
+
+def _env() -> dict:
+    env = dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
+    env.pop("RAY_ADDRESS", None)  # always a local Ray of its own
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    # own session: the driver and the Ray processes it starts form one process group we can kill
+    return subprocess.Popen([sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=_env(),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(timeout=60)
+
+
+def test_quickstart_sweep_resume_and_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    # the quickstart, reduced: 2 arms x 2 paired seeds x 1 Optuna sample of lr = 4 trials
+    spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    spec["base"] = str(REPO / "configs" / "quickstart.yaml")
+    spec["search"]["samples"] = 1
+    eval_on = (SHARED_DATA / "benchmarks" / "blimp").is_dir()
+    if eval_on:
+        spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(SHARED_DATA / "benchmarks")}
+    sweep_file = tmp_path / "quick.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "quickstart"
+    args = [str(sweep_file), *OVERRIDES]
+
+    # 1. start, and kill the driver (SIGKILL, whole process group) once the first results are logged
+    p = _start(args, tmp_path, tmp_path / "first.log")
+    ledger_path = exp_dir / "mlflow_state.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if ledger_path.is_file():
+                trials = json.loads(ledger_path.read_text()).get("trials", {})
+                if any(t.get("last_step", -1) >= 10 for t in trials.values()):
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no first results within 240 s (or the sweep ended first):\n"
+                        + (tmp_path / "first.log").read_text()[-3000:])
+    finally:
+        _kill_group(p)
+    before = json.loads(ledger_path.read_text())["trials"]
+
+    # 2. resume: finished trials stay, unfinished continue from their Train checkpoints
+    p = _start([*args, "--resume"], tmp_path, tmp_path / "resume.log")
+    try:
+        rc = p.wait(timeout=420)
+    finally:
+        _kill_group(p)
+    out = (tmp_path / "resume.log").read_text()
+    assert rc == 0, out[-4000:]
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+
+    # 3. read MLflow back
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    assert info["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert (tmp_path / "mlflow.db").is_file()
+    assert info["arms"] == ["rope", "learned"] and info["control_arm"] == "rope"
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.data.tags["stlm.sweep"] == "quickstart" and parent.info.status == "FINISHED"
+    exp_id = parent.info.experiment_id
+    children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  max_results=100)
+    assert len(children) == 4, [c.data.tags.get("stlm.trial_id") for c in children]
+    trial_ids = [c.data.tags["stlm.trial_id"] for c in children]
+    assert len(set(trial_ids)) == 4  # no duplicate runs after the resume
+    assert set(before) <= set(trial_ids)  # the runs made before the kill were reused
+    cells = sorted((c.data.tags["stlm.arm"], c.data.tags["stlm.seed"]) for c in children)
+    assert cells == [("learned", "0"), ("learned", "1"), ("rope", "0"), ("rope", "1")]  # every cell ran
+    lrs = {float(c.data.params["train.lr"]) for c in children}
+    assert len(lrs) == 4 and all(1e-3 <= lr <= 1e-2 for lr in lrs)  # Optuna sampled lr per trial
+    for c in children:
+        tags, params = c.data.tags, c.data.params
+        assert tags["stlm.status"] == "finished" and c.info.status == "FINISHED", tags
+        assert tags["stlm.git_commit"]
+        assert params["model.positional"] == tags["stlm.arm"]
+        assert params["train.seed"] == tags["stlm.seed"]
+        assert int(params["params.total"]) == pytest.approx(1_000_000, rel=0.02)
+        assert int(params["flops_per_token"]) > 0
+        hist = client.get_metric_history(c.info.run_id, "val_bpb")
+        steps = [m.step for m in hist]
+        assert sorted(steps) == [10, 20, 30], steps  # one point per eval, none repeated by the resume
+        assert all(0 < m.value < 20 for m in hist)
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "step")].count(MAX_STEPS) == 1
+        cut = before.get(tags["stlm.trial_id"], {}).get("last_step", -1)
+        if 10 <= cut < MAX_STEPS:  # interrupted mid-run: continued from its Ray Train checkpoint, not step 0
+            resumed = [m.value for m in client.get_metric_history(c.info.run_id, "resumed_from_step")]
+            assert max(resumed) >= cut, (tags["stlm.trial_id"], cut, resumed)
+        artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert "config.yaml" in artifacts
+        if eval_on:
+            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+            assert "eval" in artifacts  # per-item JSONL

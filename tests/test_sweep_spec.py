@@ -1,0 +1,266 @@
+"""Sweep files: schema, arms and budget, the Optuna space, --dry-run of every shipped sweep, bad input.
+
+Fast: pure logic plus real Optuna studies; nothing here starts Ray (see test_sweep_e2e.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stlm.errors import StlmError
+from stlm.sweep.__main__ import main as sweep_main
+from stlm.sweep.space import SearchSpace
+from stlm.sweep.spec import CONFIG_KEYS, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
+
+
+def write_sweep(tmp_path: Path, body: dict, name: str = "s.yaml") -> Path:
+    """A sweep file next to a copy of the quickstart base config."""
+    (tmp_path / "base.yaml").write_text((REPO / "configs" / "quickstart.yaml").read_text())
+    body = {"name": "t", "base": "base.yaml", **body}
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(body, sort_keys=False))
+    return p
+
+
+# --------------------------------------------------------------------------- shipped sweep files
+
+
+def test_the_expected_sweep_files_ship():
+    names = {p.stem for p in SWEEPS}
+    for want in ("quickstart", "positional_encoding", "ffn_type", "weight_tying", "ffn_sharing", "dropout_schedule",
+                 "byte_level", "lr_schedule", "search_10m", "search_50m", "search_100m"):
+        assert want in names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_sweep_file_passes_dry_run(path, capsys):
+    assert sweep_main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    sweep = load_sweep(path)
+    assert "nothing launched" in out
+    assert f"= {sweep.num_trials}" in out
+    for arm in sweep.arms:
+        assert arm.name in out
+        assert f"{arm.count.total:,}" in out  # exact parameter count of every arm
+        assert f"{arm.count.flops_per_token:,}" in out
+    if sweep.spec.budget:  # every arm is within the budget's tolerance
+        b = sweep.spec.budget
+        for arm in sweep.arms:
+            assert abs(arm.count.total - b.target) <= b.tolerance * b.target or not arm.solved, arm.name
+    if sweep.spec.search.architecture:
+        assert "(100%)" in out
+
+
+def test_quickstart_is_a_small_cpu_sweep():
+    sweep = load_sweep(QUICKSTART)
+    spec = sweep.spec
+    assert [a.name for a in sweep.arms] == ["rope", "learned"] and sweep.control_arm == "rope"
+    assert sweep.num_trials >= 6 and "train.lr" in spec.search.params
+    assert spec.resources.gpus_per_worker == 0 and spec.resources.workers == 1
+    assert all(a.count.total < 2_000_000 for a in sweep.arms)
+    # arms differ only in the ablated choice and what the budget solve gives back
+    rope, learned = (a.cfg.model for a in sweep.arms)
+    assert (rope.d_model, rope.n_layers, rope.n_heads) == (learned.d_model, learned.n_layers, learned.n_heads)
+
+
+# --------------------------------------------------------------------------- arms, seeds, overrides
+
+
+def test_grid_product_named_arms_and_overrides(tmp_path):
+    p = write_sweep(tmp_path, {
+        "grid": {"model.positional": ["rope", "learned"], "model.ffn": ["swiglu", "gelu"]},
+        "seeds": [3, 4],
+    })
+    sweep = load_sweep(p, ["train.max_steps=7"])
+    names = [a.name for a in sweep.arms]
+    assert names == ["positional=rope,ffn=swiglu", "positional=rope,ffn=gelu",
+                     "positional=learned,ffn=swiglu", "positional=learned,ffn=gelu"]
+    assert sweep.control_arm == names[0]  # default control: the first arm
+    assert all(a.cfg.train.max_steps == 7 for a in sweep.arms)
+    assert sweep.arms[3].cfg.model.positional == "learned" and sweep.arms[3].cfg.model.ffn == "gelu"
+    # cells are seed-major: an interrupted sweep has every arm on the first seed
+    assert sweep.cells[:4] == [(n, 3) for n in names]
+
+
+def test_budget_rematches_every_arm(tmp_path):
+    p = write_sweep(tmp_path, {
+        "budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
+        "grid": {"model.ffn": ["swiglu", "gelu"]},
+    })
+    sweep = load_sweep(p)
+    swiglu, gelu = sweep.arms
+    for a in sweep.arms:
+        assert abs(a.count.total - 1_000_000) <= 20_000
+    assert gelu.cfg.model.effective_ffn_dim > swiglu.cfg.model.effective_ffn_dim  # two matrices: wider
+
+
+def test_infeasible_arm_fails_before_launch_with_nearest_sizes(tmp_path):
+    p = write_sweep(tmp_path, {
+        "budget": {"target": "50k", "tolerance": 0.01, "free": "ffn_dim"},
+        "grid": {"model.positional": ["rope", "learned"]},
+    })
+    with pytest.raises(StlmError) as e:
+        load_sweep(p)
+    msg = str(e.value)
+    assert "arm 'rope'" in msg and "nearest feasible" in msg and "50,000" in msg
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"grid": {"model.positonal": ["rope"]}}, "'model.positional'"),
+    ({"grid": {"model.positional_encoding": ["rope"]}}, "'model.positional'"),
+    ({"arms": [{"name": "a", "set": {"train.learning_rate": 1e-3}}]}, "train.lr"),
+    ({"search": {"params": {"train.lrr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}, "'train.lr'"),
+    ({"serach": {}}, "'search'"),
+    ({"grid": {"model.positional": ["rope", "spiral"]}}, "model.positional"),
+    ({"search": {"algorithm": "cmaes"}}, "tpe"),
+    ({"search": {"params": {"train.lr": {"type": "loguniform", "low": 0, "high": 1e-2}}}}, "low > 0"),
+    ({"scheduler": {"type": "pbt"}}, "pbt is not supported"),
+    ({"control": "ropee", "grid": {"model.positional": ["rope", "learned"]}}, "Did you mean 'rope'"),
+    ({"grid": {"model": ["x"]}}, "config section"),
+])
+def test_bad_sweeps_name_the_key(tmp_path, body, needle):
+    with pytest.raises(StlmError) as e:
+        load_sweep(write_sweep(tmp_path, body))
+    assert needle in str(e.value)
+
+
+def test_every_axis_key_is_a_config_leaf():
+    assert "model.positional" in CONFIG_KEYS and "train.lr" in CONFIG_KEYS
+    assert "model.sharing.mode" in CONFIG_KEYS and "model" not in CONFIG_KEYS
+
+
+# --------------------------------------------------------------------------- the Optuna space
+
+
+def _ask_all(space: SearchSpace, sampler=None):
+    """Drive the define-by-run space exactly as Ray's OptunaSearch does: enqueue the partial points, ask."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler or space.sampler())
+    points = space.points()
+    for p in points:
+        study.enqueue_trial(p)
+    configs = []
+    for i in range(len(points)):
+        trial = study.ask()
+        extra = space(trial) or {}
+        configs.append({**trial.params, **extra})
+        study.tell(trial, float(i % 3))
+    return points, configs
+
+
+def test_every_cell_runs_and_optuna_samples_the_knobs(tmp_path):
+    p = write_sweep(tmp_path, {
+        "grid": {"model.positional": ["rope", "learned"]},
+        "seeds": [0, 1],
+        "search": {"algorithm": "tpe", "samples": 3,
+                   "params": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                              "train.warmup_steps": {"type": "int", "low": 0, "high": 40},
+                              "model.dropout.residual": {"type": "categorical", "choices": [0.0, 0.1]}}},
+    })
+    sweep = load_sweep(p)
+    space = SearchSpace(sweep)
+    points, configs = _ask_all(space)
+    assert len(points) == sweep.num_trials == 12
+    # the pinned cells come back exactly, each (arm, seed) `samples` times
+    assert [(c["arm"], c["seed"]) for c in configs] == [(p["arm"], p["seed"]) for p in points]
+    for cell in sweep.cells:
+        assert sum((c["arm"], c["seed"]) == cell for c in configs) == 3
+    lrs = [c["train.lr"] for c in configs]
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == len(lrs)  # really sampled
+    assert all(0 <= c["train.warmup_steps"] <= 40 for c in configs)
+    cfg = space.resolve(configs[5])
+    assert cfg.train.lr == configs[5]["train.lr"] and cfg.train.seed == configs[5]["seed"]
+    assert cfg.model.positional == configs[5]["arm"]
+
+
+def test_architecture_search_never_leaves_the_budget(tmp_path):
+    p = write_sweep(tmp_path, {
+        "config": {"model": {"ffn_dim": None, "multiple_of": 8}},
+        "budget": {"target": "1M", "tolerance": 0.03, "free": "d_model"},
+        "search": {"algorithm": "tpe", "samples": 40,
+                   "architecture": {"n_layers": [2, 6], "n_heads": [2, 4], "ffn_multiple": [2.0, 4.0],
+                                    "lr": [1e-3, 1e-2]}},
+    })
+    sweep = load_sweep(p)
+    space = SearchSpace(sweep)
+    _, configs = _ask_all(space)
+    shapes = set()
+    for c in configs:
+        assert not c.get("arch.infeasible")
+        cfg = space.resolve(c)  # stlm.models.solve_budget succeeds: the point is feasible
+        from stlm.models import count_params
+
+        assert abs(count_params(cfg.model).total - 1_000_000) <= 30_000
+        assert cfg.model.n_heads % cfg.model.kv_heads == 0
+        assert 2 <= cfg.model.n_layers <= 6 and 1e-3 <= cfg.train.lr <= 1e-2
+        shapes.add((cfg.model.n_layers, cfg.model.n_heads, cfg.model.kv_heads))
+    assert len(shapes) > 5  # the shape really is searched
+    assert space.stats["infeasible"] == 0 and space.stats["points"] == 40
+
+
+def test_architecture_bounds_that_cannot_meet_the_budget_are_refused(tmp_path):
+    p = write_sweep(tmp_path, {
+        "config": {"model": {"ffn_dim": None}},
+        "budget": {"target": "1M", "tolerance": 0.005, "free": "d_model"},
+        "search": {"architecture": {"n_layers": [1, 30], "n_heads": [2, 4]}},
+    })
+    with pytest.raises(StlmError) as e:
+        SearchSpace(load_sweep(p))
+    assert "cannot meet the budget" in str(e.value) and "n_layers" in str(e.value)
+
+
+def test_nsga2_and_random_samplers(tmp_path):
+    import optuna
+
+    p = write_sweep(tmp_path, {"search": {"algorithm": "nsga2", "samples": 4,
+                                          "params": {"train.lr": {"type": "uniform", "low": 1e-3, "high": 2e-3}}},
+                               "metric": ["val_bpb", "params"], "mode": ["min", "min"]})
+    sweep = load_sweep(p)
+    assert sweep.spec.multi_objective
+    assert isinstance(SearchSpace(sweep).sampler(), optuna.samplers.NSGAIISampler)
+    p = write_sweep(tmp_path, {"search": {"algorithm": "random"}})
+    assert isinstance(SearchSpace(load_sweep(p)).sampler(), optuna.samplers.RandomSampler)
+
+
+# --------------------------------------------------------------------------- bad input through the CLI
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, STLM_QUIET="1")
+    return subprocess.run([sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_bad_input_is_one_paragraph_exit_2(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\ngrid: {model.positional: [rope, learned\n")
+    unknown = write_sweep(tmp_path, {"grid": {"model.positonal": ["rope", "learned"]}}, "unknown.yaml")
+    infeasible = write_sweep(tmp_path, {"budget": {"target": "50k", "tolerance": 0.01, "free": "d_model"}},
+                             "infeasible.yaml")
+    cases = [
+        (["missing.yaml", "--dry-run"], "does not exist"),
+        ([str(bad_yaml), "--dry-run"], "not valid YAML"),
+        ([str(unknown), "--dry-run"], "Did you mean 'model.positional'"),
+        ([str(infeasible), "--dry-run"], "nearest feasible"),
+        ([str(QUICKSTART), "train.max_stepz=3", "--dry-run"], "train.max_steps"),
+        ([str(QUICKSTART), "--resume", "--experiment-dir", str(tmp_path / "nothing")], "--resume"),
+    ]
+    for args, needle in cases:
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        err = r.stderr.strip()
+        assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, (args, r.stderr)
+        assert err.startswith("error: ") and needle in err, (args, err)
+        assert "\n" not in err, (args, err)  # one paragraph
