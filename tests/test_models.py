@@ -300,12 +300,13 @@ def test_byte_table_eot_is_one_symbol_even_when_chunk_is_shorter_than_the_marker
     assert table[EOT_ID].tolist() == [EOT, PAD, PAD, PAD]
     assert table[ord("h")].tolist() == [ord("h"), PAD, PAD, PAD]
     assert table[256 + 19].tolist() == [97 + (256 + 19) % 26] * cl  # 20-byte token cut at chunk_len
-    # predicting EOT costs exactly its one symbol
+    # predicting EOT costs exactly its one symbol plus the end-of-token event after it
     idx = torch.randint(0, V, (1, 6))
     tgt = torch.full((1, 6), EOT_ID)
     logits, _ = m(idx, tgt)
     lp = m.token_logprobs(idx, tgt)
-    want = torch.log_softmax(logits[0, :, 0].float(), -1)[:, EOT]
+    logp = torch.log_softmax(logits[0].float(), -1)
+    want = logp[:, 0, EOT] + logp[:, 1, PAD]
     assert torch.allclose(lp[0], want, atol=1e-5)
     # chunk_len flows into the logits shape: one prediction per byte slot
     assert logits.shape == (1, 6, cl, N_SYMBOLS)
@@ -319,12 +320,22 @@ def test_byte_pooled_loss_ignores_pad_positions():
     logits, loss = m(idx, tgt)
     tb = m.embedder.token_bytes(tgt)
     assert (tb == PAD).any() and (tb != PAD).any()
+    scored = ByteDecoderHead.scored(tb)
+    # exactly one PAD per short token is scored: the end-of-token event right after its bytes
+    n_real = (tb != PAD).sum(-1)
+    assert ((scored & (tb == PAD)).sum(-1) == (n_real < tb.shape[-1]).long()).all()
     noisy = logits.clone()
-    noisy[tb == PAD] = torch.randn_like(noisy[tb == PAD]) * 100  # scramble only pad positions
+    filler = (tb == PAD) & ~scored
+    assert filler.any()
+    noisy[filler] = torch.randn_like(noisy[filler]) * 100  # scramble only filler pad positions
     assert torch.allclose(ByteDecoderHead.loss_from_logits(noisy, tb), loss)
-    # the loss is the mean over real bytes of -log p, and token log-prob is the sum over its real bytes
+    # scrambling the end-of-token position does change the loss
+    ends = (tb == PAD) & scored
+    noisy[ends] = torch.randn_like(noisy[ends]) * 100
+    assert not torch.allclose(ByteDecoderHead.loss_from_logits(noisy, tb), loss)
+    # the loss is the mean of -log p over scored positions; a token's log-prob is their sum
     lp = m.token_logprobs(idx, tgt)
-    assert torch.allclose(-lp.sum() / (tb != PAD).sum(), loss, atol=1e-5)
+    assert torch.allclose(-lp.sum() / scored.sum(), loss, atol=1e-5)
 
 
 def test_byte_pooled_needs_the_token_bytes_and_keeps_them_in_the_state_dict():

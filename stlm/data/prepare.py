@@ -264,6 +264,11 @@ def prepare(cfg: "Config") -> PreparedData:
     """Tokenized train/val token arrays for cfg.data and cfg.model.tokenizer (built once, then cached)."""
     from filelock import FileLock
 
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # We are a tokenization worker being spawned, re-running an unguarded main script that calls
+        # prepare(): waiting for the lock our parent holds would deadlock. Fail, so the parent reports it.
+        raise StlmError("prepare() called while a worker process starts: guard the main script with "
+                        "`if __name__ == \"__main__\":` or set data.num_proc=1.")
     source = get_source(cfg.data)
     if isinstance(source, GeneratedSource) and cfg.data.max_chars is None:
         raise StlmError("data.max_chars must be set for data.source=generated: the generated corpus is infinite.")

@@ -52,15 +52,15 @@ class HubSpec:
     val_split: str | None = None  # None: hashed split of train
 
 
-# Short names. babylm_100m is nilq/babylm-100M: the BabyLM 2024 strict (100M-word) corpus as parquet
-# with a "text" column (the official cambridge-climb/BabyLM repo needs a loading script, which
-# datasets >= 4 no longer runs).
+# Short names. babylm_100m is nilq/babylm-100M: a parquet export of the BabyLM 100M-word (strict track)
+# corpus, one line per row in a "text" column, with train / validation / test splits (the official
+# cambridge-climb/BabyLM repo needs a loading script, which datasets >= 4 no longer runs).
 HUB_SOURCES: dict[str, HubSpec] = {
     "tinystories": HubSpec("roneneldan/TinyStories", val_split="validation"),
     "openwebtext": HubSpec("Skylion007/openwebtext"),
     "simple_en_wiki": HubSpec("wikimedia/wikipedia", "20231101.simple"),
     "en_wiki": HubSpec("wikimedia/wikipedia", "20231101.en"),
-    "babylm_100m": HubSpec("nilq/babylm-100M"),
+    "babylm_100m": HubSpec("nilq/babylm-100M", val_split="validation"),
     "fineweb_edu": HubSpec("HuggingFaceFW/fineweb-edu", "sample-10BT"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

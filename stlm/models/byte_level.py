@@ -12,8 +12,12 @@ Embedder: bytes of token t -> small bidirectional transformer (encoder_layers, p
           -> mean over real bytes -> Linear(byte_dim -> d_model)             = one core input vector.
 Head:     core output h_t -> Linear(d_model -> byte_dim) = start vector s_t; a small causal
           transformer (decoder_layers) reads [s_t, b_0, ..., b_{L-2}] of the NEXT token (teacher
-          forcing) and predicts [b_0, ..., b_{L-1}]; cross-entropy over real (non-PAD) bytes only.
-log p(token) = sum of the log-probs of its real bytes (token_logprobs).
+          forcing) and predicts [b_0, ..., b_{L-1}].
+Scored positions: the real bytes, plus the FIRST PAD after them, which is the end-of-token event
+(a token of exactly chunk_len bytes ends by length). The filler PADs after it are masked out.
+Without the end event, p("in") would count every longer token that starts with "in", so the
+log-probs would not be a distribution and bpb would not be comparable with token models.
+log p(token) = sum of the log-probs at its scored positions (token_logprobs); the loss is their mean.
 """
 
 from __future__ import annotations
@@ -190,9 +194,18 @@ class ByteDecoderHead(nn.Module):
         return self.out(x).view(B, T, L, N_SYMBOLS)
 
     @staticmethod
+    def scored(target_bytes: torch.Tensor) -> torch.Tensor:
+        """[..., L] bool: real bytes and the end-of-token PAD right after them; filler PADs are False.
+        Ignored targets (-1) are all PAD, and nothing of them is scored."""
+        pad = target_bytes == PAD
+        first_pad = torch.zeros_like(pad)
+        first_pad[..., 1:] = pad[..., 1:] & ~pad[..., :-1]
+        return ~pad | first_pad
+
+    @staticmethod
     def loss_from_logits(logits: torch.Tensor, target_bytes: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over real bytes; PAD positions contribute nothing."""
-        tgt = target_bytes.masked_fill(target_bytes == PAD, -1)
+        """Mean cross-entropy over scored positions (real bytes + end-of-token); filler PADs contribute nothing."""
+        tgt = target_bytes.masked_fill(~ByteDecoderHead.scored(target_bytes), -1)
         return F.cross_entropy(logits.float().reshape(-1, N_SYMBOLS), tgt.reshape(-1), ignore_index=-1)
 
     def forward(self, h: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -206,4 +219,4 @@ class ByteDecoderHead(nn.Module):
         tb = self.token_bytes(targets)
         logp = F.log_softmax(self.byte_logits(h, tb).float(), dim=-1)
         lp = logp.gather(-1, tb[..., None]).squeeze(-1)  # [B, T, L]
-        return lp.masked_fill(tb == PAD, 0.0).sum(-1)  # -1 targets are all PAD -> 0
+        return lp.masked_fill(~self.scored(tb), 0.0).sum(-1)  # -1 targets are all PAD -> 0

@@ -102,7 +102,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; also drop temp dirs a crashed writer left behind
+    (called by the run's only writer right after its own write completed)."""
+    run_dir = Path(run_dir)
     for p in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in run_dir.glob(".step_*"):
         shutil.rmtree(p, ignore_errors=True)
 
 
