@@ -136,3 +136,48 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
         if eval_on:
             assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
             assert "eval" in artifacts  # per-item JSONL
+
+
+def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
+    """ASHA on `step`: stopped trials free their Ray Train workers (no hang), finished ones still get
+    their end-of-training eval, a failing arm is recorded as failed and the others run on."""
+    from mlflow.tracking import MlflowClient
+
+    spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    spec.update(name="asha", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
+                arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"train.device": "cuda"}}],
+                control="ok", seeds=[0], scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
+                max_failures=0)
+    spec["search"]["samples"] = 4  # ok: 4 trials racing through the rungs; broken: fails on a CPU machine
+    eval_on = (SHARED_DATA / "benchmarks" / "blimp").is_dir()
+    if eval_on:
+        spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(SHARED_DATA / "benchmarks")}
+    sweep_file = tmp_path / "asha.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec))
+    p = _start([str(sweep_file), *OVERRIDES], tmp_path, tmp_path / "asha.log")
+    try:
+        rc = p.wait(timeout=420)  # a leaked placement group would hang the sweep here
+    finally:
+        _kill_group(p)
+    out = (tmp_path / "asha.log").read_text()
+    assert rc == 1, out[-4000:]  # some trials failed (the broken arm), the sweep itself completed
+    info = json.loads((tmp_path / "sweep_runs" / "asha" / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    runs = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert len(runs) == 8
+    by_status: dict[str, list] = {}
+    for r in runs:
+        by_status.setdefault(r.data.tags["stlm.status"], []).append(r)
+    assert {r.data.tags["stlm.arm"] for r in by_status["failed"]} == {"broken"} and len(by_status["failed"]) == 4
+    for r in by_status["failed"]:
+        assert r.info.status == "FAILED" and "train.device=cuda" in r.data.tags["stlm.error"].splitlines()[0]
+    ok = by_status.get("finished", []) + by_status.get("stopped", [])
+    assert len(ok) == 4 and by_status.get("finished")
+    for r in ok:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_bpb")]
+        assert steps == sorted(set(steps))
+        finished = r.data.tags["stlm.status"] == "finished"
+        assert (max(steps) == MAX_STEPS) == finished
+        if eval_on:
+            assert ("eval/blimp/acc" in r.data.metrics) == finished  # stopped trials are not evaluated

@@ -127,6 +127,10 @@ def test_infeasible_arm_fails_before_launch_with_nearest_sizes(tmp_path):
     ({"scheduler": {"type": "pbt"}}, "pbt is not supported"),
     ({"control": "ropee", "grid": {"model.positional": ["rope", "learned"]}}, "Did you mean 'rope'"),
     ({"grid": {"model": ["x"]}}, "config section"),
+    ({"grid": {"train.lr": [1e-3, 2e-3]},
+      "search": {"params": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}, "or searched, not both"),
+    ({"search": {"architecture": True}}, "needs a `budget`"),
+    ({"metric": ["val_bpb", "params"], "mode": ["min"]}, "one mode per metric"),
 ])
 def test_bad_sweeps_name_the_key(tmp_path, body, needle):
     with pytest.raises(StlmError) as e:
@@ -232,6 +236,20 @@ def test_nsga2_and_random_samplers(tmp_path):
     assert isinstance(SearchSpace(sweep).sampler(), optuna.samplers.NSGAIISampler)
     p = write_sweep(tmp_path, {"search": {"algorithm": "random"}})
     assert isinstance(SearchSpace(load_sweep(p)).sampler(), optuna.samplers.RandomSampler)
+
+
+def test_pareto_front_of_a_multi_objective_sweep():
+    from stlm.sweep.__main__ import pareto_front
+
+    rows = [
+        {"trial_id": "a", "status": "finished", "val_bpb": 1.0, "params": 10},
+        {"trial_id": "b", "status": "finished", "val_bpb": 0.9, "params": 20},
+        {"trial_id": "c", "status": "finished", "val_bpb": 1.1, "params": 20},  # dominated by a and b
+        {"trial_id": "d", "status": "failed", "val_bpb": None, "params": 5},
+        {"trial_id": "e", "status": "finished", "val_bpb": 0.8, "params": 30},
+    ]
+    assert pareto_front(rows, ["val_bpb", "params"], ["min", "min"]) == {"a", "b", "e"}
+    assert pareto_front(rows, ["val_bpb", "params"], ["min", "max"]) == {"e"}
 
 
 # --------------------------------------------------------------------------- bad input through the CLI

@@ -143,6 +143,7 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     """The end-of-sweep table (one row per trial) and the rows themselves (for sweep.json)."""
     spec = sweep.spec
     metric = spec.metrics[0]
+    tasks = sweep.arms[0].cfg.eval.tasks  # the requested tasks (groups such as blimp, not their members)
     rows = []
     for r in result_grid:
         cfg = r.config or {}
@@ -164,7 +165,7 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             "trial_id": tid, "arm": cfg.get("arm"), "seed": cfg.get("seed"), "knobs": knobs, "shape": shape,
             "params": m.get("params"), "step": m.get("step"), "val_bpb": m.get("val_bpb"),
             **{k: m.get(k) for k in spec.metrics},
-            "evals": {k: v for k, v in m.items() if k.startswith("eval/") and k.endswith("/acc")},
+            "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
             "startup_s": m.get("startup_s"), "wall_s": m.get("time_total_s"), "status": status,
             "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
             "run_id": entry.get("run_id"),
@@ -297,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         absolutize(sweep)
 
+    if not (args.dry_run or args.resume or args.overwrite) and exp_dir.exists() and any(exp_dir.iterdir()):
+        raise StlmError(f"The experiment directory {exp_dir} already holds a sweep. Continue it with --resume, "
+                        "start afresh with --overwrite, or choose another --experiment-dir.")
+
     from stlm.sweep.space import SearchSpace
 
     space = SearchSpace(sweep)
@@ -306,10 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
-        if not args.overwrite:
-            raise StlmError(f"The experiment directory {exp_dir} already holds a sweep. Continue it with --resume, "
-                            "start afresh with --overwrite, or choose another --experiment-dir.")
-        shutil.rmtree(exp_dir)
+        shutil.rmtree(exp_dir)  # --overwrite (checked above)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (exp_dir / PLAN_FILE).write_bytes(pickle.dumps(sweep))
@@ -339,7 +341,7 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
     env = runner.env_vars()
     t_ray = time.time()
-    runner.init_ray(address, env, verbose=args.verbose)
+    runner.init_ray(address, env, exp_dir=exp_dir, verbose=args.verbose)
     import ray
 
     cluster = ray.cluster_resources()
@@ -388,7 +390,10 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     try:
         from stlm.sweep.report import build_report
 
-        report = build_report(uri, parent, exp_dir / "report", metric=sweep.spec.metrics[0], mode=sweep.spec.modes[0],
+        multi = len(sweep.spec.metrics) > 1  # NSGA-II: the report draws the Pareto front over all objectives
+        report = build_report(uri, parent, exp_dir / "report",
+                              metric=list(sweep.spec.metrics) if multi else sweep.spec.metrics[0],
+                              mode=list(sweep.spec.modes) if multi else sweep.spec.modes[0],
                               control_arm=sweep.control_arm)
     except Exception as e:  # the report is a bonus; the sweep's results are in MLflow either way
         print(f"\n(report not written: {type(e).__name__}: {e})")

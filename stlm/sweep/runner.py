@@ -23,6 +23,7 @@ Experiment directory (absolute, default ./sweep_runs/<name>):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from stlm.sweep.spec import Sweep, count
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = ("STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
             "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR")
-HEALTH_CHECK_S = "0.5"  # Ray Train polls its workers this often; every report waits for one poll (default 2 s)
+HEALTH_CHECK_S = "0.5"  # Ray Train's controller polls its workers (and collects reports) this often; default 2 s
 
 
 @dataclasses.dataclass
@@ -74,13 +75,17 @@ def worker_loop(lc: dict) -> None:
 
     # start-up: from the Tune trial starting to this worker running (Tune actor, Train controller,
     # placement group, worker actor, torch.distributed); logged with every report
-    extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
-             "startup_s": time.time() - lc["t_start"]}
     cfg = build_config(lc["config"])
+    extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
+             "startup_s": time.time() - lc["t_start"], "max_steps": cfg.train.max_steps}
     rank = ray.train.get_context().get_world_rank()
     last = {"ckpt": None}
+    history: list[dict] = []  # every training report of this run, carried inside each checkpoint
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        history.append(dict(metrics))
+        if checkpoint_dir:  # rank 0: the history travels with the checkpoint Ray Train persists
+            (Path(checkpoint_dir) / HISTORY_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
         ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         t0 = time.time()
         ray.train.report({**metrics, **extra}, checkpoint=ckpt)
@@ -97,6 +102,14 @@ def worker_loop(lc: dict) -> None:
 
         with restored.as_directory() as d:
             extra["resumed_from_step"] = int(read_meta(d).get("step", 0))
+            # Replay the reports up to this checkpoint. Results reach MLflow through the Tune driver,
+            # which lags the workers: a driver killed after Ray Train persisted this checkpoint may
+            # not have logged the last few reports. The MLflow callback skips the steps it has.
+            earlier = read_history(d)
+            if earlier and earlier[-1].get("step", -1) >= cfg.train.max_steps:
+                earlier = earlier[:-1]  # a finished run: train() reports its last point again itself
+            for m in earlier:
+                report(m, None)
             final = train(cfg, report=report, resume_from=d)
 
     if cfg.eval.tasks:
@@ -104,6 +117,25 @@ def worker_loop(lc: dict) -> None:
         if rank == 0:
             evals = run_eval(cfg, last["ckpt"], Path(lc["trial_dir"]))
         ray.train.report({**final, **extra, **evals})  # a barrier: every rank reports
+
+
+HISTORY_FILE = "stlm_reports.jsonl"
+
+
+def read_history(path: str) -> list[dict]:
+    """The reports saved with a checkpoint by worker_loop, oldest first (else the checkpoint's own
+    metrics, memory-mapped so the optimizer state is not read)."""
+    f = Path(path) / HISTORY_FILE
+    if f.is_file():
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    import torch
+
+    try:
+        state = torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=False, mmap=True)
+        metrics = state.get("metrics")
+        return [dict(metrics)] if metrics else []
+    except Exception:  # another checkpoint layout: nothing to replay
+        return []
 
 
 def _quiet_train_logs() -> None:
@@ -190,34 +222,50 @@ def env_vars() -> dict[str, str]:
     return env
 
 
-def init_ray(address: str | None, env: dict[str, str], *, verbose: bool = False) -> None:
+def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, verbose: bool = False) -> None:
     """Attach to `address`, else start a local Ray with every core.
 
     The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API (served by the
     dashboard) whether a trial's Train controller is still alive, and only then frees the
     workers' placement group. When ASHA stops a trial its controller dies ungracefully; without
-    the dashboard its placement group is never freed and later trials wait for ever.
-    Worker logs reach the terminal only with verbose (they are in /tmp/ray/session_latest/logs
-    either way); a failing trial's error is shown by Tune and in the final table.
+    the dashboard that placement group is never freed and the next trials wait for ever
+    (measured: a 2-core ASHA sweep hung in its second wave with include_dashboard=False).
+
+    The cleaner finds "its" cluster without an address: from RAY_ADDRESS, else the
+    ray_current_cluster file under $RAY_TMPDIR/ray (written by `ray start`, not by ray.init),
+    else by looking for GCS processes, which fails once a second Ray instance runs on the
+    machine. So a local sweep writes its GCS address to <exp>/ray/ray/ray_current_cluster and
+    points its workers' RAY_TMPDIR there.
+
+    Worker logs reach the terminal only with verbose (they are in the Ray session's logs either
+    way); a failing trial's error is printed by Tune and kept in the final table and MLflow.
     """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)  # read by the Train controller
-    kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.WARNING,
-                                  runtime_env={"env_vars": env})
+    env = dict(env)
+    kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.WARNING)
+    addr_dir = Path(exp_dir) / "ray"
     if not address:
+        env["RAY_TMPDIR"] = str(addr_dir)
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+    kwargs["runtime_env"] = {"env_vars": env}
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     except Exception as e:  # a bad address, an unreachable or refusing cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise StlmError(f"Could not start or reach {where}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise StlmError(f"Could not start or reach {where}: {type(e).__name__}: {first}. "
                         "Check --address / RAY_ADDRESS (and RAY_AUTH_MODE, which must match the cluster's).") from None
+    if not address:
+        gcs = ray.get_runtime_context().gcs_address
+        (addr_dir / "ray").mkdir(parents=True, exist_ok=True)
+        (addr_dir / "ray" / "ray_current_cluster").write_text(gcs)
 
 
 def trial_resources(sweep: Sweep) -> dict[str, float]:
@@ -253,10 +301,31 @@ def check_cluster(sweep: Sweep, cluster: dict[str, float], attached: bool) -> No
                             f"file, or attach to a cluster that has {key}s with --address.")
 
 
+def _finishing_asha():
+    from ray.tune.schedulers import ASHAScheduler
+
+    class FinishingASHA(ASHAScheduler):
+        """ASHA that never stops a trial at its last step (result step >= max_steps).
+
+        Stopping there saves nothing, and would kill the trial before its end-of-training eval
+        report, ungracefully (see init_ray). Early stops at the rungs before are unchanged.
+        """
+
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.STOP and result.get("step", 0) >= result.get("max_steps", float("inf")):
+                self._num_stopped -= 1
+                return self.CONTINUE
+            return action
+
+    return FinishingASHA
+
+
 def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int, reporter):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    FinishingASHA = _finishing_asha()
 
     sweep, space = ctx.sweep, ctx.space
     spec = sweep.spec
@@ -267,7 +336,15 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
         failure_config=tune.FailureConfig(max_failures=0),  # retries happen inside Ray Train (spec.max_failures)
     )
     if resume:
-        return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # finished trials stay finished; unfinished and errored ones run again from their Ray Train
+        # checkpoints (same Train run name and storage path); the Optuna study comes back with the
+        # searcher state, so the cells not yet started are still pinned
+        try:
+            return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        except Exception as e:  # state missing or unreadable: say what to do instead of Tune's traceback
+            raise StlmError(f"--resume: Tune could not restore {tune_dir} ({type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0][:300]}). The sweep was probably stopped before "
+                            "Tune saved its first state; start it again with --overwrite.") from None
 
     metric = spec.metrics if spec.multi_objective else spec.metrics[0]
     mode = spec.modes if spec.multi_objective else spec.modes[0]
@@ -276,7 +353,7 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     scheduler = None
     if spec.scheduler.type == "asha":
         max_t = max(a.cfg.train.max_steps for a in sweep.arms)
-        scheduler = ASHAScheduler(time_attr="step", metric=spec.metrics[0], mode=spec.modes[0], max_t=max_t,
+        scheduler = FinishingASHA(time_attr="step", metric=spec.metrics[0], mode=spec.modes[0], max_t=max_t + 1,
                                   grace_period=min(spec.scheduler.grace_period, max_t),
                                   reduction_factor=spec.scheduler.reduction_factor)
     tune_config = tune.TuneConfig(

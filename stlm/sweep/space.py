@@ -264,7 +264,7 @@ class SearchSpace:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        good = 0
+        good, saved = 0, dict(self.stats)  # the sweep's own counts stay the sweep's
         for _ in range(n):
             trial = study.ask()
             extra = self(trial) or {}
@@ -277,6 +277,7 @@ class SearchSpace:
             except StlmError:
                 pass
             study.tell(trial, 0.0)
+        self.stats = saved
         return good, n
 
 

@@ -38,6 +38,7 @@ TUNE_KEYS = {
     "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
     "experiment_tag", "should_checkpoint", "checkpoint_path", "timesteps_total", "episodes_total",
     "timesteps_since_restore", "config",
+    "max_steps",  # reported for the scheduler; it is the param train.max_steps
 }
 
 
