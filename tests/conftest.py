@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,3 +32,13 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("STLM_CACHE", None)
     else:
         os.environ["STLM_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Test models are tiny: a second intra-op thread only spins, and on a busy 2-core machine it
+    made them 5-30x slower. Tests that measure threading set their own count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

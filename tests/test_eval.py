@@ -31,14 +31,6 @@ def first_item(task: str, data_dir, subtask: str | None = None) -> Item:
     return t.item(t.docs(sub, str(data_dir))[0], 0, sub)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine makes torch's thread sync crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def bench(shared_data):

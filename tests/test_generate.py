@@ -10,14 +10,6 @@ from stlm.errors import StlmError
 from stlm.eval.generate import generate, generate_ids, sample_next
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine makes torch's thread sync crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(context_length: int = 32, **kw):
     models = pytest.importorskip("stlm.models")

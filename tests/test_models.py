@@ -22,14 +22,6 @@ from stlm.models.layers.positional import POSITIONALS
 from stlm.models.sharing import SHARING
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only spin (and crawl on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 V = 300  # vocab of the fake BPE tokenizer
 EOT_ID = V - 1

@@ -33,14 +33,6 @@ def tiny(cache_dir, out_dir, **train_kw) -> dict:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and a busy 2-core machine makes OpenMP threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
