@@ -136,7 +136,9 @@ def mlflow_trials(db: Path) -> list[dict]:
             if tags.get("stlm.kind") == "sweep" or (tags.get("stlm.sweep") and not tags.get("stlm.trial_id")):
                 continue  # the sweep's parent run
             hist = sorted(client.get_metric_history(run.info.run_id, "elapsed_s"), key=lambda m: m.step)
+            tps = [m.value for m in client.get_metric_history(run.info.run_id, "tokens_per_s")]
             out.append({
+                "tokens_per_s": median(tps) if tps else None,
                 "name": run.info.run_name, "trial_id": tags.get("stlm.trial_id"),
                 "start": run.info.start_time / 1000, "end": (run.info.end_time or 0) / 1000,
                 "reports": [(m.timestamp / 1000, m.value, m.step) for m in hist],
@@ -145,38 +147,36 @@ def mlflow_trials(db: Path) -> list[dict]:
     return out
 
 
-def controller_logs(ray_tmp: Path) -> dict[str, dict]:
-    """Ray Train V2 controller events per run name (= trial id), from logs/train/ray-train-sys-controller-*.log.
+def train_logs(ray_tmp: Path) -> dict[str, dict]:
+    """Ray Train V2 events per run name (= trial id), from the JSON lines in logs/train/ray-train-sys-*.log.
 
-    The controller logs JSON lines at DEBUG level there whatever RunConfig's log level is:
-    'Attempting to start training worker group', '[Worker Group Initialization] ... in Xs',
-    'Started training worker group'.
+    These system logs are written at DEBUG level whatever RunConfig's log level is. Controller:
+    'Attempting to start training worker group', '[Worker Group Initialization] <part> in Xs',
+    'Started training worker group'. Worker: 'Setting up process group', 'Launching training function'.
     """
-    import datetime as dt
-
     out: dict[str, dict] = {}
-    for f in ray_tmp.glob("**/logs/train/ray-train-sys-controller-*.log"):
-        ev: dict = {"parts": {}}
-        run = None
+    for f in ray_tmp.glob("**/logs/train/ray-train-sys-*.log"):
         for line in f.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            msg = str(rec.get("message", ""))
-            run = run or rec.get("run_name") or rec.get("train_run_name")
-            ts = rec.get("timestamp_ns")
-            t = ts / 1e9 if ts else dt.datetime.strptime(rec["asctime"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            ev.setdefault("first", t)
-            ev["last"] = t
-            if "Attempting to start training worker group" in msg:
-                ev.setdefault("wg_attempt", t)
-            elif msg.startswith("Started training worker group"):
-                ev.setdefault("wg_started", t)
+            run, ts = rec.get("run_name"), rec.get("timestamp_ns")
+            if not run or not ts:
+                continue
+            t, msg = ts / 1e9, str(rec.get("message", ""))
+            ev = out.setdefault(run, {"parts": {}})
+            if rec.get("component") != "worker":
+                ev["first"] = min(ev.get("first", t), t)
+            for key, text in (("wg_attempt", "Attempting to start training worker group"),
+                              ("wg_started", "Started training worker group"),
+                              ("process_group", "Setting up process group"),
+                              ("fn_launch", "Launching training function")):
+                if msg.startswith(text) or (key == "fn_launch" and text in msg):
+                    ev.setdefault(key, t)
             m = re.match(r"\[Worker Group Initialization\] (.*?) (?:in|completed in) ([\d.]+)s", msg)
             if m:
                 ev["parts"].setdefault(m.group(1).strip(), float(m.group(2)))
-        out[run or f.name] = ev
     return out
 
 
@@ -185,10 +185,11 @@ def _med(xs):
     return round(median(xs), 2) if xs else None
 
 
-def breakdown(work: Path, sw: dict, standalone_runs: list[dict]) -> dict:
+def breakdown(work: Path, sw: dict, standalone_runs: list[dict], tokens: int | None = None,
+              n_reports: int | None = None) -> dict:
     """Where the sweep's extra wall time goes, per trial (medians) and for the driver."""
     trials = mlflow_trials(work / "sweep.db")
-    ctl = controller_logs(sw["ray_tmp"])
+    ctl = train_logs(sw["ray_tmp"])
     rows = []
     for t in trials:
         if not t["reports"]:
@@ -198,16 +199,18 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict]) -> dict:
         first_step = first_rx - first_el  # loop start (run_t0), on the wall clock
         c = ctl.get(t["trial_id"] or "", {})
         row = {
-            "trial": t["trial_id"], "loop_s": last_el,
+            "trial": t["trial_id"], "loop_s": last_el, "loop_tokens_per_s": t["tokens_per_s"],
             "start_to_first_step_s": first_step - t["start"],
             "last_report_to_end_s": t["end"] - last_rx if t["end"] else None,
         }
-        if c:
-            row["trial_start_to_controller_s"] = c["first"] - t["start"]
+        if "first" in c:  # the segments of start_to_first_step_s, in order
+            row["a_trial_start_to_controller_s"] = c["first"] - t["start"]
             if "wg_attempt" in c and "wg_started" in c:
-                row["controller_to_worker_group_attempt_s"] = c["wg_attempt"] - c["first"]
-                row["worker_group_start_s"] = c["wg_started"] - c["wg_attempt"]
-                row["worker_group_started_to_first_step_s"] = first_step - c["wg_started"]
+                row["b_controller_to_worker_group_attempt_s"] = c["wg_attempt"] - c["first"]
+                row["c_worker_group_start_s"] = c["wg_started"] - c["wg_attempt"]
+                row["d_worker_group_started_to_first_step_s"] = first_step - c["wg_started"]
+            if "fn_launch" in c:  # inside d: imports of stlm/torch, prepare (warm cache), model and optimizer
+                row["worker_fn_launch_to_first_step_s"] = first_step - c["fn_launch"]
             row["worker_group_parts_s"] = c["parts"]
         rows.append(row)
     srows = []
@@ -216,7 +219,7 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict]) -> dict:
             continue
         first_rx, first_el, _ = t["reports"][0]
         last_rx, last_el, _ = t["reports"][-1]
-        srows.append({"loop_s": last_el, "process_start_to_first_step_s": first_rx - first_el - r["t0"],
+        srows.append({"loop_s": last_el, "loop_tokens_per_s": t["tokens_per_s"], "process_start_to_first_step_s": first_rx - first_el - r["t0"],
                       "last_report_to_exit_s": r["t0"] + r["wall_s"] - last_rx, "wall_s": r["wall_s"]})
     out: dict = {"per_trial": {}, "standalone": {}}
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "trial"})
@@ -228,7 +231,15 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict]) -> dict:
     for k in sorted({k for r in srows for k in r}):
         out["standalone"][k] = _med([r.get(k) for r in srows])
     if rows and srows:
-        out["in_loop_extra_s"] = round(out["per_trial"]["loop_s"] - out["standalone"]["loop_s"], 2)
+        extra = out["per_trial"]["loop_s"] - out["standalone"]["loop_s"]
+        out["in_loop_extra_s"] = round(extra, 2)
+        a, b = out["per_trial"].get("loop_tokens_per_s"), out["standalone"].get("loop_tokens_per_s")
+        if a and b and tokens:
+            # slower steps in the Ray worker (threads, niceness, neighbours) vs the rest (reports, checkpoints)
+            out["in_loop_slower_steps_s"] = round(tokens * (1 / a - 1 / b), 2)
+            out["in_loop_reports_and_rest_s"] = round(extra - tokens * (1 / a - 1 / b), 2)
+            if n_reports:  # ray.train.report with a checkpoint: persist + wait for the controller's poll
+                out["per_report_s"] = round(out["in_loop_reports_and_rest_s"] / n_reports, 3)
     if trials:
         starts, ends = [t["start"] for t in trials], [t["end"] for t in trials if t["end"]]
         out["driver_start_to_first_trial_s"] = round(min(starts) - sw["t0"], 2)
@@ -240,8 +251,19 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict]) -> dict:
     m = re.search(r"Ray up in ([\d.]+)s", sw["log"])
     if m:
         out["ray_init_s"] = float(m.group(1))
-    out["controller_logs_found"] = len(ctl)
+    out["train_logs_found"] = len(ctl)
     return out
+
+
+def health_check_interval() -> float | None:
+    """RAY_TRAIN_HEALTH_CHECK_INTERVAL_S the sweep's Train controllers poll at (stlm's runner sets it)."""
+    v = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    if v is None:
+        try:
+            from stlm.sweep.runner import HEALTH_CHECK_S as v
+        except ImportError:
+            return None
+    return float(v)
 
 
 def main(argv=None) -> int:
@@ -264,6 +286,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="stlm-bench-sweep-"))
     seeds = list(range(n))
     res: dict = {}
+    result: dict = {"sweep_overhead": None, "mode": name, "machine": info}
     try:
         base = work / "base.yaml"
         base.write_text(BASE.format(cache=cache_dir(), steps=20, eval_interval=10, out=work / "runs"))
@@ -283,11 +306,13 @@ def main(argv=None) -> int:
         res["standalone"] = runs
         sum_standalone = sum(r["wall_s"] for r in res["standalone"])
         ratio = res["sweep"]["wall_s"] * conc / sum_standalone
-        bd = breakdown(work, res["sweep"], res["standalone"])
+        bd = breakdown(work, res["sweep"], res["standalone"], tokens=steps * 16 * 128,  # batch x context of BASE
+                       n_reports=steps // eval_interval)
         result = {
             "sweep_overhead": round(ratio - 1, 4),
             "sweep_wall_ratio": round(ratio, 4),
-            "trial_s": round(steps * step_s, 1),
+            "trial_s": round(median([r["wall_s"] for r in res["standalone"]]), 1),  # a standalone run, as measured
+            "target_trial_s": trial_s,
             "trials": n,
             "concurrency": conc,
             "cpus_per_trial": cpus,
@@ -295,12 +320,16 @@ def main(argv=None) -> int:
             "sweep_wall_s": res["sweep"]["wall_s"],
             "standalone_sum_s": round(sum_standalone, 2),
             "breakdown": bd,
+            "health_check_interval_s": health_check_interval(),
             "mode": name,
             "machine": info,
             "load_avg_1m_end": round(os.getloadavg()[0], 2),
         }
         print(f"sweep {res['sweep']['wall_s']:.1f}s x {conc} vs standalone sum {sum_standalone:.1f}s "
-              f"-> overhead {ratio - 1:+.1%} (trials of ~{steps * step_s:.0f}s)", flush=True)
+              f"-> overhead {ratio - 1:+.1%} (standalone runs of {result['trial_s']:.0f}s, {steps} steps)", flush=True)
+    except SystemExit as e:  # a failed run: say so in the JSON line instead of dying without one
+        print(e)
+        result["error"] = str(e).strip().splitlines()[0] if str(e).strip() else "failed"
     finally:
         if args.keep:
             print(f"kept {work} and the Ray logs under {res.get('sweep', {}).get('ray_tmp')}")
@@ -309,7 +338,7 @@ def main(argv=None) -> int:
             if res.get("sweep"):
                 shutil.rmtree(res["sweep"]["ray_tmp"], ignore_errors=True)
     emit(result)
-    return 0
+    return 1 if result.get("error") else 0
 
 
 if __name__ == "__main__":

@@ -193,6 +193,51 @@ def run_variants(args, mode) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- optimizer check
+
+
+def optimizer_check(cfg, data, device, rounds: int = 7, steps: int = 5) -> dict:
+    """ms per optimizer.step() of stlm.train.optim.build_optimizer vs the same AdamW with fused=True,
+    on the stlm model's parameters with gradients (alternating; the profiling finding in numbers)."""
+    from stlm.models import build_model
+    from stlm.train.optim import build_optimizer, param_groups
+
+    model = build_model(cfg.model, data.tokenizer if data else None).to(device)
+    x, y = make_batches(cfg, data, 1, device)[0]
+    _, loss = model(x.to(device), y.to(device))
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    ours = build_optimizer(model, cfg.train, device)
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.train) if g["params"]]
+    fused = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps,
+                              fused=True) if fused_available(device) else None
+    if fused is None:
+        return {"fused_available": False}
+
+    def run(opt):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        sync(device)
+        return (time.perf_counter() - t0) / steps
+
+    run(ours), run(fused)
+    a, b = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            a.append(run(ours)), b.append(run(fused))
+        else:
+            b.append(run(fused)), a.append(run(ours))
+    # foreach=None picks the multi-tensor kernels on CUDA only: on the CPU that is the per-parameter for-loop
+    kind = ("fused" if ours.defaults.get("fused") else "foreach" if ours.defaults.get("foreach")
+            else "foreach (default on CUDA)" if device.type == "cuda" else "per-parameter for-loop (default on CPU)")
+    return {"stlm_optimizer": kind, "stlm_step_ms": round(median(a) * 1e3, 2), "fused_step_ms": round(median(b) * 1e3, 2),
+            "speedup_if_fused": round(median([x / y for x, y in zip(a, b)]), 2)}
+
+
 # --------------------------------------------------------------------------- profiling
 
 
@@ -222,13 +267,15 @@ def gpu_baseline(args) -> dict:
     from stlm.config import load_config
     from stlm.train.loop import peak_flops
 
-    if not torch.cuda.is_available():
+    on_cpu = args.device == "cpu" and args.baseline_on_cpu  # only to exercise this code path without a GPU
+    if not torch.cuda.is_available() and not on_cpu:
         msg = "no CUDA device on this machine: --gpu-baseline not run"
         print(msg)
         return {"gpu_baseline": {"skipped": msg}}
     torch.set_float32_matmul_precision("high")
-    cfg = load_config(REPO / "configs" / "baseline-50m.yaml", ["train.device=cuda", *args.overrides])
-    device = torch.device("cuda", torch.cuda.current_device())
+    dev_name = "cpu" if on_cpu else "cuda"
+    cfg = load_config(REPO / "configs" / "baseline-50m.yaml", [f"train.device={dev_name}", *args.overrides])
+    device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
     mc, tc = cfg.model, cfg.train
     pair = Pair(cfg, None, device, compile_=True, amp=torch.bfloat16)
     g = torch.Generator().manual_seed(0)
@@ -252,8 +299,9 @@ def gpu_baseline(args) -> dict:
         loss = None
         for j in range(k):
             x, y = batches[(i_batch + j) % 8]
-            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            if device.type == "cuda":
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 _, loss = pair.ref(x, y)
             (loss / k).backward()
         torch.nn.utils.clip_grad_norm_(pair.ref_raw.parameters(), tc.grad_clip)
@@ -266,14 +314,15 @@ def gpu_baseline(args) -> dict:
     res = compare(_Steps(pair, stlm_step, ref_steps), idx, tokens,
                   warmup=args.gpu_warmup, rounds=args.gpu_rounds, steps=args.gpu_steps)
     peak = peak_flops(device)
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     res["device"] = name
     res["peak_bf16_flops"] = peak
     if peak:
         res["mfu"] = round(res["flops_per_token"] * res["stlm_tokens_per_s"] / peak, 4)
         res["ref_mfu"] = round(res["flops_per_token"] * res["ref_tokens_per_s"] / peak, 4)
     res["tokens_per_step"] = tokens
-    res["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if device.type == "cuda":
+        res["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(f"baseline-50m on {name}: stlm {res['stlm_tokens_per_s']:,.0f} tok/s (MFU {res.get('mfu', float('nan')):.1%}), "
           f"reference {res['ref_tokens_per_s']:,.0f} tok/s (MFU {res.get('ref_mfu', float('nan')):.1%}), ratio {res['ratio']:.3f}")
     return {"gpu_baseline": res}
@@ -284,6 +333,7 @@ class _Steps:
 
     def __init__(self, pair, stlm_step, ref_step):
         self.device, self.params, self.flops_per_token = pair.device, pair.params, pair.flops_per_token
+        self.same_loss = pair.same_loss
         self.stlm_step, self.ref_step = stlm_step, ref_step
 
 
@@ -306,6 +356,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-baseline", action="store_true", help="the 50M baseline on CUDA, bf16 + compile, MFU")
     p.add_argument("--gpu-warmup", type=int, default=15, help="untimed steps (compilation) for --gpu-baseline")
     p.add_argument("--gpu-rounds", type=int, default=6)
+    p.add_argument("--baseline-on-cpu", action="store_true",
+                   help="with --device cpu: run the --gpu-baseline code path on the CPU (to test it; slow, no MFU)")
     p.add_argument("--gpu-steps", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="config overrides for --gpu-baseline (e.g. train.grad_accum=1)")
     args = p.parse_args(argv)
@@ -327,10 +379,18 @@ def main(argv=None) -> int:
     print(f"machine: {info}; reference AdamW fused: {fused_available(torch.device(args.device))}", flush=True)
     res = run_variants(args, mode)
     ratios = {v: r["ratio"] for v, r in res.items()}
+    cfg, data = load(args.variants[0], mode, args.device)
+    opt = optimizer_check(cfg, data, torch.device(args.device), rounds=3 if args.smoke else 7)
+    if "stlm_step_ms" in opt:
+        step_ms = 1e3 * cfg.train.batch_size * cfg.model.context_length / res[args.variants[0]]["stlm_tokens_per_s"]
+        opt["share_of_stlm_step"] = round(opt["stlm_step_ms"] / step_ms, 4)
+        print(f"optimizer.step(): stlm ({opt['stlm_optimizer']}) {opt['stlm_step_ms']:.1f} ms vs fused AdamW "
+              f"{opt['fused_step_ms']:.1f} ms ({opt['share_of_stlm_step']:.1%} of a {args.variants[0]} step)", flush=True)
     emit({
         "train_vs_reference": ratios,
         "train_vs_reference_min": min(ratios.values()),
         "train": res,
+        "optimizer": opt,
         "settings": {"device": args.device, "compile": args.compile, "amp": args.amp, **mode},
         "machine": info,
         "load_avg_1m_end": round(__import__("os").getloadavg()[0], 2),

@@ -63,9 +63,20 @@ def median(xs) -> float:
     return float(statistics.median(xs))
 
 
+def _finite(x):
+    """NaN / inf -> None, so the JSON line is strict JSON (jq, JavaScript) and not Python's extension."""
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def emit(result: dict) -> None:
     """The contract of every bench script: its last stdout line is one JSON object."""
-    print(json.dumps(result, sort_keys=True, default=float), flush=True)
+    print(json.dumps(_finite(result), sort_keys=True, default=str, allow_nan=False), flush=True)
 
 
 def cache_dir() -> str:
@@ -144,6 +155,8 @@ def summarize(results: dict[str, dict]) -> dict:
         "eval_speedup_vs_naive": ev.get("eval_speedup_vs_naive"),
         "sweep_overhead": sw.get("sweep_overhead"),
         "sweep_trial_s": sw.get("trial_s"),
+        "sweep_trial_startup_s": (sw.get("breakdown") or {}).get("per_trial", {}).get("start_to_first_step_s"),
+        "optimizer_step_speedup_if_fused": (tr.get("optimizer") or {}).get("speedup_if_fused"),
     }
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and v.get("error")}
     if errors:

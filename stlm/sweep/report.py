@@ -426,6 +426,13 @@ def _colors(arms: list[str]) -> dict[str, Any]:
     return {arm: cycle(i % 10) for i, arm in enumerate(arms)}
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)  # figures are not garbage-collected while pyplot holds them
+    return path
+
+
 def plot_curves(a: Analysis, path: Path) -> Path | None:
     keys = [k for k in CURVE_METRICS if any(k in t.history for t in a.finished)]
     if not keys:
@@ -451,10 +458,7 @@ def plot_curves(a: Analysis, path: Path) -> Path | None:
         ax.set_title(f"{key} (mean across seeds, band = ±1 sd)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_diffs(a: Analysis, path: Path) -> Path | None:
@@ -476,10 +480,7 @@ def plot_diffs(a: Analysis, path: Path) -> Path | None:
     ax.invert_yaxis()  # first arm on top, as in the tables
     ax.set_xlabel(f"{key}: arm − {a.control} (paired by seed, 95% t interval)")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_params(a: Analysis, path: Path) -> Path | None:
@@ -499,10 +500,7 @@ def plot_params(a: Analysis, path: Path) -> Path | None:
     ax.set_title(f"{a.primary} against parameters, one point per trial", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _benchmarks(a: Analysis) -> list[tuple[str, str]]:
@@ -543,10 +541,7 @@ def plot_benchmarks(a: Analysis, path: Path) -> Path | None:
     ax.set_title("benchmarks: mean over seeds, 95% interval (1 seed: 1.96 × acc_stderr)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_pareto(a: Analysis, path: Path) -> Path | None:
@@ -566,10 +561,7 @@ def plot_pareto(a: Analysis, path: Path) -> Path | None:
     ax.set_title(f"Pareto front: {a.primary} vs {a.pareto_x} (all finished trials)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- the report
