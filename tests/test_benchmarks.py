@@ -79,3 +79,23 @@ def test_gpu_baseline_says_when_there_is_no_gpu():
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "no CUDA device" in result["gpu_baseline"]["skipped"]
+
+
+@pytest.mark.slow
+def test_gpu_baseline_code_path_runs_on_the_cpu():
+    """The --gpu-baseline script (bf16 autocast + torch.compile of both models, MFU) is ready for a GPU:
+    here its whole code path runs on the CPU at a tiny size, and its FLOPs are count_params's."""
+    from stlm.config import load_config
+    from stlm.models import count_params
+
+    overrides = ["model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.n_kv_heads=1",
+                 "model.ffn_dim=256", "model.context_length=64", "train.batch_size=2", "train.grad_accum=1"]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--gpu-baseline",
+                           "--baseline-on-cpu", "--gpu-warmup", "1", "--gpu-rounds", "2", "--gpu-steps", "1",
+                           *overrides], capture_output=True, text=True, cwd=str(REPO), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])["gpu_baseline"]
+    cfg = load_config(REPO / "configs" / "baseline-50m.yaml", overrides)
+    assert res["flops_per_token"] == count_params(cfg.model).flops_per_token
+    assert res["stlm_tokens_per_s"] > 0 and res["ref_tokens_per_s"] > 0
+    assert res["same_function_loss_diff"] < 1e-2  # the reference really is the same network

@@ -23,14 +23,16 @@ Safety:
 - Shared: a FileLock per key makes concurrent processes (sweep trials, DDP ranks) prepare
   once; the others wait and then read the finished cache.
 
-Tokenization runs in data.num_proc worker processes (spawned) over batches of ~1 MB of
-documents; the main process reads the source and writes the results in order. Splits under
-2M characters, and num_proc=1, are tokenized in this process.
+Tokenization runs over batches of ~1 MB of documents; the main process reads the source and
+writes the results in order. The first 2M characters are tokenized in this process; only a
+corpus that goes on past them starts the data.num_proc worker processes (spawned, about a
+second each on 2 busy cores), once, for both splits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -116,26 +118,47 @@ def _ordered_map(pool, fn, items: Iterable, in_flight: int) -> Iterator:
         yield pending.popleft().result()
 
 
-def _tokenize_split(docs: Iterable[str], tokenizer: Tokenizer, path: Path, dtype: str, num_proc: int,
-                    cap: int | None, desc: str) -> dict:
+class _Encoder:
+    """_encode_batch over batches, in order: in this process for the first PARALLEL_MIN_CHARS
+    characters, then in a pool of num_proc spawned processes started at that point (small corpora
+    never pay for it) and kept for the next split."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: str, num_proc: int):
+        self.tokenizer, self.dtype, self.num_proc = tokenizer, dtype, num_proc
+        self.pool: ProcessPoolExecutor | None = None
+        self.chars = 0
+        _init_worker(tokenizer, dtype)
+
+    def map(self, batches: Iterator[list[str]]) -> Iterator:
+        for batch in batches:
+            if self.pool is None and self.num_proc > 1 and self.chars >= PARALLEL_MIN_CHARS:
+                # spawn, not fork: the caller may hold threads (torch, Ray, rayon inside rustbpe) whose locks
+                # a forked child would inherit mid-use. A ProcessPoolExecutor, not a multiprocessing.Pool:
+                # a worker that cannot start raises BrokenProcessPool instead of being restarted for ever.
+                self.pool = ProcessPoolExecutor(self.num_proc, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(self.tokenizer, self.dtype))
+            if self.pool is not None:
+                yield from _ordered_map(self.pool, _encode_batch, itertools.chain([batch], batches),
+                                        in_flight=2 * self.num_proc)
+                return
+            out = _encode_batch(batch)
+            self.chars += out[2]
+            yield out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int | None, desc: str) -> dict:
     from tqdm.auto import tqdm
 
     stats = {"tokens": 0, "bytes": 0, "chars": 0, "documents": 0}
     bar = tqdm(total=cap, desc=desc, unit="char", unit_scale=True, disable=_progress_disabled())
-    pool = None
     try:
-        if num_proc > 1 and (cap is None or cap > PARALLEL_MIN_CHARS):
-            # spawn, not fork: the caller may hold threads (torch, Ray, rayon inside rustbpe) whose locks
-            # a forked child would inherit mid-use. A ProcessPoolExecutor, not a multiprocessing.Pool:
-            # a worker that cannot start raises BrokenProcessPool instead of being restarted for ever.
-            pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(tokenizer, dtype))
-            results = _ordered_map(pool, _encode_batch, _batches(docs), in_flight=2 * num_proc)
-        else:
-            _init_worker(tokenizer, dtype)
-            results = map(_encode_batch, _batches(docs))
         with open(path, "wb") as f:
-            for arr, n_bytes, n_chars, n_docs in results:
+            for arr, n_bytes, n_chars, n_docs in encoder.map(_batches(docs)):
                 f.write(arr.tobytes())
                 stats["tokens"] += len(arr)
                 stats["bytes"] += n_bytes
@@ -146,14 +169,12 @@ def _tokenize_split(docs: Iterable[str], tokenizer: Tokenizer, path: Path, dtype
             os.fsync(f.fileno())
     except BrokenProcessPool as e:
         raise StlmError(
-            f"The data.num_proc={num_proc} tokenization processes could not run ({e}). They are started with "
-            "'spawn', which re-imports the main script: guard it with `if __name__ == \"__main__\":`, "
+            f"The data.num_proc={encoder.num_proc} tokenization processes could not run ({e}). They are started "
+            "with 'spawn', which re-imports the main script: guard it with `if __name__ == \"__main__\":`, "
             "or set data.num_proc=1."
         ) from None
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     return stats
 
 
@@ -227,13 +248,16 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
     try:
         t0 = time.time()
         splits = {}
-        for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
-            splits[split] = _tokenize_split(source.documents(split, cap), tokenizer, tmp / f"{split}.bin",
-                                            content["dtype"], max(1, d.num_proc), cap,
-                                            desc=f"tokenize {source.name} {split}")
-            if splits[split]["documents"] == 0:
-                hint = " Raise data.val_fraction or use a larger corpus." if split == "val" else ""
-                raise StlmError(f"data.source={source.name!r} gave no {split} documents.{hint}")
+        encoder = _Encoder(tokenizer, content["dtype"], max(1, d.num_proc))
+        try:
+            for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
+                splits[split] = _tokenize_split(source.documents(split, cap), encoder, tmp / f"{split}.bin", cap,
+                                                desc=f"tokenize {source.name} {split}")
+                if splits[split]["documents"] == 0:
+                    hint = " Raise data.val_fraction or use a larger corpus." if split == "val" else ""
+                    raise StlmError(f"data.source={source.name!r} gave no {split} documents.{hint}")
+        finally:
+            encoder.close()
         manifest = {**content, "key": key, "splits": splits, "build_id": uuid.uuid4().hex,
                     "created": time.time(), "seconds": round(time.time() - t0, 2)}
         with open(tmp / "manifest.json", "w") as f:  # last: a directory with a manifest is complete
