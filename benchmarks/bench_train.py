@@ -200,7 +200,7 @@ def optimizer_check(cfg, data, device, rounds: int = 7, steps: int = 5) -> dict:
     """ms per optimizer.step() of stlm.train.optim.build_optimizer vs the same AdamW with fused=True,
     on the stlm model's parameters with gradients (alternating; the profiling finding in numbers)."""
     from stlm.models import build_model
-    from stlm.train.optim import build_optimizer, param_groups
+    from stlm.train.optim import build_optimizer
 
     model = build_model(cfg.model, data.tokenizer if data else None).to(device)
     x, y = make_batches(cfg, data, 1, device)[0]
@@ -208,7 +208,7 @@ def optimizer_check(cfg, data, device, rounds: int = 7, steps: int = 5) -> dict:
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     ours = build_optimizer(model, cfg.train, device)
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.train) if g["params"]]
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in ours.param_groups]  # the same split
     fused = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps,
                               fused=True) if fused_available(device) else None
     if fused is None:

@@ -39,7 +39,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections import deque
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
+from stlm import progress
 from stlm.data.sources import GeneratedSource, Source, cache_root, get_source, source_key, val_chars
 from stlm.errors import StlmError
 from stlm.tokenizers import Tokenizer, load_tokenizer
@@ -71,10 +71,6 @@ class PreparedData:
     val: np.ndarray
     manifest: dict
     cache_path: Path
-
-
-def _progress_disabled() -> bool:
-    return os.environ.get("STLM_QUIET") == "1" or not sys.stderr.isatty()
 
 
 # --------------------------------------------------------------------------- workers
@@ -152,10 +148,8 @@ class _Encoder:
 
 
 def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int | None, desc: str) -> dict:
-    from tqdm.auto import tqdm
-
     stats = {"tokens": 0, "bytes": 0, "chars": 0, "documents": 0}
-    bar = tqdm(total=cap, desc=desc, unit="char", unit_scale=True, disable=_progress_disabled())
+    bar = progress.bar(total=cap, desc=desc, unit="char", unit_scale=True)
     try:
         with open(path, "wb") as f:
             for arr, n_bytes, n_chars, n_docs in encoder.map(_batches(docs)):

@@ -26,22 +26,18 @@ positions, so batched scores equal one-at-a-time scores.
 
 from __future__ import annotations
 
-import os
-import sys
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 
+from stlm.progress import bar
+
 Request = tuple[list[int], list[int]]  # (context_ids, continuation_ids)
 
 
 def progress(iterable, total: int | None = None, desc: str = ""):
-    """tqdm when on a TTY and not STLM_QUIET=1."""
-    from tqdm import tqdm
-
-    quiet = os.environ.get("STLM_QUIET") == "1" or not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False)
+    return bar(iterable, total=total, desc=desc, leave=False)
 
 
 class LM(ABC):

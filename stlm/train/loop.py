@@ -23,7 +23,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from stlm.config import Config, TrainConfig, to_dict
+from stlm import progress as bars
 from stlm.errors import StlmError
 from stlm.eval.bpb import bpb_from_sums, bpb_sums
 from stlm.train import checkpoint as ckpt
@@ -371,11 +371,9 @@ def _line(m: dict) -> str:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled or os.environ.get("STLM_QUIET") == "1" or not sys.stderr.isatty():
+    if not enabled or bars.quiet():
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    return bars.bar(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
