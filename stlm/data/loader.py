@@ -12,6 +12,10 @@ chance). Each step reads only the B * (T + 1) tokens it needs from the memmap.
 
 Validation uses val_windows(): fixed, evenly spaced, non-overlapping windows, so every
 evaluation of every run on the same data scores exactly the same tokens (each target once).
+
+There is no prefetch thread, on purpose: next() costs 27 us against a step of hundreds of ms,
+and a second live thread that runs torch ops gives the process a second OpenMP pool, which made
+every step 22-31% slower on 2 cores (benchmarks/RESULTS.md, "Tested later").
 """
 
 from __future__ import annotations
