@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -173,6 +175,25 @@ def test_prepare_parallel_equals_serial_and_is_reused(tmp_path):
     # a different cap is a different cache
     other = prepare(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_chars=1_000_000)))
     assert other.cache_path != parallel.cache_path and len(other.train) < len(parallel.train)
+
+
+def test_unguarded_script_with_parallel_gpt2_preparation_fails_instead_of_hanging(tmp_path, shared_data):
+    # spawn re-imports the main script in each worker, which calls prepare() again. With the ~1 MB
+    # GPT-2 tokenizer in the pool's start-up data, the parent used to block for ever writing it to the
+    # dead child; now the worker loads it from a file and the parent raises the clear error.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from stlm.config import Config\nfrom stlm.data import prepare\n"
+        "cfg = Config()\ncfg.model.tokenizer = 'gpt2'\n"
+        f"cfg.data.source = {str(shared_data / 'corpora' / 'tinystories')!r}\n"
+        f"cfg.data.gpt2_vocab_file = {str(shared_data / 'tokenizers' / 'gpt2' / 'gpt2.tiktoken')!r}\n"
+        f"cfg.data.cache_dir = {str(tmp_path / 'cache')!r}\ncfg.data.num_proc = 2\n"
+        "prepare(cfg)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0
+    assert "data.num_proc=2 tokenization processes could not run" in r.stderr and "__main__" in r.stderr
+    left = [p.name for p in (tmp_path / "cache" / "data").iterdir() if not p.name.endswith(".lock")]
+    assert left == []  # no cache, complete or partial
 
 
 def test_tampered_manifest_or_truncated_shard_is_rebuilt(tmp_path):

@@ -37,6 +37,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import time
@@ -84,6 +85,11 @@ def _init_worker(tokenizer: Tokenizer, dtype: str) -> None:
     _worker_tok, _worker_dtype = tokenizer, np.dtype(dtype)
 
 
+def _init_worker_from_file(path: str, dtype: str) -> None:
+    with open(path, "rb") as f:
+        _init_worker(pickle.load(f), dtype)
+
+
 def _encode_batch(docs: list[str]) -> tuple[np.ndarray, int, int, int]:
     """(tokens with an EOT after each document, UTF-8 bytes, characters, documents)."""
     arr = _worker_tok.encode_documents(docs, dtype=_worker_dtype)
@@ -117,10 +123,17 @@ def _ordered_map(pool, fn, items: Iterable, in_flight: int) -> Iterator:
 class _Encoder:
     """_encode_batch over batches, in order: in this process for the first PARALLEL_MIN_CHARS
     characters, then in a pool of num_proc spawned processes started at that point (small corpora
-    never pay for it) and kept for the next split."""
+    never pay for it) and kept for the next split.
 
-    def __init__(self, tokenizer: Tokenizer, dtype: str, num_proc: int):
+    The workers load the tokenizer from a file in `scratch`, not from the pool's initargs: a spawned
+    child reads its start-up data from a pipe only after importing the main script, and a GPT-2
+    tokenizer (about 1 MB pickled) would fill that pipe. A child that then dies in the import (an
+    unguarded script calling prepare()) left the parent blocked on the write for ever instead of
+    raising BrokenProcessPool."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: str, num_proc: int, scratch: Path):
         self.tokenizer, self.dtype, self.num_proc = tokenizer, dtype, num_proc
+        self.tok_file = scratch / "tokenizer.pickle"
         self.pool: ProcessPoolExecutor | None = None
         self.chars = 0
         _init_worker(tokenizer, dtype)
@@ -131,8 +144,11 @@ class _Encoder:
                 # spawn, not fork: the caller may hold threads (torch, Ray, rayon inside rustbpe) whose locks
                 # a forked child would inherit mid-use. A ProcessPoolExecutor, not a multiprocessing.Pool:
                 # a worker that cannot start raises BrokenProcessPool instead of being restarted for ever.
+                with open(self.tok_file, "wb") as f:
+                    pickle.dump(self.tokenizer, f)
                 self.pool = ProcessPoolExecutor(self.num_proc, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker, initargs=(self.tokenizer, self.dtype))
+                                                initializer=_init_worker_from_file,
+                                                initargs=(str(self.tok_file), self.dtype))
             if self.pool is not None:
                 yield from _ordered_map(self.pool, _encode_batch, itertools.chain([batch], batches),
                                         in_flight=2 * self.num_proc)
@@ -145,6 +161,7 @@ class _Encoder:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self.tok_file.unlink(missing_ok=True)
 
 
 def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int | None, desc: str) -> dict:
@@ -242,7 +259,7 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
     try:
         t0 = time.time()
         splits = {}
-        encoder = _Encoder(tokenizer, content["dtype"], max(1, d.num_proc))
+        encoder = _Encoder(tokenizer, content["dtype"], max(1, d.num_proc), scratch=tmp)
         try:
             for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
                 splits[split] = _tokenize_split(source.documents(split, cap), encoder, tmp / f"{split}.bin", cap,
