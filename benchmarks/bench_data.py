@@ -10,7 +10,8 @@
      tiktoken_loop single-process baseline: tiktoken encode_ordinary per document + EOT into one uint16
                    array, documents already in memory (reading them is not charged to the baseline)
      tiktoken_batch the same with encode_ordinary_batch (tiktoken's own thread pool)
-     read_only     just iterating the source's train + val documents (where prepare's time goes)
+     read_only     just reading the source's train + val documents in one pass, as prepare does (where
+                   prepare's time goes)
    tokenize_speedup = tiktoken_loop time / prepare_np2 time (> 1: prepare is faster).
 2. Loader: TokenBatcher.next() time vs one training step (stlm train_step) of the benchmark's CPU
    model on the same data, alternating; loader_overhead = next time / step time.
@@ -82,8 +83,9 @@ def bench_tokenize(mode: dict, work: Path) -> dict:
     tok = load_tokenizer(base.model, base.data)  # gpt2: read from file; bpe: trained once here, not timed
     src = get_source(base.data)
 
-    def read():
-        return (list(src.documents("train", base.data.max_chars)), list(src.documents("val", val_chars(base.data))))
+    def read():  # as prepare reads: one pass for both splits of a hashed split
+        train, val = src.splits(base.data.max_chars, val_chars(base.data), work / "val-documents.jsonl")
+        return list(train), list(val)
 
     train_docs, val_docs = read()  # also warms the page cache
     docs = train_docs + val_docs

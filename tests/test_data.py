@@ -105,6 +105,26 @@ def test_local_text_file_hash_split_is_deterministic_disjoint_and_capped(shared_
     assert sum(map(len, capped)) >= 50_000 > sum(map(len, capped[:-1]))
 
 
+@pytest.mark.parametrize("caps", [(None, None), (60_000, 30_000), (60_000, None), (2_000_000, 10_000)])
+def test_hashed_split_is_read_once_with_the_same_documents(shared_data, tmp_path, caps):
+    # prepare() reads a hashed split in one pass (a streamed hub corpus is not downloaded twice),
+    # and must give exactly what documents() gives for each split, caps included
+    src = get_source(DataConfig(source=str(shared_data / "corpora" / "tinystories"), val_fraction=0.1))
+    want = list(src.documents("train", caps[0])), list(src.documents("val", caps[1]))
+    streams = {"n": 0}
+    real = src._stream
+
+    def counted(split):
+        streams["n"] += 1
+        return real(split)
+
+    src._stream = counted
+    train, val = src.splits(*caps, spill=tmp_path / "val.jsonl")
+    assert list(train) == want[0]
+    assert list(val) == want[1] and len(want[1]) > 10
+    assert streams["n"] == 1
+
+
 def test_local_jsonl_parquet_and_directories(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

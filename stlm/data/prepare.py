@@ -261,12 +261,15 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
         splits = {}
         encoder = _Encoder(tokenizer, content["dtype"], max(1, d.num_proc), scratch=tmp)
         try:
+            spill = tmp / "val-documents.jsonl"  # a hashed split's val documents, met while reading train
+            docs = dict(zip(("train", "val"), source.splits(d.max_chars, val_chars(d), spill)))
             for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
-                splits[split] = _tokenize_split(source.documents(split, cap), encoder, tmp / f"{split}.bin", cap,
+                splits[split] = _tokenize_split(docs[split], encoder, tmp / f"{split}.bin", cap,
                                                 desc=f"tokenize {source.name} {split}")
                 if splits[split]["documents"] == 0:
                     hint = " Raise data.val_fraction or use a larger corpus." if split == "val" else ""
                     raise StlmError(f"data.source={source.name!r} gave no {split} documents.{hint}")
+            spill.unlink(missing_ok=True)
         finally:
             encoder.close()
         manifest = {**content, "key": key, "splits": splits, "build_id": uuid.uuid4().hex,

@@ -10,7 +10,8 @@ A Source yields documents (str) for the "train" and "val" splits:
 - Sources with their own validation split (generated, tinystories) use it.
 - The others are split by document: a document is held out for val when the hash of
   (data.split_seed, its text) falls below data.val_fraction. The split is therefore fixed
-  per document, independent of reading order, of max_chars and of the machine.
+  per document, independent of reading order, of max_chars and of the machine. prepare()
+  reads such a corpus once for both splits (Source.splits).
 
 Caps: train reads documents until data.max_chars characters; val until
 val_chars(data) = max(VAL_MIN_CHARS, max_chars * val_fraction), at least 250k characters so
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -120,6 +122,39 @@ class Source:
             want_val = split == "val"
             docs = (d for d in self._stream("train") if self.is_val(d) == want_val)
         return _capped(docs, max_chars)
+
+    def splits(self, train_chars: int | None, val_chars: int | None, spill: Path) -> tuple[Iterator[str], Iterator[str]]:
+        """(train, val) documents, the same as documents("train", train_chars) and documents("val",
+        val_chars), to be read in that order. A hashed split reads its stream once, not twice (a
+        streamed hub corpus is not downloaded again for its 1% of val): train documents are yielded,
+        val documents are written to `spill` (JSON lines) on the way and read back afterwards."""
+        if self.native_val:
+            return self.documents("train", train_chars), self.documents("val", val_chars)
+
+        def train() -> Iterator[str]:
+            left = {"train": train_chars, "val": val_chars}  # None: uncapped
+            with open(spill, "w", encoding="utf-8") as out:
+                for d in self._stream("train"):
+                    split = "val" if self.is_val(d) else "train"
+                    if left[split] is not None and left[split] <= 0:  # this split is full (as _capped)
+                        if all(v is not None and v <= 0 for v in left.values()):
+                            return
+                        continue
+                    if not d or d.isspace():
+                        continue
+                    if left[split] is not None:
+                        left[split] -= len(d)
+                    if split == "train":
+                        yield d
+                    else:
+                        out.write(json.dumps(d) + "\n")
+
+        def val() -> Iterator[str]:
+            with open(spill, encoding="utf-8") as f:
+                for line in f:
+                    yield json.loads(line)
+
+        return train(), val()
 
 
 class GeneratedSource(Source):
