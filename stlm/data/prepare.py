@@ -261,9 +261,10 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
         splits = {}
         encoder = _Encoder(tokenizer, content["dtype"], max(1, d.num_proc), scratch=tmp)
         try:
+            caps = {"train": d.max_chars, "val": val_chars(d)}
             spill = tmp / "val-documents.jsonl"  # a hashed split's val documents, met while reading train
-            docs = dict(zip(("train", "val"), source.splits(d.max_chars, val_chars(d), spill)))
-            for split, cap in (("train", d.max_chars), ("val", val_chars(d))):
+            docs = dict(zip(caps, source.splits(caps["train"], caps["val"], spill)))
+            for split, cap in caps.items():
                 splits[split] = _tokenize_split(docs[split], encoder, tmp / f"{split}.bin", cap,
                                                 desc=f"tokenize {source.name} {split}")
                 if splits[split]["documents"] == 0:

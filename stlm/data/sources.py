@@ -80,15 +80,32 @@ def val_chars(data_cfg: "DataConfig") -> int | None:
     return max(VAL_MIN_CHARS, int(data_cfg.max_chars * data_cfg.val_fraction))
 
 
-def _capped(docs: Iterator[str], max_chars: int | None) -> Iterator[str]:
-    total = 0
-    for d in docs:
-        if max_chars is not None and total >= max_chars:
-            return
+class _Budget:
+    """The cap of one split: it takes documents until it holds >= max_chars characters (None: no cap);
+    blank documents are skipped and do not count."""
+
+    def __init__(self, max_chars: int | None):
+        self.left = max_chars
+
+    @property
+    def full(self) -> bool:
+        return self.left is not None and self.left <= 0
+
+    def take(self, d: str) -> bool:
         if not d or d.isspace():
-            continue
-        total += len(d)
-        yield d
+            return False
+        if self.left is not None:
+            self.left -= len(d)
+        return True
+
+
+def _capped(docs: Iterator[str], max_chars: int | None) -> Iterator[str]:
+    budget = _Budget(max_chars)
+    for d in docs:
+        if budget.full:
+            return
+        if budget.take(d):
+            yield d
 
 
 class Source:
@@ -132,18 +149,16 @@ class Source:
             return self.documents("train", train_chars), self.documents("val", val_chars)
 
         def train() -> Iterator[str]:
-            left = {"train": train_chars, "val": val_chars}  # None: uncapped
+            budgets = {"train": _Budget(train_chars), "val": _Budget(val_chars)}
             with open(spill, "w", encoding="utf-8") as out:
                 for d in self._stream("train"):
                     split = "val" if self.is_val(d) else "train"
-                    if left[split] is not None and left[split] <= 0:  # this split is full (as _capped)
-                        if all(v is not None and v <= 0 for v in left.values()):
+                    if budgets[split].full:
+                        if all(b.full for b in budgets.values()):
                             return
                         continue
-                    if not d or d.isspace():
+                    if not budgets[split].take(d):
                         continue
-                    if left[split] is not None:
-                        left[split] -= len(d)
                     if split == "train":
                         yield d
                     else:
