@@ -181,3 +181,37 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
         assert (max(steps) == MAX_STEPS) == finished
         if eval_on:
             assert ("eval/blimp/acc" in r.data.metrics) == finished  # stopped trials are not evaluated
+
+
+def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):
+    """resources.workers: 2 gives a trial two Ray Train workers in one torch.distributed group: the
+    tokens count both ranks' batches, rank 0's reports reach MLflow, and the trial finishes."""
+    from mlflow.tracking import MlflowClient
+
+    steps, batch, context = 6, 2, 32
+    spec = {
+        "name": "ddp",
+        "config": {
+            "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": context},
+            "data": {"source": "generated", "max_chars": 200000, "num_proc": 1},
+            "train": {"max_steps": steps, "batch_size": batch, "eval_interval": 3, "log_interval": 3,
+                      "eval_batches": 1, "warmup_steps": 1},
+        },
+        "arms": [{"name": "ddp", "set": {}}], "control": "ddp", "seeds": [0],
+        "resources": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0},
+    }
+    sweep_file = tmp_path / "ddp.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec))
+    p = _start([str(sweep_file)], tmp_path, tmp_path / "ddp.log")
+    try:
+        rc = p.wait(timeout=300)
+    finally:
+        _kill_group(p)
+    assert rc == 0, (tmp_path / "ddp.log").read_text()[-4000:]
+    info = json.loads((tmp_path / "sweep_runs" / "ddp" / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert run.data.tags["stlm.status"] == "finished"
+    assert run.data.metrics["tokens"] == steps * batch * context * 2  # two ranks' batches per step
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")] == [3, 6]

@@ -5,9 +5,10 @@
       ASHAScheduler(time_attr="step")      optional early stopping on the reported step
       MLflowSweepCallback                  parent + child runs, resume-safe (tracking.py)
     run_trial(config)                      a Tune *function* trainable: Train V2 refuses Tuner(TorchTrainer)
-      TorchTrainer(worker_loop).fit()      RunConfig(name=<trial id>, storage_path=<exp>/train):
+      Train run (train_run.py).fit()       RunConfig(name=<trial id>, storage_path=<exp>/train):
                                            a retried or restored trial resumes from its last
-                                           Train checkpoint; TuneReportCallback forwards reports
+                                           Train checkpoint; Train's controller runs in this
+                                           trial's process and reports straight to Tune
         worker_loop: stlm.train.loop.train(cfg, report=ray.train.report, resume_from=get_checkpoint())
                      then the eval tasks on rank 0, reported as eval/<task>/<metric>
 
@@ -38,7 +39,7 @@ from stlm.sweep.space import ARM, SEED, SearchSpace
 from stlm.sweep.spec import Sweep, count
 
 # environment the workers need, passed through runtime_env when set in the driver
-PASS_ENV = ("STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
+PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
             "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR")
 HEALTH_CHECK_S = "0.5"  # Ray Train's controller polls its workers (and collects reports) this often; default 2 s
 
@@ -179,8 +180,8 @@ def run_eval(cfg: Config, checkpoint_dir: str | None, trial_dir: Path) -> dict[s
 def run_trial(config: dict, ctx: Context) -> None:
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from stlm.sweep.train_run import trainer_class
 
     trial_id = tune.get_context().get_trial_id()
     if config.get("arch.infeasible"):
@@ -193,7 +194,8 @@ def run_trial(config: dict, ctx: Context) -> None:
     per_worker = {"CPU": r.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = r.gpus_per_worker
-    trainer = TorchTrainer(
+    Trainer, report_callbacks = trainer_class(r.workers)
+    trainer = Trainer(
         worker_loop,
         train_loop_config={
             "config": dataclasses.asdict(cfg), "params": counted.total, "flops_per_token": counted.flops_per_token,
@@ -205,7 +207,7 @@ def run_trial(config: dict, ctx: Context) -> None:
             storage_path=str(Path(ctx.exp_dir) / "train"),
             failure_config=ray.train.FailureConfig(max_failures=ctx.sweep.spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=report_callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
