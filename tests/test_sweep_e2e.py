@@ -215,3 +215,59 @@ def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):
     assert run.data.tags["stlm.status"] == "finished"
     assert run.data.metrics["tokens"] == steps * batch * context * 2  # two ranks' batches per step
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")] == [3, 6]
+
+
+def _train_workers_of(exp_dir: Path) -> list[int]:
+    """PIDs of the Ray Train worker processes of this sweep's own local Ray (their environment
+    points RAY_TMPDIR into the experiment directory)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
+                    and str(exp_dir).encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
+
+
+def test_a_killed_train_worker_is_restarted_from_its_checkpoint(tmp_path):
+    """A Train worker killed mid-trial (OOM killer, a bad node) costs a retry, not the trial:
+    the worker group restarts from the last checkpoint, the trial finishes, and its MLflow
+    history has each validation once."""
+    from mlflow.tracking import MlflowClient
+
+    steps = 80
+    spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    spec.update(name="retry", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
+                arms=[{"name": "rope", "set": {}}], control="rope", seeds=[0], max_failures=1)
+    spec["search"]["samples"] = 1
+    sweep_file = tmp_path / "retry.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "retry"
+    p = _start([str(sweep_file), *OVERRIDES, f"train.max_steps={steps}"], tmp_path, tmp_path / "retry.log")
+    killed = []
+    try:
+        deadline = time.time() + 240
+        while not killed and time.time() < deadline and p.poll() is None:
+            # the driver has the step-10 result: Ray Train registered its checkpoint before passing it on
+            ledger = exp_dir / "mlflow_state.json"
+            trials = json.loads(ledger.read_text()).get("trials", {}) if ledger.is_file() else {}
+            if any(t.get("last_step", -1) >= 10 for t in trials.values()):
+                for pid in _train_workers_of(exp_dir):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.1)
+        assert killed, "no Train worker to kill before the trial ended:\n" + (tmp_path / "retry.log").read_text()[-3000:]
+        rc = p.wait(timeout=300)
+    finally:
+        _kill_group(p)
+    assert rc == 0, (tmp_path / "retry.log").read_text()[-4000:]
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert run.data.tags["stlm.status"] == "finished"
+    resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
+    assert 10 <= max(resumed) < steps  # the restarted worker began at a checkpoint, not at step 0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")] == list(range(10, steps + 1, 10))
