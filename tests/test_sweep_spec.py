@@ -282,3 +282,16 @@ def test_cli_bad_input_is_one_paragraph_exit_2(tmp_path):
         assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, (args, r.stderr)
         assert err.startswith("error: ") and needle in err, (args, err)
         assert "\n" not in err, (args, err)  # one paragraph
+
+
+def test_an_unknown_train_controller_choice_is_refused_before_ray_starts(monkeypatch):
+    """A typo in STLM_TRAIN_CONTROLLER must not silently pick a path: the driver names the
+    variable and the two choices; both choices reach the trials' environment."""
+    from stlm.sweep.runner import env_vars
+
+    monkeypatch.setenv("STLM_TRAIN_CONTROLLER", "stock")
+    with pytest.raises(StlmError, match=r"STLM_TRAIN_CONTROLLER='stock'.*'in-trial'.*'actor'"):
+        env_vars()
+    for choice in ("actor", "in-trial"):
+        monkeypatch.setenv("STLM_TRAIN_CONTROLLER", choice)
+        assert env_vars()["STLM_TRAIN_CONTROLLER"] == choice

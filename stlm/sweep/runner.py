@@ -219,6 +219,10 @@ def run_trial(config: dict, ctx: Context) -> None:
 
 def env_vars() -> dict[str, str]:
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
+    if env.get("STLM_TRAIN_CONTROLLER", "in-trial") not in ("in-trial", "actor"):
+        raise StlmError(f"STLM_TRAIN_CONTROLLER={env['STLM_TRAIN_CONTROLLER']!r}: use 'in-trial' (the default: Ray "
+                        "Train's controller runs in each Tune trial's process) or 'actor' (Ray Train's stock "
+                        "controller actor); see stlm/sweep/train_run.py.")
     env.setdefault("STLM_QUIET", "1")  # no progress bars from trials
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)
     return env

@@ -50,6 +50,10 @@ def _in_trial(base: type) -> type:
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.execution.controller import TrainController
 
+    for hook in ("_initialize_and_run_controller", "_create_default_callbacks"):
+        if not hasattr(base, hook):  # renamed in this Ray: overriding nothing would lose every report
+            raise ImportError(f"{base.__name__}.{hook}")
+
     class InTrialTrainer(base):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
