@@ -52,6 +52,31 @@ def _kill_group(p: subprocess.Popen) -> None:
     p.wait(timeout=60)
 
 
+def _wait_for_step(p: subprocess.Popen, exp_dir: Path, step: int, log: Path) -> None:
+    """Until the driver has a trial's result at `step` or later (its MLflow ledger says so); fails
+    if the sweep ends or 240 s pass first."""
+    ledger = exp_dir / "mlflow_state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if ledger.is_file():
+            trials = json.loads(ledger.read_text()).get("trials", {})
+            if any(t.get("last_step", -1) >= step for t in trials.values()):
+                return
+        time.sleep(0.1)
+    pytest.fail(f"no result at step {step} within 240 s (or the sweep ended first):\n" + log.read_text()[-3000:])
+
+
+def _child_runs(exp_dir: Path):
+    """(MLflow client, the trial runs under the sweep's parent run), from the sweep's sweep.json."""
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    runs = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    return client, runs
+
+
 def test_quickstart_sweep_resume_and_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -69,21 +94,11 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
 
     # 1. start, and kill the driver (SIGKILL, whole process group) once the first results are logged
     p = _start(args, tmp_path, tmp_path / "first.log")
-    ledger_path = exp_dir / "mlflow_state.json"
-    deadline = time.time() + 240
     try:
-        while time.time() < deadline and p.poll() is None:
-            if ledger_path.is_file():
-                trials = json.loads(ledger_path.read_text()).get("trials", {})
-                if any(t.get("last_step", -1) >= 10 for t in trials.values()):
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("no first results within 240 s (or the sweep ended first):\n"
-                        + (tmp_path / "first.log").read_text()[-3000:])
+        _wait_for_step(p, exp_dir, 10, tmp_path / "first.log")
     finally:
         _kill_group(p)
-    before = json.loads(ledger_path.read_text())["trials"]
+    before = json.loads((exp_dir / "mlflow_state.json").read_text())["trials"]
 
     # 2. resume: finished trials stay, unfinished continue from their Train checkpoints
     p = _start([*args, "--resume"], tmp_path, tmp_path / "resume.log")
@@ -141,8 +156,6 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
 def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
     """ASHA on `step`: stopped trials free their Ray Train workers (no hang), finished ones still get
     their end-of-training eval, a failing arm is recorded as failed and the others run on."""
-    from mlflow.tracking import MlflowClient
-
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     spec.update(name="asha", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
                 arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"train.device": "cuda"}}],
@@ -161,10 +174,7 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
         _kill_group(p)
     out = (tmp_path / "asha.log").read_text()
     assert rc == 1, out[-4000:]  # some trials failed (the broken arm), the sweep itself completed
-    info = json.loads((tmp_path / "sweep_runs" / "asha" / "sweep.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    runs = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    client, runs = _child_runs(tmp_path / "sweep_runs" / "asha")
     assert len(runs) == 8
     by_status: dict[str, list] = {}
     for r in runs:
@@ -186,8 +196,6 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
 def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):
     """resources.workers: 2 gives a trial two Ray Train workers in one torch.distributed group: the
     tokens count both ranks' batches, rank 0's reports reach MLflow, and the trial finishes."""
-    from mlflow.tracking import MlflowClient
-
     steps, batch, context = 6, 2, 32
     spec = {
         "name": "ddp",
@@ -208,10 +216,7 @@ def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):
     finally:
         _kill_group(p)
     assert rc == 0, (tmp_path / "ddp.log").read_text()[-4000:]
-    info = json.loads((tmp_path / "sweep_runs" / "ddp" / "sweep.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
-                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    client, [run] = _child_runs(tmp_path / "sweep_runs" / "ddp")
     assert run.data.tags["stlm.status"] == "finished"
     assert run.data.metrics["tokens"] == steps * batch * context * 2  # two ranks' batches per step
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")] == [3, 6]
@@ -235,8 +240,6 @@ def test_a_killed_train_worker_is_restarted_from_its_checkpoint(tmp_path):
     """A Train worker killed mid-trial (OOM killer, a bad node) costs a retry, not the trial:
     the worker group restarts from the last checkpoint, the trial finishes, and its MLflow
     history has each validation once."""
-    from mlflow.tracking import MlflowClient
-
     steps = 80
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     spec.update(name="retry", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
@@ -246,27 +249,18 @@ def test_a_killed_train_worker_is_restarted_from_its_checkpoint(tmp_path):
     sweep_file.write_text(yaml.safe_dump(spec))
     exp_dir = tmp_path / "sweep_runs" / "retry"
     p = _start([str(sweep_file), *OVERRIDES, f"train.max_steps={steps}"], tmp_path, tmp_path / "retry.log")
-    killed = []
     try:
-        deadline = time.time() + 240
-        while not killed and time.time() < deadline and p.poll() is None:
-            # the driver has the step-10 result: Ray Train registered its checkpoint before passing it on
-            ledger = exp_dir / "mlflow_state.json"
-            trials = json.loads(ledger.read_text()).get("trials", {}) if ledger.is_file() else {}
-            if any(t.get("last_step", -1) >= 10 for t in trials.values()):
-                for pid in _train_workers_of(exp_dir):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.1)
+        # the driver has the step-10 result: Ray Train registered its checkpoint before passing it on
+        _wait_for_step(p, exp_dir, 10, tmp_path / "retry.log")
+        killed = _train_workers_of(exp_dir)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
         assert killed, "no Train worker to kill before the trial ended:\n" + (tmp_path / "retry.log").read_text()[-3000:]
         rc = p.wait(timeout=300)
     finally:
         _kill_group(p)
     assert rc == 0, (tmp_path / "retry.log").read_text()[-4000:]
-    info = json.loads((exp_dir / "sweep.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
-                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    client, [run] = _child_runs(exp_dir)
     assert run.data.tags["stlm.status"] == "finished"
     resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert 10 <= max(resumed) < steps  # the restarted worker began at a checkpoint, not at step 0
