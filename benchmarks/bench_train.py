@@ -13,7 +13,8 @@ shapes must be equal), and train on the same batches (real tokens of the generat
 
 Timing alternates: warmup (not timed), then rounds of `steps` stlm steps and `steps` reference
 steps, the order flipping every round (AB BA AB ...), so load changes on a shared machine hit both
-alike. Per round: ratio = stlm tokens/s / reference tokens/s; reported: the median ratio.
+alike. Per round: ratio = stlm tokens/s / reference tokens/s; reported: the median ratio and its
+distribution-free 95% confidence interval (run.median_ci), so a claim of >= 1.0x can be read against it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import fused_available, ref_model, ref_optimizer, ref_step  # noqa: E402
-from run import REPO, bench_config, emit, machine, median  # noqa: E402
+from run import REPO, bench_config, emit, machine, median, median_ci  # noqa: E402
 
 # The variants the issue names: overrides of the benchmark's base config (run.bench_config).
 VARIANTS: dict[str, list[str]] = {
@@ -37,9 +38,12 @@ VARIANTS: dict[str, list[str]] = {
     "byte_level": ["model.embedder=byte_pooled", "model.positional=rope", "model.ffn=swiglu"],
 }
 
-MODES = {  # batch x context (byte_level: byte_batch; it costs ~4x the FLOPs per token), warmup, rounds, steps per turn
-    "full": dict(batch=8, byte_batch=4, ctx=256, warmup=3, rounds=9, steps=4),
-    "quick": dict(batch=8, byte_batch=4, ctx=256, warmup=2, rounds=5, steps=2),
+# batch x context (byte_level: byte_batch; it costs ~4x the FLOPs per token), warmup, rounds, steps per turn.
+# Many short rounds rather than few long ones: on a shared 2-core machine single rounds swing by +-15%
+# (bursts of load), so the number of rounds sets the width of the median's confidence interval.
+MODES = {
+    "full": dict(batch=8, byte_batch=4, ctx=256, warmup=3, rounds=21, steps=2),
+    "quick": dict(batch=8, byte_batch=4, ctx=256, warmup=2, rounds=9, steps=1),
     "smoke": dict(batch=2, byte_batch=2, ctx=32, warmup=1, rounds=2, steps=1),
 }
 
@@ -149,8 +153,10 @@ def compare(pair: Pair, batches, tokens_per_step: int, warmup: int, rounds: int,
         s_tps.append(steps * tokens_per_step / dt["stlm"])
         r_tps.append(steps * tokens_per_step / dt["ref"])
         ratios.append(s_tps[-1] / r_tps[-1])
+    ci = median_ci(ratios)
     return {
         "ratio": round(median(ratios), 4),
+        "ratio_ci95": [round(x, 4) for x in ci] if ci else None,  # of the median (run.median_ci)
         "ratios": [round(x, 4) for x in ratios],
         "stlm_tokens_per_s": round(median(s_tps), 1),
         "ref_tokens_per_s": round(median(r_tps), 1),
@@ -175,6 +181,10 @@ def load(variant: str, mode: dict, device_name: str):
     return cfg, prepare(cfg)
 
 
+def ci_text(ci) -> str:
+    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
 def run_variants(args, mode) -> dict:
     device = torch.device(args.device)
     amp = torch.bfloat16 if args.amp == "bf16" else None
@@ -188,7 +198,8 @@ def run_variants(args, mode) -> dict:
         out[v] = compare(pair, batches, tps, mode["warmup"], mode["rounds"], mode["steps"])
         out[v]["seconds"] = round(time.time() - t0, 1)
         print(f"{v:<14} stlm {out[v]['stlm_tokens_per_s']:>9,.0f} tok/s   reference {out[v]['ref_tokens_per_s']:>9,.0f} tok/s"
-              f"   ratio {out[v]['ratio']:.3f}  (rounds {out[v]['ratios']}, {out[v]['params']:,} params)", flush=True)
+              f"   ratio {out[v]['ratio']:.3f}{ci_text(out[v]['ratio_ci95'])}  ({len(out[v]['ratios'])} rounds, "
+              f"{out[v]['params']:,} params)", flush=True)
         del pair
     return out
 
@@ -389,6 +400,7 @@ def main(argv=None) -> int:
     emit({
         "train_vs_reference": ratios,
         "train_vs_reference_min": min(ratios.values()),
+        "train_vs_reference_ci95": {v: r["ratio_ci95"] for v, r in res.items()},
         "train": res,
         "optimizer": opt,
         "settings": {"device": args.device, "compile": args.compile, "amp": args.amp, **mode},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -61,6 +62,22 @@ def machine() -> dict:
 
 def median(xs) -> float:
     return float(statistics.median(xs))
+
+
+def median_ci(xs, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of the median: the order statistics (x_(k), x_(n+1-k)),
+    k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. Round-to-round timings on a
+    shared machine are skewed by bursts of load, so no normal approximation. None below 6 rounds
+    (too few for 95%)."""
+    xs = sorted(xs)
+    n = len(xs)
+    tail, k = 0.0, 0
+    while True:
+        tail += math.comb(n, k) / 2**n  # P(Bin(n, 1/2) <= k)
+        if tail > (1 - confidence) / 2:
+            break
+        k += 1
+    return None if k == 0 else (float(xs[k - 1]), float(xs[n - k]))
 
 
 def _finite(x):
@@ -148,6 +165,7 @@ def summarize(results: dict[str, dict]) -> dict:
     out = {
         "train_vs_reference": tr.get("train_vs_reference"),
         "train_vs_reference_min": tr.get("train_vs_reference_min"),
+        "train_vs_reference_ci95": tr.get("train_vs_reference_ci95"),
         "tokenize_speedup": da.get("tokenize_speedup"),
         "tokenize_speedup_vs_batch": da.get("tokenize_speedup_vs_batch"),
         "loader_overhead": da.get("loader_overhead"),

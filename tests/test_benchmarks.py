@@ -56,6 +56,7 @@ def test_training_benchmark_covers_the_variants_the_issue_names(smoke_run):
         assert len(r["ratios"]) >= 2, variant
         assert r["params"] > 0
     assert result["train_vs_reference_min"] == min(ratios.values())
+    assert set(result["train_vs_reference_ci95"]) == set(ratios)  # None at smoke's 2 rounds, but reported
 
 
 def test_data_and_eval_benchmarks_report_their_measures(smoke_run):
@@ -99,3 +100,18 @@ def test_gpu_baseline_code_path_runs_on_the_cpu():
     assert res["flops_per_token"] == count_params(cfg.model).flops_per_token
     assert res["stlm_tokens_per_s"] > 0 and res["ref_tokens_per_s"] > 0
     assert res["same_function_loss_diff"] < 1e-2  # the reference really is the same network
+
+
+def test_the_median_confidence_interval_is_the_binomial_order_statistics():
+    """The CI printed beside each train_vs_reference ratio: for n rounds, the sign-test interval
+    (x_(k), x_(n+1-k)) of the standard tables (n=20: ranks 6 and 15; n=9: ranks 2 and 8), covering the
+    median with probability >= 95%, and nothing for fewer than 6 rounds, where 95% is out of reach."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run import median_ci
+
+    assert median_ci([float(x) for x in range(20, 0, -1)]) == (6.0, 15.0)  # order of the input is irrelevant
+    assert median_ci(list(range(1, 10))) == (2.0, 8.0)
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == (1.0, 6.0)
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+    lo, hi = median_ci([1.0] * 21)
+    assert lo == hi == 1.0
