@@ -359,8 +359,32 @@ def test_byte_pooled_tying_and_vocab_check():
 def test_rope_tables_are_precomputed_non_persistent_buffers():
     m = build_model(tiny(context_length=16))
     pos = m.core.pos
-    assert pos.cos.shape == (16, 32 // 4 // 2)
+    assert pos.cos.shape == pos.sin.shape == (16, 32 // 4)  # [context, head_dim], full width
     assert "core.pos.cos" not in m.state_dict()
+
+
+def test_rope_rotates_each_pair_by_its_position_angle_and_scores_depend_on_distance_only():
+    cfg = tiny(context_length=16)
+    pos = build_model(cfg).core.pos
+    hd, half = cfg.head_dim, cfg.head_dim // 2
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, hd)
+    rq, rk = pos.rotate(x, x.flip(-1))
+    # the textbook rotate-half RoPE: pair (x[i], x[i + hd/2]) at position p turns by p * theta^(-2i/hd)
+    ang = torch.arange(16.0)[:, None] * cfg.rope_theta ** (-2 * torch.arange(half) / hd)
+    x1, x2 = x[..., :half], x[..., half:]
+    want = torch.cat([x1 * ang.cos() - x2 * ang.sin(), x2 * ang.cos() + x1 * ang.sin()], dim=-1)
+    assert torch.allclose(rq, want, atol=1e-5)
+    # q at position m against k at position n scores the same as at (m + s, n + s)
+    q, k = torch.randn(hd), torch.randn(hd)
+    seq_q, seq_k = q.expand(1, 1, 16, hd), k.expand(1, 1, 16, hd)
+    rq, rk = pos.rotate(seq_q, seq_k)
+    scores = rq[0, 0] @ rk[0, 0].T  # [m, n]
+    assert torch.allclose(scores[5, 2], scores[12, 9], atol=1e-4)
+    assert torch.allclose(scores[2, 5], scores[10, 13], atol=1e-4)
+    # a cache offset continues the same positions
+    tail_q, _ = pos.rotate(seq_q[:, :, :4], seq_k[:, :, :4], start=12)
+    assert torch.allclose(tail_q, rq[:, :, 12:], atol=1e-6)
 
 
 @pytest.mark.parametrize(
