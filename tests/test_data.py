@@ -337,7 +337,7 @@ def test_prepare_local_file_with_too_few_val_documents_is_an_error(tmp_path):
 def test_batcher_windows_are_shifted_seeded_and_in_bounds():
     import torch
 
-    from stlm.data.loader import TokenBatcher, val_windows
+    from stlm.data.loader import TokenBatcher
 
     tokens = np.arange(10_000, dtype=np.uint32)  # token value == position: windows are easy to check
     b = TokenBatcher(tokens, batch_size=8, context_length=32, seed=1)
@@ -356,7 +356,7 @@ def test_batcher_windows_are_shifted_seeded_and_in_bounds():
 def test_batcher_resume_continues_the_identical_sequence():
     import torch
 
-    from stlm.data.loader import TokenBatcher, val_windows
+    from stlm.data.loader import TokenBatcher
 
     tokens = np.arange(50_000, dtype=np.uint16) % 50_000
     a = TokenBatcher(tokens, 4, 16, seed=7, rank=1, world_size=2)
@@ -385,9 +385,7 @@ def _roundtrip(obj):
 
 
 def test_ranks_read_disjoint_windows():
-    import torch
-
-    from stlm.data.loader import TokenBatcher, val_windows
+    from stlm.data.loader import TokenBatcher
 
     tokens = np.arange(20_000, dtype=np.uint32)
     seen = []
@@ -406,7 +404,7 @@ def test_ranks_read_disjoint_windows():
 def test_val_windows_are_fixed_even_and_non_overlapping():
     import torch
 
-    from stlm.data.loader import TokenBatcher, val_windows
+    from stlm.data.loader import val_windows
 
     tokens = np.arange(1_000, dtype=np.uint16)
     w = val_windows(tokens, 10, 20)

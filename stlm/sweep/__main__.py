@@ -111,7 +111,7 @@ def absolutize(sweep: Sweep) -> None:
     import dataclasses
 
     for arm in sweep.arms:
-        d, e, t = arm.data.setdefault("data", {}), arm.data.setdefault("eval", {}), arm.data.setdefault("train", {})
+        d, e = arm.data.setdefault("data", {}), arm.data.setdefault("eval", {})
         src = d.get("source")
         if isinstance(src, str) and Path(src).expanduser().exists():
             d["source"] = str(Path(src).expanduser().resolve())
