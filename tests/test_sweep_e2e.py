@@ -78,8 +78,6 @@ def _child_runs(exp_dir: Path):
 
 
 def test_quickstart_sweep_resume_and_mlflow(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     # the quickstart, reduced: 2 arms x 2 paired seeds x 1 Optuna sample of lr = 4 trials
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     spec["base"] = str(REPO / "configs" / "quickstart.yaml")
@@ -115,12 +113,9 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
     assert info["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert (tmp_path / "mlflow.db").is_file()
     assert info["arms"] == ["rope", "learned"] and info["control_arm"] == "rope"
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    client, children = _child_runs(exp_dir)
     parent = client.get_run(info["parent_run_id"])
     assert parent.data.tags["stlm.sweep"] == "quickstart" and parent.info.status == "FINISHED"
-    exp_id = parent.info.experiment_id
-    children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  max_results=100)
     assert len(children) == 4, [c.data.tags.get("stlm.trial_id") for c in children]
     trial_ids = [c.data.tags["stlm.trial_id"] for c in children]
     assert len(set(trial_ids)) == 4  # no duplicate runs after the resume
