@@ -148,6 +148,48 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
             assert "eval" in artifacts  # per-item JSONL
 
 
+PG_SCRIPT = """
+import time, ray
+from ray.util.placement_group import placement_group, placement_group_table
+from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups, orphaned_placement_groups
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+own = placement_group([{"CPU": 1}])  # made by the driver, as Tune makes its trials' groups
+ray.get(own.ready())
+
+@ray.remote(num_cpus=0)
+class Trial:  # makes its workers' group, as Ray Train does inside a trial
+    def start_workers(self):
+        pg = placement_group([{"CPU": 1}])
+        ray.get(pg.ready())
+        return pg
+
+trial = Trial.remote()
+workers = ray.get(trial.start_workers.remote())
+job = ray.get_runtime_context().get_job_id()
+alive_orphans = len(orphaned_placement_groups(job))
+ray.kill(trial)  # what Tune does to a trial ASHA stops
+deadline = time.time() + 30
+while not orphaned_placement_groups(job) and time.time() < deadline:
+    time.sleep(0.1)
+kept = placement_group_table(workers)["state"]  # Ray itself keeps it until the job ends
+FreeDeadTrialsPlacementGroups(every_s=0).on_step_begin(0, [])
+state = lambda pg: placement_group_table(pg)["state"]
+print("RESULT", alive_orphans, kept, state(workers), state(own))
+"""
+
+
+def test_the_driver_frees_the_workers_of_a_killed_trial(tmp_path):
+    """What lets a local ASHA sweep run without Ray Train's cleaner actors and the dashboard: once the
+    actor that made a placement group is killed, the driver's callback frees that group's CPUs
+    (Ray alone keeps it until the job ends), and leaves the driver's own groups alone."""
+    r = subprocess.run([sys.executable, "-c", PG_SCRIPT], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=180)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, r.stdout[-2000:] + r.stderr[-4000:]
+    assert line[0].split()[1:] == ["0", "CREATED", "REMOVED", "CREATED"]
+
+
 def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
     """ASHA on `step`: stopped trials free their Ray Train workers (no hang), finished ones still get
     their end-of-training eval, a failing arm is recorded as failed and the others run on."""

@@ -291,7 +291,14 @@ def test_an_unknown_train_controller_choice_is_refused_before_ray_starts(monkeyp
 
     monkeypatch.setenv("STLM_TRAIN_CONTROLLER", "stock")
     with pytest.raises(StlmError, match=r"STLM_TRAIN_CONTROLLER='stock'.*'in-trial'.*'actor'"):
-        env_vars()
+        env_vars(driver_frees_pgs=True)
     for choice in ("actor", "in-trial"):
         monkeypatch.setenv("STLM_TRAIN_CONTROLLER", choice)
-        assert env_vars()["STLM_TRAIN_CONTROLLER"] == choice
+        assert env_vars(driver_frees_pgs=True)["STLM_TRAIN_CONTROLLER"] == choice
+    monkeypatch.setenv("STLM_PG_CLEANUP", "dashboard")
+    with pytest.raises(StlmError, match=r"STLM_PG_CLEANUP='dashboard'.*'driver'.*'ray'"):
+        env_vars(driver_frees_pgs=True)
+    monkeypatch.delenv("STLM_PG_CLEANUP")
+    # the trials leave Ray Train's placement-group cleaner out only when the driver frees the groups
+    assert env_vars(driver_frees_pgs=True)["STLM_PG_CLEANUP"] == "driver"
+    assert "STLM_PG_CLEANUP" not in env_vars(driver_frees_pgs=False)

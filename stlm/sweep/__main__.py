@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--experiment-dir", default=None, help="where Tune, Train and the ledger live (default ./sweep_runs/<name>)")
     p.add_argument("--verbose", action="store_true", help="show the trials' worker logs (Ray Train, training loop)")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="start a local Ray with its dashboard (http://127.0.0.1:8265); off by default: 10 processes")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, "
                                                         "else sqlite:///<cwd>/mlflow.db)")
     return p
@@ -339,21 +341,27 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     if not address:
         runner.prepare_data_locally(sweep)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
-    env = runner.env_vars()
+    from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups, driver_can_free_placement_groups
+
+    driver_frees_pgs = driver_can_free_placement_groups()
+    env = runner.env_vars(driver_frees_pgs=driver_frees_pgs)
     t_ray = time.time()
-    runner.init_ray(address, env, exp_dir=exp_dir, verbose=args.verbose)
+    dashboard = args.ray_dashboard or not driver_frees_pgs
+    runner.init_ray(address, env, exp_dir=exp_dir, dashboard=dashboard, verbose=args.verbose)
     import ray
 
     cluster = ray.cluster_resources()
     runner.check_cluster(sweep, cluster, attached=bool(address))
     concurrency = runner.default_concurrency(sweep, cluster)
     print(f"Ray up in {time.time() - t_ray:.1f}s: {', '.join(f'{v:g} {k}' for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
-          f"{sweep.num_trials} trials, up to {concurrency} at a time", flush=True)
+          f"{sweep.num_trials} trials, up to {concurrency} at a time"
+          + ("" if address or dashboard else "; Ray dashboard off (--ray-dashboard turns it on)"), flush=True)
 
     ctx = runner.Context(sweep=sweep, space=space, exp_dir=str(exp_dir))
     callback = MLflowSweepCallback(tracking_uri=uri, experiment=experiment, sweep=sweep, space=space, exp_dir=exp_dir,
                                    prepare_trial=lambda config, tid: runner.prepare_trial(ctx, config, tid))
-    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback], concurrency=concurrency,
+    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback, FreeDeadTrialsPlacementGroups()],
+                               concurrency=concurrency,
                                reporter=runner.make_reporter(sweep))
     status = "failed"
     try:

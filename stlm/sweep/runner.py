@@ -217,31 +217,42 @@ def run_trial(config: dict, ctx: Context) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
-def env_vars() -> dict[str, str]:
+def env_vars(*, driver_frees_pgs: bool) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
     if env.get("STLM_TRAIN_CONTROLLER", "in-trial") not in ("in-trial", "actor"):
         raise StlmError(f"STLM_TRAIN_CONTROLLER={env['STLM_TRAIN_CONTROLLER']!r}: use 'in-trial' (the default: Ray "
                         "Train's controller runs in each Tune trial's process) or 'actor' (Ray Train's stock "
                         "controller actor); see stlm/sweep/train_run.py.")
+    if os.environ.get("STLM_PG_CLEANUP", "driver") not in ("driver", "ray"):
+        raise StlmError(f"STLM_PG_CLEANUP={os.environ['STLM_PG_CLEANUP']!r}: use 'driver' (the default: the sweep driver "
+                        "frees a killed trial's placement group) or 'ray' (Ray Train's cleaner actor per trial, with "
+                        "the dashboard); see stlm/sweep/train_run.py.")
     env.setdefault("STLM_QUIET", "1")  # no progress bars from trials
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)
+    if driver_frees_pgs:  # the driver's FreeDeadTrialsPlacementGroups replaces Ray Train's cleaner actor
+        from stlm.sweep.train_run import PG_CLEANUP_ENV
+
+        env[PG_CLEANUP_ENV] = "driver"
     return env
 
 
-def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, verbose: bool = False) -> None:
-    """Attach to `address`, else start a local Ray with every core.
+def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboard: bool,
+             verbose: bool = False) -> None:
+    """Attach to `address`, else start a local Ray with every core (and the dashboard only if asked).
 
-    The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API (served by the
-    dashboard) whether a trial's Train controller is still alive, and only then frees the
-    workers' placement group. When ASHA stops a trial its controller dies ungracefully; without
-    the dashboard that placement group is never freed and the next trials wait for ever
-    (measured: a 2-core ASHA sweep hung in its second wave with include_dashboard=False).
+    The dashboard's only use in a local sweep is Ray Train's PlacementGroupCleaner, which asks its
+    state API whether a trial's Train controller still lives and otherwise frees the workers'
+    placement group. When ASHA stops a trial that controller dies ungracefully; without a cleaner
+    the group is never freed and the next trials wait for ever (measured: a 2-core ASHA sweep hung
+    in its second wave). stlm's driver frees those groups itself where it can
+    (train_run.FreeDeadTrialsPlacementGroups), and then a local Ray starts without the dashboard:
+    10 processes fewer, each waking many times a second beside the training (benchmarks/RESULTS.md).
 
-    The cleaner finds "its" cluster without an address: from RAY_ADDRESS, else the
-    ray_current_cluster file under $RAY_TMPDIR/ray (written by `ray start`, not by ray.init),
-    else by looking for GCS processes, which fails once a second Ray instance runs on the
-    machine. So a local sweep writes its GCS address to <exp>/ray/ray/ray_current_cluster and
-    points its workers' RAY_TMPDIR there.
+    With Ray's cleaner (dashboard=True): the cleaner finds "its" cluster without an address: from
+    RAY_ADDRESS, else the ray_current_cluster file under $RAY_TMPDIR/ray (written by `ray start`,
+    not by ray.init), else by looking for GCS processes, which fails once a second Ray instance
+    runs on the machine. So a local sweep writes its GCS address to <exp>/ray/ray/ray_current_cluster
+    and points its workers' RAY_TMPDIR there.
 
     Worker logs reach the terminal only with verbose (they are in the Ray session's logs either
     way); a failing trial's error is printed by Tune and kept in the final table and MLflow.
@@ -259,7 +270,7 @@ def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, verbose
         # One machine has no spot preemptions to watch: Ray Train's watcher is one more actor process
         # per trial (2.7 CPU-s of start-up measured on 2 cores) polling every 5 s. Clusters keep it.
         env.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+        kwargs.update(include_dashboard=dashboard, dashboard_host="127.0.0.1")
     kwargs["runtime_env"] = {"env_vars": env}
     try:
         if address:

@@ -11,9 +11,16 @@ Each imports Ray Train on start (4.6-5.9 s from trial start to controller on 2 c
 wakes about 160 times a second doing nothing, which slows every training step on a small machine
 (benchmarks/RESULTS.md). Here the same TrainController object runs its loop in the Tune trial's
 thread, its reports go straight to `ray.tune.report`, and the dataset callback is left out when
-there are no datasets. The workers, the synchronization actor, checkpoint persistence, retries
-(FailureConfig) and the placement-group cleaner are Ray Train's own, unchanged. A one-worker run
-also skips torch.distributed (a process group of one: a TCP store and gloo's polling thread).
+there are no datasets. The workers, the synchronization actor, checkpoint persistence and retries
+(FailureConfig) are Ray Train's own, unchanged. A one-worker run also skips torch.distributed (a
+process group of one: a TCP store and gloo's polling thread).
+
+Ray Train also starts, per run, a detached PlacementGroupCleaner actor that asks the dashboard's
+state API every second whether the controller still lives, and frees the workers' placement group
+once it does not (an ASHA-stopped trial is killed, and a placement group made by an actor outlives
+it until the job ends). With the driver's FreeDeadTrialsPlacementGroups callback doing that from
+the GCS table instead, a run leaves that actor out too, and a local sweep needs no dashboard
+(benchmarks/RESULTS.md). STLM_PG_CLEANUP=ray in the driver's environment keeps Ray's cleaner.
 
 This uses Ray Train V2 internals of Ray 2.60 (TrainController, DatasetsCallback and two trainer
 hooks); `trainer_class()` falls back to the stock TorchTrainer where they are missing, and
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 import ray.tune
 from ray.train.torch import TorchTrainer
@@ -32,6 +40,8 @@ from ray.train.v2.api.callback import UserCallback
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # the key TuneReportCallback uses, kept for MLflow and results
+PG_CLEANUP_ENV = "STLM_PG_CLEANUP"  # "driver" (default): the sweep driver frees dead trials' placement
+# groups; "ray": Ray Train's cleaner actor per run, which needs the dashboard (for an A/B of the two)
 
 
 class ReportToTune(UserCallback):
@@ -48,6 +58,7 @@ class ReportToTune(UserCallback):
 
 def _in_trial(base: type) -> type:
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.controller import TrainController
 
     for hook in ("_initialize_and_run_controller", "_create_default_callbacks"):
@@ -57,15 +68,17 @@ def _in_trial(base: type) -> type:
     class InTrialTrainer(base):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+            if not self.datasets:
+                callbacks = [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+            if os.environ.get(PG_CLEANUP_ENV) == "driver":
+                callbacks = [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+            return callbacks
 
         def _initialize_and_run_controller(self, **controller_kwargs):
             # Stock: the same object as an actor pinned to this node, then ray.get(run) and
             # ray.get(get_result). The trial's thread is not the main thread: no SIGINT handler here
-            # either. The placement-group cleaner watches this process in place of the controller
-            # actor, so an early-stopped (killed) trial still frees its workers' resources.
+            # either. When this trial is killed (ASHA), its workers' placement group is freed by the
+            # driver's FreeDeadTrialsPlacementGroups, or else by Ray's cleaner watching this process.
             controller = TrainController(**controller_kwargs)
             asyncio.run(controller.run())
             return controller.get_result()
@@ -100,3 +113,85 @@ def trainer_class(num_workers: int) -> tuple[type, list]:
     except ImportError as e:  # another Ray version: the stock path, slower on small machines
         log.warning("Ray Train internals not found (%s): trials use the stock controller actor.", e)
         return stock()
+
+
+def uses_in_trial_controller() -> bool:
+    """Whether trials here take the in-trial path (the driver asks, on the same Ray install)."""
+    return trainer_class(1)[0] is not TorchTrainer
+
+
+# --------------------------------------------------------------------------- in the driver
+
+
+def orphaned_placement_groups(job_id: str) -> list:
+    """Placement groups of this job whose creating actor is dead and that still hold resources.
+
+    In a sweep those are the Train workers' groups of killed trials: the trial's process (or the
+    stock controller actor) made them, and Ray keeps an actor's group until the job ends. Groups the
+    driver made (Tune's own, with no creating actor) and detached ones are never touched.
+    """
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    table = gcs_pb2.PlacementGroupTableData
+    out = []
+    for blob in state._connect_and_get_accessor().get_placement_group_table():
+        pg = table.FromString(blob)
+        if (pg.creator_job_id.hex() == job_id and pg.creator_actor_dead and not pg.is_detached
+                and not ray.ActorID(pg.creator_actor_id).is_nil() and pg.state != table.REMOVED):
+            out.append(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+    return out
+
+
+def driver_can_free_placement_groups() -> bool:
+    """Trials take the in-trial path and this Ray has the GCS placement-group table the driver reads
+    (checked before Ray starts: it decides whether a local sweep needs the dashboard), and
+    STLM_PG_CLEANUP=ray does not ask for Ray Train's own cleaner actors."""
+    if os.environ.get(PG_CLEANUP_ENV, "driver") == "ray" or not uses_in_trial_controller():
+        return False
+    try:
+        from ray._private.state import GlobalState
+        from ray.core.generated import gcs_pb2
+
+        fields = set(gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name)
+        need = {"creator_job_id", "creator_actor_id", "creator_actor_dead", "is_detached", "state"}
+        return hasattr(GlobalState, "_connect_and_get_accessor") and need <= fields
+    except ImportError:  # another Ray: keep Ray Train's own cleaner actors (and the dashboard they need)
+        return False
+
+
+class FreeDeadTrialsPlacementGroups(ray.tune.Callback):
+    """Frees the workers' placement group of a trial that was killed (an ASHA stop, a crash).
+
+    Does for the whole sweep, from the driver's Tune loop, what Ray Train's PlacementGroupCleaner
+    does per run from an actor of its own: one GCS read a second instead of one more process per
+    trial polling the dashboard. Without it the next trials would wait for ever for those CPUs.
+    """
+
+    def __init__(self, every_s: float = 1.0):
+        self.every_s = every_s
+        self._due = 0.0
+
+    def setup(self, **info):  # also on --resume, where this object comes back from Tune's pickle
+        self._due = 0.0
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every_s
+        from ray.util.placement_group import remove_placement_group
+
+        job = ray.get_runtime_context().get_job_id()  # not kept: a resumed sweep is a new job
+        try:
+            orphans = orphaned_placement_groups(job)
+        except Exception as e:  # the GCS is going away at the end, or hiccups: the next step asks again
+            log.debug("placement-group table not read: %s", e)
+            return
+        for pg in orphans:
+            try:
+                remove_placement_group(pg)
+            except Exception as e:  # removed meanwhile, or the GCS is going away at the end
+                log.debug("placement group %s not removed: %s", pg.id.hex(), e)
