@@ -217,21 +217,29 @@ def run_trial(config: dict, ctx: Context) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
+def _one_of(name: str, value: str, choices: dict[str, str]) -> None:
+    """A switch in the driver's environment must be one of `choices` (the first is the default):
+    a typo is refused before Ray starts instead of silently taking a path."""
+    if value not in choices:
+        (default, why), *others = choices.items()
+        alternatives = " or ".join(f"{k!r} ({v})" for k, v in others)
+        raise StlmError(f"{name}={value!r}: use {default!r} (the default: {why}) or {alternatives}; "
+                        "see stlm/sweep/train_run.py.")
+
+
 def env_vars(*, driver_frees_pgs: bool) -> dict[str, str]:
+    from stlm.sweep.train_run import PG_CLEANUP_ENV
+
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
-    if env.get("STLM_TRAIN_CONTROLLER", "in-trial") not in ("in-trial", "actor"):
-        raise StlmError(f"STLM_TRAIN_CONTROLLER={env['STLM_TRAIN_CONTROLLER']!r}: use 'in-trial' (the default: Ray "
-                        "Train's controller runs in each Tune trial's process) or 'actor' (Ray Train's stock "
-                        "controller actor); see stlm/sweep/train_run.py.")
-    if os.environ.get("STLM_PG_CLEANUP", "driver") not in ("driver", "ray"):
-        raise StlmError(f"STLM_PG_CLEANUP={os.environ['STLM_PG_CLEANUP']!r}: use 'driver' (the default: the sweep driver "
-                        "frees a killed trial's placement group) or 'ray' (Ray Train's cleaner actor per trial, with "
-                        "the dashboard); see stlm/sweep/train_run.py.")
+    _one_of("STLM_TRAIN_CONTROLLER", env.get("STLM_TRAIN_CONTROLLER", "in-trial"),
+            {"in-trial": "Ray Train's controller runs in each Tune trial's process",
+             "actor": "Ray Train's stock controller actor"})
+    _one_of(PG_CLEANUP_ENV, os.environ.get(PG_CLEANUP_ENV, "driver"),
+            {"driver": "the sweep driver frees a killed trial's placement group",
+             "ray": "Ray Train's cleaner actor per trial, with the dashboard"})
     env.setdefault("STLM_QUIET", "1")  # no progress bars from trials
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)
     if driver_frees_pgs:  # the driver's FreeDeadTrialsPlacementGroups replaces Ray Train's cleaner actor
-        from stlm.sweep.train_run import PG_CLEANUP_ENV
-
         env[PG_CLEANUP_ENV] = "driver"
     return env
 
