@@ -6,6 +6,7 @@
     stlm report SWEEP_DIR_OR_PARENT_RUN    stlm.sweep.report
     stlm count CONFIG [--json]             stlm.models.params
     stlm generate CHECKPOINT --prompt ...  stlm.eval.generate
+    stlm export CHECKPOINT OUT_DIR         stlm.export.__main__
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "report": ("stlm.sweep.report", "Write the statistics report of a finished sweep."),
     "count": ("stlm.models.params", "Exact parameter count and FLOPs of a config; solve a budget."),
     "generate": ("stlm.eval.generate", "Sample text from a checkpoint."),
+    "export": ("stlm.export.__main__", "Write a checkpoint as a Hugging Face transformers model with a model card."),
 }
 
 
