@@ -216,7 +216,7 @@ def _cli(*args, env_extra=None):
                           timeout=600)
 
 
-def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypatch):
+def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypatch, capsys):
     from stlm.cli import main
     from stlm.eval.generate import generate_ids
     from stlm.train.checkpoint import load_model
@@ -260,6 +260,10 @@ def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypa
     want = generate_ids(model, tok.encode(prompt), 40, temperature=0.0, eot_id=tok.eot_id)
     got = hf.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:].tolist()
     assert got[: len(want)] == want and len(want) > 0
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "40", "--temperature", "0",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == prompt + hf_tok.decode(got[: len(want)])
 
     # the model card: hub front matter and the run's numbers
     card = (out / "README.md").read_text()
@@ -330,3 +334,32 @@ def test_gpt2_checkpoint_exports_as_gpt2_with_the_gpt2_tokenizer(shared_data, tm
     want = generate_ids(model, prompt, 20, temperature=0.0, eot_id=tok.eot_id)
     got = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[0, len(prompt):].tolist()
     assert got[: len(want)] == want and len(want) > 0
+
+
+@pytest.mark.slow  # MLflow's sqlite store takes several seconds to create
+def test_export_by_mlflow_run_id_puts_the_runs_eval_scores_in_the_card(tmp_path):
+    """A sweep trial's run: the checkpoint is found from the run id (as `stlm eval` finds it), and the
+    scores the trial logged (eval/<task>/<metric>) go into the card."""
+    from stlm.cli import main
+    from stlm.tracking import mlflow_client
+    from stlm.train import checkpoint as ck
+
+    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 32, "n_layers": 2, "d_model": 32,
+                                  "n_heads": 2, "sharing": {"mode": "block_all"}}})
+    tok = ByteTokenizer()
+    path = ck.save_checkpoint(tmp_path / "trial" / "step_000040", model_state=build_model(cfg.model).state_dict(),
+                              trainer_state={"metrics": {"val_bpb": 2.3456, "val_loss": 1.6}}, cfg=cfg,
+                              meta={"step": 40, "tokens": 40960, "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp, tags={"stlm.checkpoint": str(path)})
+    for k, v in {"eval/arc_easy/acc": 0.3125, "eval/arc_easy/acc_stderr": 0.05, "eval/arc_easy/n": 64.0,
+                 "eval/blimp_adjunct_island/acc": 0.9}.items():
+        client.log_metric(run.info.run_id, k, v)
+    out = tmp_path / "hf"
+    assert main(["export", run.info.run_id, str(out), "--tracking-uri", uri]) == 0
+    card = (out / "README.md").read_text()
+    assert "| arc_easy | acc | 0.3125 | 0.0500 | 64 |" in card and "blimp_adjunct_island" not in card
+    assert run.info.run_id in card and "2.3456" in card and "40,960" in card
+    assert "one block applied 2 times" in card
