@@ -42,6 +42,23 @@ def test_t_quantile_other_levels_and_symmetry():
     assert stats.t_cdf(stats.t_quantile(0.9, 7), 7) == pytest.approx(0.9, abs=1e-10)
 
 
+# G*Power 3.1 / Cohen (1988): the one-sample (paired) t-test, two-sided alpha = 0.05, needs
+# n = 34 pairs for power 0.80 at d = 0.5 (actual power 0.8078), 15 at d = 0.8, 199 at d = 0.2.
+@pytest.mark.parametrize("d,n,power", [(0.5, 34, 0.8078), (0.8, 15, 0.8213), (0.2, 199, 0.8017)])
+def test_paired_t_power_matches_published_tables(d, n, power):
+    assert stats.paired_t_power(d, n) == pytest.approx(power, abs=5e-4)
+    assert stats.paired_t_power(d, n - 1) < 0.80 <= stats.paired_t_power(d, n)  # the table's smallest n
+
+
+def test_detectable_difference_inverts_the_power():
+    # 34 pairs with sd 2.0 detect a difference of about 0.5 sd = 1.0 at 80% power
+    delta = stats.detectable_difference(2.0, 34)
+    assert 0.97 < delta < 1.0 and stats.paired_t_power(delta / 2.0, 34) == pytest.approx(0.80, abs=1e-6)
+    two, five = stats.detectable_difference(0.01, 2), stats.detectable_difference(0.01, 5)
+    assert five < two  # more seeds, smaller detectable effect; with 2 pairs t_{0.975,1} = 12.7 dominates
+    assert stats.detectable_difference(0.01, 1) is None and stats.detectable_difference(0.0, 3) is None
+
+
 def test_summarize_and_paired_difference():
     s = stats.summarize([1.0, 2.0, 3.0, 4.0])
     sd = math.sqrt(5 / 3)  # sum of squares 5, n - 1 = 3

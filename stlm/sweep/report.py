@@ -18,7 +18,7 @@ eval/<task>/acc metrics). This module turns them into:
   pareto.png                multi-objective sweeps: the Pareto front (metric vs params)
 
 and logs them to the parent run as artifacts under report/. The statistics live in
-stlm.stats (Student t, no scipy).
+stlm.stats (Student t and power from scipy.stats).
 """
 
 from __future__ import annotations
