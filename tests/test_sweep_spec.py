@@ -6,6 +6,7 @@ Fast: pure logic plus real Optuna studies; nothing here starts Ray (see test_swe
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,30 @@ def test_every_sweep_file_passes_dry_run(path, capsys):
     if sweep.spec.budget:  # every arm is within the budget's tolerance
         b = sweep.spec.budget
         for arm in sweep.arms:
-            assert abs(arm.count.total - b.target) <= b.tolerance * b.target or not arm.solved, arm.name
+            assert abs(arm.count.total - arm.size) <= b.tolerance * arm.size or not arm.solved, arm.name
     if sweep.spec.search.architecture:
         assert "(100%)" in out
+    # arms are matched to the control, not just the target: the dry run states the largest gap, and
+    # every shipped ablation keeps it within 0.5% (or names the arm and the granularity that prevents it)
+    if len(sweep.arms) > 1:
+        gaps = re.findall(r"^largest pairwise parameter gap(?: at \S+)?: ([0-9.]+)%", out, re.M)
+        assert gaps, out
+        for gap in gaps:
+            assert float(gap) <= 0.5 or re.search(r"^  \S+: \w+ moves in steps of", out, re.M), out
+        assert all(float(g) <= 0.5 for g in gaps), f"{path.stem}: largest gap {max(gaps)}%"
+        for arm in sweep.arms:
+            ctrl = sweep.control_of(arm).count.total
+            assert f"{(arm.count.total - ctrl) / ctrl:+.2%}" in out  # each arm's gap to the control
+
+
+def test_a_gap_the_granularity_cannot_close_is_explained(tmp_path, capsys):
+    p = write_sweep(tmp_path, {"budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
+                               "grid": {"model.positional": ["rope", "learned"]}})
+    assert sweep_main([str(p), "model.multiple_of=16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "largest pairwise parameter gap: 0.83% (above 0.5%)" in out
+    assert "learned: ffn_dim moves in steps of 16, 24,576 parameters a step here; 984,192 is -0.83% from the " \
+           "control's 992,384, and the next size above (1,008,768, +1.65%) is farther from the control" in out
 
 
 def test_quickstart_is_a_small_cpu_sweep():

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
-from stlm.sweep.spec import Sweep, human, load_sweep
+from stlm.sweep.spec import Sweep, describe_training, gap_notes, human, load_sweep, param_gaps
 
 PLAN_FILE = "plan.pkl"
 
@@ -54,18 +54,38 @@ def describe(sweep: Sweep, space) -> str:
         lines.append(f"overrides: {' '.join(sweep.overrides)}")
     if spec.budget:
         b = spec.budget
-        lines.append(f"budget: {b.target:,} parameters (+-{b.tolerance:.1%}), free dimension {b.free}")
+        if b.target is not None:
+            sizes = ", ".join(f"{t:,}" for t in b.targets)
+            lines.append(f"budget: {sizes} parameters (+-{b.tolerance:.1%}), free dimension {b.free}; the control "
+                         "nearest the target, every other arm nearest the control's count")
+        compute = ("every arm trains on the control's FLOPs" if b.compute == "match" else
+                   f"{b.flops:.4g} training FLOPs per trial" if b.flops is not None else None)
+        if compute or b.tokens is not None:
+            lines.append("compute: " + ", ".join(x for x in (compute, f"{human(b.tokens)} tokens per trial" if b.tokens
+                                                               and b.compute != "match" else None,
+                                                               f"the control trains on {human(b.tokens)} tokens" if b.tokens
+                                                               and b.compute == "match" else None) if x)
+                         + " (train.max_steps solved per arm)")
     lines.append("")
-    head = f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'FLOPs/token':>13}  settings"
+    gaps = param_gaps(sweep)
+    training = {name: (steps, tokens, flops) for name, steps, tokens, flops in describe_training(sweep)}
+    head = (f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'vs ctrl':>8} "
+            f"{'FLOPs/token':>13} {'steps':>6} {'tokens':>8} {'train FLOPs':>11}  settings")
     lines.append(head)
     lines.append("-" * len(head))
     for a in sweep.arms:
         m = a.cfg.model
-        mark = " (control)" if a.name == sweep.control_arm else ""
+        mark = " (control)" if a.name == sweep.control_of(a).name else ""
         mark += "" if a.solved else " (base shape; each trial's shape is searched and solved)"
         sets = ", ".join(f"{k}={v}" for k, v in a.settings.items()) or "-"
+        steps, tokens, flops = training[a.name]
         lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} {m.effective_ffn_dim:>7} "
-                     f"{a.count.total:>12,} {a.count.flops_per_token:>13,}  {sets}{mark}")
+                     f"{a.count.total:>12,} {gaps[a.name]:>+8.2%} {a.count.flops_per_token:>13,} {steps:>6} "
+                     f"{human(tokens):>8} {flops:>11.4g}  {sets}{mark}")
+    notes = gap_notes(sweep)
+    if notes:
+        lines.append("")
+        lines += notes
     lines.append("")
     s = spec.search
     n_cells = len(sweep.cells)
@@ -90,10 +110,8 @@ def describe(sweep: Sweep, space) -> str:
                  + f"; max concurrent: {r.max_concurrent or 'as many as the cluster fits'}")
     cfg = sweep.arms[0].cfg
     t = cfg.train
-    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.model.context_length * r.workers
-    total_flops = sum(a.count.flops_per_token for a in sweep.arms) * tokens * len(spec.seeds) * s.samples
-    lines.append(f"training: {t.max_steps} steps x {t.batch_size * t.grad_accum * r.workers} seqs x "
-                 f"{cfg.model.context_length} tokens = {human(tokens)} tokens per trial; "
+    total_flops = sum(flops for _, _, flops in training.values()) * len(spec.seeds) * s.samples
+    lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} seqs x context tokens per step; "
                  f"{total_flops:.3g} training FLOPs in all")
     lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {sweep.control_arm}")
     if cfg.eval.tasks:
@@ -244,7 +262,8 @@ def count_feasible(sweep: Sweep, space, results) -> int:
             total = count(space.resolve(config)).total
         except StlmError:
             continue
-        good += b is None or abs(total - b.target) <= b.tolerance * b.target
+        target = sweep.arm(config["arm"]).size if b is not None else None
+        good += target is None or abs(total - target) <= b.tolerance * target
     return good
 
 
