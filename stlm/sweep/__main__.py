@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import shutil
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.sweep import compare
 from stlm.sweep.spec import Sweep, describe_training, gap_notes, human, load_sweep, param_gaps
 
 PLAN_FILE = "plan.pkl"
@@ -220,21 +220,33 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             cells.append(f"{v:>{w}}" if i > 1 else f"{v:<{w}}")
         lines.append(" ".join(cells) + f"  {row['status']}" + (" *pareto*" if row.get("pareto") else "")
                      + (f"  ({row['error']})" if row["error"] else ""))
-    # per-arm mean of the objective over its finished trials
+    # per-arm statistics: one value per (arm, seed) cell, the same rule and numbers as the report and MLflow
     lines.append("")
-    for arm in sweep.arms:
-        vals = [row[metric] for row in rows if row["arm"] == arm.name and isinstance(row[metric], (int, float))
-                and row["status"] == "finished"]
-        if vals:
-            mean = sum(vals) / len(vals)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
-            lines.append(f"{arm.name:<22} {metric} mean {mean:.4f} (sd {sd:.4f}, n={len(vals)})"
-                         + ("  [control]" if arm.name == sweep.control_arm else ""))
+    rec = comparison_of(sweep, rows)
+    lines.append(f"per arm ({compare.RULE}):")
+    lines += compare.summary_lines(rec) + compare.power_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
         lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
                      f"max {max(starts):.1f}s")
     return "\n".join(lines), rows
+
+
+def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:
+    """The comparison of the arms from the finished trials' rows (marks each cell's chosen trial):
+    what the terminal prints and sweep.json keeps; the report computes the same from MLflow."""
+    metric, mode = sweep.spec.metrics[0], sweep.spec.modes[0]
+    done = [r for r in rows if r["status"] == "finished" and isinstance(r.get(metric), (int, float))]
+    chosen = compare.best_per_cell(done, lambda r: (r["arm"], r["seed"]), lambda r: r[metric], mode)
+    for r in rows:
+        r["chosen"] = any(r is c for c in chosen)
+    per_seed: dict = {}
+    for r in chosen:
+        per_seed.setdefault(r["arm"], {})[r["seed"]] = float(r[metric])
+    control_of = {a.name: sweep.control_of(a).name for a in sweep.arms}
+    arms = [a.name for a in sweep.arms]
+    summaries, diffs = compare.compare_arms(per_seed, arms, control_of)
+    return compare.record(metric, summaries, diffs, control_of, arms)
 
 
 def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
@@ -404,6 +416,7 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     callback.finish("finished")
     extra = {"wall_s": wall, "trials": rows, "feasible_fraction": feasible / max(1, len(rows)),
              "resumed": bool(args.resume)}
+    extra["comparison"] = comparison_of(sweep, rows)
     if sweep.spec.multi_objective:
         extra["pareto"] = [r["trial_id"] for r in rows if r.get("pareto")]
     write_sweep_json(exp_dir, sweep, uri, experiment, parent, extra)
