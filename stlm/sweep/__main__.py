@@ -83,6 +83,11 @@ def describe(sweep: Sweep, space) -> str:
                      f"{a.count.total:>12,} {gaps[a.name]:>+8.2%} {a.count.flops_per_token:>13,} {steps:>6} "
                      f"{human(tokens):>8} {flops:>11.4g}  {sets}{mark}")
     notes = gap_notes(sweep)
+    if spec.budget is not None and (spec.budget.compute == "match" or spec.budget.flops is not None):
+        for size in sweep.sizes:
+            fl = [training[a.name][2] for a in sweep.arms if a.size == size]
+            at = f" at {size:,}" if spec.budget.sized else ""
+            notes.append(f"largest pairwise training-FLOPs gap{at}: {(max(fl) - min(fl)) / min(fl):.2%} (steps are whole)")
     if notes:
         lines.append("")
         lines += notes
@@ -111,7 +116,7 @@ def describe(sweep: Sweep, space) -> str:
     cfg = sweep.arms[0].cfg
     t = cfg.train
     total_flops = sum(flops for _, _, flops in training.values()) * len(spec.seeds) * s.samples
-    lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} seqs x context tokens per step; "
+    lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} sequences per step; "
                  f"{total_flops:.3g} training FLOPs in all")
     lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {sweep.control_arm}")
     if cfg.eval.tasks:
