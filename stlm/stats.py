@@ -13,10 +13,12 @@ The interval "excludes zero" when both ends have the same sign: at the 5% level 
 arms differ. With n = 1 there is no spread to estimate, and every interval is None
 (printed as n/a) rather than a made-up number.
 
-No scipy: the t quantile is found by bisection on the exact t CDF, written with the
-regularised incomplete beta function (continued fraction, Numerical Recipes 6.4):
+Quantiles and the power of the paired t-test come from scipy.stats (t, nct). The power line
+answers "how large a difference could these seeds have found?": the smallest true mean
+difference delta that a two-sided paired t-test at level alpha detects with probability
+`power`, given the observed sd of the per-seed differences:
 
-    P(T <= t) = 1 - 0.5 * I_x(df/2, 1/2)   with x = df / (df + t^2),  for t >= 0
+    P(|T'| > t_{1-alpha/2, n-1}) = power,   T' ~ noncentral t(df = n - 1, nc = delta * sqrt(n) / sd)
 """
 
 from __future__ import annotations
@@ -25,79 +27,50 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from scipy import optimize
+from scipy import stats as sps
+
 
 # --------------------------------------------------------------------------- Student t
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; NR eq. 6.4.5)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))  # even step
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))  # odd step
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    # the continued fraction converges fast for x < (a+1)/(a+b+2); use the symmetry I_x(a,b) = 1 - I_{1-x}(b,a) otherwise
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with `df` degrees of freedom."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
-    return 1.0 - tail if t >= 0 else tail
+    return float(sps.t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
     """The t value with P(T <= t) = p (t_{0.975, df=1} = 12.706, df=2: 4.303, df=30: 2.042)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    if p == 0.5:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:  # bracket: the CDF is increasing
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    return float(sps.t.ppf(p, df))
+
+
+def paired_t_power(effect_size: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired (one-sample) t-test with n pairs at standardised effect
+    size d = delta / sd (d = 0.5, n = 34: 0.808, the G*Power / Cohen table value)."""
+    if n < 2:
+        return float("nan")
+    df, nc = n - 1, effect_size * math.sqrt(n)
+    crit = sps.t.ppf(1.0 - alpha / 2.0, df)
+    # P(T' < -crit | nc) = P(T' > crit | -nc): scipy's nct.cdf far in the lower tail returns nan
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.sf(crit, df, -nc))
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true mean difference a paired t-test on n pairs with spread `sd` detects
+    at level alpha with the given power (None for n < 2 or no spread)."""
+    if n < 2 or sd is None or not sd > 0:
+        return None
+    gap = lambda e: paired_t_power(e, n, alpha) - power  # noqa: E731  increasing in e
+    hi = 1.0
+    while gap(hi) < 0:  # bracket; with 2 pairs (df = 1) the answer is near d = 10
         hi *= 2.0
-    for _ in range(200):  # bisection to machine precision
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return optimize.brentq(gap, 0.0, hi, xtol=1e-10) * sd
 
 
 # --------------------------------------------------------------------------- summaries

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,6 +382,71 @@ def _save_tiny_checkpoint(tmp_path):
     return path
 
 
+def test_limit_first_takes_the_harness_items(bench, tmp_path, capsys):
+    """lm-evaluation-harness's --limit N scores the first N docs of each task: --subset first does the same."""
+    from stlm.cli import main
+
+    assert sample_ids(1000, 25, 1234, "blimp_passive_1", "first") == list(range(25))
+    path = _save_tiny_checkpoint(tmp_path)
+    items, out = tmp_path / "items.jsonl", tmp_path / "res.json"
+    rc = main(["eval", str(path.parent), "--tasks", "arc_easy,winogrande", "--limit", "3", "--subset", "first",
+               "--data-dir", str(bench), "--items", str(items), "--json", str(out), "--device", "cpu"])
+    assert rc == 0
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    assert [(r["task"], r["doc_id"]) for r in rows] == [("arc_easy", i) for i in range(3)] + [("winogrande", i) for i in range(3)]
+    assert "the first 3 documents per (sub)task (as lm-evaluation-harness --limit 3)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["selection"] == {"limit": 3, "subset": "first"}
+    main(["eval", str(path.parent), "--tasks", "arc_easy", "--limit", "3", "--data-dir", str(bench), "--device", "cpu"])
+    assert "a seeded random 3 documents per (sub)task (seed 1234" in capsys.readouterr().out
+
+
+def test_mmlu_stderr_is_pooled_over_the_57_subjects(bench):
+    model, tok, _ = tiny_model()
+    r = evaluate(model, tok, ["mmlu"], limit=3, data_dir=str(bench))
+    subjects = [v for k, v in r.items() if k.startswith("mmlu_") and k.removeprefix("mmlu_") not in
+                ("stem", "other", "social_sciences", "humanities")]
+    assert len(subjects) == 57
+    # lm_eval.api.metrics.pooled_sample_stderr over the subjects, written out
+    sizes, ses = [s["n"] for s in subjects], [s["acc_stderr"] for s in subjects]
+    n_all, k = sum(sizes), len(sizes)
+    want = math.sqrt(sum((n - 1) * se**2 * n for n, se in zip(sizes, ses)) / (n_all - k) / n_all)
+    assert r["mmlu"]["acc_stderr"] == pytest.approx(want, rel=1e-12)
+    assert r["mmlu"]["acc"] == pytest.approx(sum(s["acc"] * s["n"] for s in subjects) / n_all)
+
+
+def test_hellaswag_doc_1673_is_capitalised_like_the_harness(bench):
+    t = TASKS["hellaswag"]()
+    docs = t.docs("hellaswag", str(bench))
+    # the row's fields: ctx_a = 'The words "... machetes!" appears on screen.', ctx_b = 'a volunteer named " irene zimmerman "';
+    # harness: activity_label + ": " + ctx_a + " " + ctx_b.capitalize()
+    want = ('Cutting the grass: The words "the good works tour cuts the lawn with machetes!" appears on screen. '
+            + 'a volunteer named " irene zimmerman "'.capitalize())
+    assert t.item(docs[1673], 1673, "hellaswag").contexts[0] == want
+    assert "A volunteer named" in want
+
+
+def test_hf_wrapper_passes_dtype_not_the_deprecated_torch_dtype(shared_data, tmp_path, capfd):
+    tr = pytest.importorskip("transformers")
+    import warnings
+
+    from stlm.eval.hf import HFLM
+
+    src = shared_data / "tokenizers" / "gpt2"
+    (tmp_path / "vocab.json").write_bytes((src / "gpt2_vocab.json").read_bytes())
+    (tmp_path / "merges.txt").write_bytes((src / "gpt2_merges.txt").read_bytes())
+    tr.GPT2TokenizerFast.from_pretrained(str(tmp_path)).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    tr.GPT2LMHeadModel(tr.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64)).save_pretrained(str(tmp_path))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lm = HFLM(str(tmp_path), dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    # transformers 5 logs "`torch_dtype` is deprecated! Use `dtype` instead!" to stderr (not a warning)
+    assert "torch_dtype" not in capfd.readouterr().err
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
+
+
 def test_stlm_eval_cli_on_a_checkpoint(bench, tmp_path, capsys):
     from stlm.cli import main
 
@@ -437,3 +503,24 @@ def test_stlm_eval_resolves_an_mlflow_run_id(bench, tmp_path):
     rc = main(["eval", run.info.run_id, "--tracking-uri", uri, "--tasks", "winogrande", "--limit", "2",
                "--data-dir", str(bench), "--json", str(out), "--device", "cpu"])
     assert rc == 0 and json.loads(out.read_text())["winogrande"]["n"] == 2
+    # the results went back to the run the checkpoint came from: metrics at the checkpoint's step, items under eval/
+    hist = client.get_metric_history(run.info.run_id, "eval/winogrande/acc")
+    assert [m.step for m in hist] == [10] and hist[0].value == json.loads(out.read_text())["winogrande"]["acc"]
+    assert [Path(f.path).name for f in client.list_artifacts(run.info.run_id, "eval")] == ["items.jsonl"]
+    assert client.get_run(run.info.run_id).data.tags["stlm.eval.subset"] == "random"
+
+
+def test_eval_finds_the_mlflow_run_a_checkpoint_came_from(tmp_path):
+    from stlm.eval.__main__ import source_run
+
+    run_dir = tmp_path / "runs" / "baseline"  # `stlm train` writes mlflow_run.json beside its checkpoints
+    (run_dir / "step_000010").mkdir(parents=True)
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": "sqlite:///x.db"}))
+    assert source_run(run_dir / "step_000010") == ("a" * 32, "sqlite:///x.db")
+    exp = tmp_path / "sweep"  # a sweep trial's checkpoint: the sweep's ledger names its run
+    ck = exp / "trials" / "t1" / "checkpoints" / "run" / "step_000005"
+    ck.mkdir(parents=True)
+    (exp / "mlflow_state.json").write_text(json.dumps({"trials": {"t1": {"run_id": "b" * 32}}}))
+    (exp / "sweep.json").write_text(json.dumps({"tracking_uri": "sqlite:///y.db"}))
+    assert source_run(ck) == ("b" * 32, "sqlite:///y.db")
+    assert source_run(tmp_path / "elsewhere") is None

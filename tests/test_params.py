@@ -151,6 +151,21 @@ def test_solve_d_model_scales_ffn_unless_it_is_explicit():
     assert fixed.ffn_dim == 512
 
 
+def test_solve_budget_matches_an_arm_to_the_control_not_just_the_target():
+    # the quickstart's arms: learned positions cost 128 x 128 = 16,384 more than rope
+    base = load_config(REPO / "configs" / "quickstart.yaml").model
+    rope = solve_budget(dataclasses.replace(base, multiple_of=16), 1_000_000, free="ffn_dim", tolerance=0.02)
+    learned = dataclasses.replace(base, positional="learned", multiple_of=16)
+    n_rope = count_params(rope).total
+    alone = count_params(solve_budget(learned, 1_000_000, free="ffn_dim", tolerance=0.02)).total
+    matched = count_params(solve_budget(learned, 1_000_000, free="ffn_dim", tolerance=0.02, nearest=n_rope)).total
+    assert (n_rope, alone, matched) == (992_384, 1_008_768, 984_192)  # the numbers: +1.65% vs -0.83%
+    assert abs(matched - n_rope) < abs(alone - n_rope)
+    # `nearest` never leaves the tolerance around the target
+    far = solve_budget(learned, 1_000_000, free="ffn_dim", tolerance=0.02, nearest=2_000_000)
+    assert abs(count_params(far).total - 1_000_000) <= 0.02 * 1_000_000
+
+
 def test_infeasible_budget_names_the_nearest_feasible_sizes():
     cfg = load_config(REPO / "configs" / "baseline-50m.yaml").model
     with pytest.raises(StlmError) as e:

@@ -42,6 +42,23 @@ def test_t_quantile_other_levels_and_symmetry():
     assert stats.t_cdf(stats.t_quantile(0.9, 7), 7) == pytest.approx(0.9, abs=1e-10)
 
 
+# G*Power 3.1 / Cohen (1988): the one-sample (paired) t-test, two-sided alpha = 0.05, needs
+# n = 34 pairs for power 0.80 at d = 0.5 (actual power 0.8078), 15 at d = 0.8, 199 at d = 0.2.
+@pytest.mark.parametrize("d,n,power", [(0.5, 34, 0.8078), (0.8, 15, 0.8213), (0.2, 199, 0.8017)])
+def test_paired_t_power_matches_published_tables(d, n, power):
+    assert stats.paired_t_power(d, n) == pytest.approx(power, abs=5e-4)
+    assert stats.paired_t_power(d, n - 1) < 0.80 <= stats.paired_t_power(d, n)  # the table's smallest n
+
+
+def test_detectable_difference_inverts_the_power():
+    # 34 pairs with sd 2.0 detect a difference of about 0.5 sd = 1.0 at 80% power
+    delta = stats.detectable_difference(2.0, 34)
+    assert 0.97 < delta < 1.0 and stats.paired_t_power(delta / 2.0, 34) == pytest.approx(0.80, abs=1e-6)
+    two, five = stats.detectable_difference(0.01, 2), stats.detectable_difference(0.01, 5)
+    assert five < two  # more seeds, smaller detectable effect; with 2 pairs t_{0.975,1} = 12.7 dominates
+    assert stats.detectable_difference(0.01, 1) is None and stats.detectable_difference(0.0, 3) is None
+
+
 def test_summarize_and_paired_difference():
     s = stats.summarize([1.0, 2.0, 3.0, 4.0])
     sd = math.sqrt(5 / 3)  # sum of squares 5, n - 1 = 3
@@ -207,7 +224,28 @@ def test_plots_are_real_pngs_and_html_references_them(report):
 
 def test_report_logged_to_parent_run(report, store):
     names = {Path(f.path).name for f in store["client"].list_artifacts(store["parent"], "report")}
-    assert {"report.md", "report.html", "curves.png", "params.png", "benchmarks.png"} <= names
+    assert {"report.md", "report.html", "curves.png", "params.png", "benchmarks.png", "comparison.json"} <= names
+    # the comparison is also the parent run's metrics (read back from the sqlite store): MLflow's compare view
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(tracking_uri=store["uri"]).get_run(store["parent"]).data.metrics
+    d = [_val_bpb("B", s) - _val_bpb("A", s) for s in SEEDS]
+    row = _row(report.read_text(), "Paired differences", "val_bpb", "B")
+    lo, hi = (float(x) for x in row[5].strip("[]").split(","))
+    assert metrics["compare/B/val_bpb/diff"] == pytest.approx(sum(d) / 3, abs=1e-12)
+    assert metrics["compare/B/val_bpb/diff_lo"] == pytest.approx(lo, abs=1e-4)
+    assert metrics["compare/B/val_bpb/diff_hi"] == pytest.approx(hi, abs=1e-4)
+    assert metrics["compare/A/val_bpb/mean"] == pytest.approx(sum(SEED_BASE.values()) / 3, abs=1e-12)
+    assert metrics["compare/D/val_bpb/pairs"] == 1 and "compare/D/val_bpb/diff_lo" not in metrics  # no fake interval
+
+
+def test_few_seeds_get_a_power_line_not_just_an_interval(report):
+    text = report.read_text()
+    assert "Fewer than 3 paired seeds: the 95% intervals are not informative" in text  # D has one seed
+    sd = stats.paired_difference({s: _val_bpb("B", s) for s in SEEDS}, {s: _val_bpb("A", s) for s in SEEDS}).std
+    now, five = stats.detectable_difference(sd, 3), stats.detectable_difference(sd, 5)
+    assert f"is {now:.4f} with 3 seeds, {five:.4f} with 5" in text
+    assert "D: 1 pair(s) give no spread to plan with" in text
 
 
 def test_cli_prints_table(store, tmp_path):
@@ -279,3 +317,27 @@ def test_search_cells_keep_their_best_trial():
     best = best_per_cell(trials, "val_bpb", "min")
     assert sorted((t.arm, t.seed, t.metrics["val_bpb"]) for t in best) == [("A", 0, 1.8), ("A", 1, 2.1), ("B", 0, 1.9)]
     assert [t.metrics["val_bpb"] for t in best_per_cell(trials[:2], "val_bpb", "max")] == [2.0]
+
+
+def test_terminal_sweep_json_and_report_use_one_rule():
+    """The quickstart's shape (2 arms x 2 seeds x 2 samples): the terminal/sweep.json comparison (from
+    Tune's rows) and the report's (from MLflow trials) pick the same trial per cell and agree to the digit."""
+    from stlm.sweep.__main__ import comparison_of
+    from stlm.sweep.report import Trial, analyse
+    from stlm.sweep.spec import load_sweep
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml")
+    bpb = {("rope", 0): [1.30, 1.10], ("rope", 1): [1.25, 1.40], ("learned", 0): [1.20, 1.35], ("learned", 1): [1.31, 1.29]}
+    rows, trials = [], []
+    for (arm, seed), vals in bpb.items():
+        for i, v in enumerate(vals):
+            rows.append({"trial_id": f"{arm}{seed}{i}", "arm": arm, "seed": seed, "val_bpb": v, "status": "finished"})
+            trials.append(Trial(run_id=f"{arm}{seed}{i}", run_name="", arm=arm, seed=seed, status="finished",
+                                params={}, metrics={"val_bpb": v}))
+    rows.append({"trial_id": "x", "arm": "rope", "seed": 0, "val_bpb": 0.5, "status": "failed"})  # never chosen
+    rec = comparison_of(sweep, rows)
+    a = analyse(trials, name="q", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="rope")
+    assert rec == a.record
+    assert rec["arms"]["rope"]["mean"] == pytest.approx((1.10 + 1.25) / 2)  # best of each cell, not all 4 trials
+    assert rec["arms"]["learned"]["diff"] == pytest.approx(((1.20 - 1.10) + (1.29 - 1.25)) / 2)
+    assert [r["trial_id"] for r in rows if r["chosen"]] == ["rope01", "rope10", "learned00", "learned11"]

@@ -6,6 +6,7 @@ Fast: pure logic plus real Optuna studies; nothing here starts Ray (see test_swe
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,76 @@ def test_every_sweep_file_passes_dry_run(path, capsys):
     if sweep.spec.budget:  # every arm is within the budget's tolerance
         b = sweep.spec.budget
         for arm in sweep.arms:
-            assert abs(arm.count.total - b.target) <= b.tolerance * b.target or not arm.solved, arm.name
+            assert abs(arm.count.total - arm.size) <= b.tolerance * arm.size or not arm.solved, arm.name
     if sweep.spec.search.architecture:
         assert "(100%)" in out
+    # arms are matched to the control, not just the target: the dry run states the largest gap, and
+    # every shipped ablation keeps it within 0.5% (or names the arm and the granularity that prevents it)
+    if len(sweep.arms) > 1:
+        gaps = re.findall(r"^largest pairwise parameter gap(?: at \S+)?: ([0-9.]+)%", out, re.M)
+        assert gaps, out
+        for gap in gaps:
+            assert float(gap) <= 0.5 or re.search(r"^  \S+: \w+ moves in steps of", out, re.M), out
+        assert all(float(g) <= 0.5 for g in gaps), f"{path.stem}: largest gap {max(gaps)}%"
+        for arm in sweep.arms:
+            ctrl = sweep.control_of(arm).count.total
+            assert f"{(arm.count.total - ctrl) / ctrl:+.2%}" in out  # each arm's gap to the control
+
+
+def test_a_gap_the_granularity_cannot_close_is_explained(tmp_path, capsys):
+    p = write_sweep(tmp_path, {"budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
+                               "grid": {"model.positional": ["rope", "learned"]}})
+    assert sweep_main([str(p), "model.multiple_of=16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "largest pairwise parameter gap: 0.83% (above 0.5%)" in out
+    assert "learned: ffn_dim moves in steps of 16, 24,576 parameters a step here; 984,192 is -0.83% from the " \
+           "control's 992,384, and the next size above (1,008,768, +1.65%) is farther from the control" in out
+
+
+def test_compute_matched_sweep_gives_every_arm_the_controls_flops(capsys):
+    path = REPO / "sweeps" / "ffn_sharing_compute.yaml"
+    assert sweep_main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    sweep = load_sweep(path)
+    per_step = 64 * 512  # batch 64 x context 512, one worker
+    flops = {a.name: a.count.flops_per_token * a.cfg.train.max_steps * per_step for a in sweep.arms}
+    ctrl = flops["none"]
+    assert sweep.arm("none").cfg.train.max_steps == 10000  # the control keeps its steps
+    assert all(abs(f - ctrl) / ctrl <= 0.005 for f in flops.values()), flops
+    assert sweep.arm("ffn_all").cfg.train.max_steps == round(10000 * 324_258_816 / 1_116_982_272)  # 2903
+    gap = float(re.search(r"largest pairwise training-FLOPs gap: ([0-9.]+)%", out).group(1))
+    assert gap <= 0.5
+    for a in sweep.arms:  # the dry run prints steps, tokens and total FLOPs of every arm
+        assert re.search(rf"^{re.escape(a.name)} .* {a.cfg.train.max_steps} .* {re.escape(format(flops[a.name], '.4g'))} ", out, re.M), a.name
+    # trials resolve to the same steps as their arm (the runner trains space.resolve's config)
+    space = SearchSpace(sweep)
+    assert space.resolve({"arm": "ffn_all", "seed": 1}).train.max_steps == 2903
+
+
+def test_absolute_token_and_flop_budgets(tmp_path):
+    arms = {"grid": {"model.positional": ["rope", "learned"]}}
+    p = write_sweep(tmp_path, {"budget": {"tokens": "1M"}, **arms})
+    sweep = load_sweep(p)
+    assert all(a.cfg.train.max_steps == round(1_000_000 / (16 * 128)) for a in sweep.arms)  # 488 steps of 16 x 128
+    p = write_sweep(tmp_path, {"budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim", "flops": 2e12}, **arms})
+    sweep = load_sweep(p)
+    for a in sweep.arms:
+        total = a.count.flops_per_token * a.cfg.train.max_steps * 16 * 128
+        assert abs(total - 2e12) / 2e12 < 0.005
+    bad = [({"tokens": "1M", "flops": 1e12}, "budget.flops fixes"),
+           ({"compute": "match"}, None),
+           ({"compute": "equal"}, "budget.compute"),
+           ({"tolerance": 0.01}, "give a parameter target")]
+    for budget, msg in bad:
+        p = write_sweep(tmp_path, {"budget": budget, **arms})
+        if msg is None:
+            load_sweep(p)
+        else:
+            with pytest.raises(StlmError, match=msg):
+                load_sweep(p)
+    p = write_sweep(tmp_path, {"budget": {"compute": "match"}, "grid": {"train.max_steps": [10, 20]}})
+    with pytest.raises(StlmError, match="train.max_steps is solved from the compute budget"):
+        load_sweep(p)
 
 
 def test_quickstart_is_a_small_cpu_sweep():

@@ -6,6 +6,12 @@
     stlm eval gpt2 --hf --tasks hellaswag --limit 100        # any Hugging Face causal LM (needs stlm[transformers])
 
 Unset options fall back to the run's config (eval.limit, eval.seed, eval.data_dir, eval.batch_size).
+
+--limit N takes N items per (sub)task: `--subset first` the first N documents, as lm-evaluation-harness's
+--limit does (so both score the same items), `--subset random` (the default, as in sweeps) a seeded
+random draw; the output says which. A checkpoint that came from an MLflow run (a run id, a `stlm train`
+run directory, or a sweep trial's checkpoint) gets the results logged back to that run: metrics
+eval/<task>/<metric> at the checkpoint's step, and the per-item file under eval/ (--no-log: neither).
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("checkpoint", help="checkpoint dir, run dir (latest checkpoint), MLflow run id, or with --hf a hub model")
     p.add_argument("--tasks", default=None, help="comma-separated: blimp,hellaswag,arc_easy,arc_challenge,winogrande,mmlu,bpb")
     p.add_argument("--limit", type=int, default=None, help="items per (sub)task, a seeded random subset (default: all)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the --limit subset")
+    p.add_argument("--subset", choices=("random", "first"), default="random",  # stlm.eval.harness.SUBSETS
+                   help="which --limit items: first N docs (lm-evaluation-harness's --limit) or a seeded random draw")
+    p.add_argument("--seed", type=int, default=None, help="seed of the --limit subset (--subset random)")
     p.add_argument("--data-dir", default=None, help="local benchmark files (else eval.data_dir, $STLM_BENCHMARKS, the hub)")
     p.add_argument("--items", default=None, help="write per-item predictions and log-likelihoods here (JSONL)")
     p.add_argument("--json", default=None, help="write the results dict here")
@@ -83,12 +91,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--all", action="store_true", help="print every BLiMP / MMLU member, not only the groups")
     p.add_argument("--hf", action="store_true", help="CHECKPOINT is a Hugging Face model name or path")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for a run id")
+    p.add_argument("--no-log", action="store_true", help="do not log the results back to the checkpoint's MLflow run")
     args = p.parse_args(argv)
 
-    from stlm.eval.harness import evaluate, format_table
+    from stlm.eval.harness import evaluate, flat_metrics, format_table
 
     device = resolve_device(args.device)
-    cfg = None
+    cfg, source = None, None
     if args.hf:
         from stlm.eval.hf import HFLM
 
@@ -101,34 +110,96 @@ def main(argv: list[str]) -> int:
         if not path.exists():
             if RUN_ID.match(args.checkpoint) or args.checkpoint.startswith("runs:/"):
                 path = resolve_run(args.checkpoint, args.tracking_uri)
+                source = (args.checkpoint.removeprefix("runs:/").strip("/").split("/")[0], args.tracking_uri)
             else:
                 raise StlmError(f"Checkpoint {args.checkpoint!r} does not exist (expected a checkpoint or run directory, "
                                 f"or a 32-character MLflow run id).")
+        source = source or source_run(path)
         model, cfg, tokenizer = load_model(path, device)
         default_tasks = [*cfg.eval.tasks, "bpb"]
     ev = cfg.eval if cfg is not None else None
     tasks = args.tasks.split(",") if args.tasks else default_tasks
+    limit = args.limit if args.limit is not None else (ev.limit if ev else None)
+    seed = args.seed if args.seed is not None else (ev.seed if ev else 1234)
+    selection = {"limit": limit, "subset": args.subset if limit is not None else "all",
+                 **({"seed": seed} if limit is not None and args.subset == "random" else {})}
+    items_path = args.items
+    if items_path is None and source is not None and not args.no_log:
+        import tempfile
+
+        items_path = str(Path(tempfile.mkdtemp(prefix="stlm-eval-")) / "items.jsonl")  # logged to the run below
     t0 = time.perf_counter()
     results = evaluate(
         model,
         tokenizer,
         tasks,
-        limit=args.limit if args.limit is not None else (ev.limit if ev else None),
-        seed=args.seed if args.seed is not None else (ev.seed if ev else 1234),
+        limit=limit,
+        seed=seed,
+        subset=args.subset,
         data_dir=args.data_dir or (ev.data_dir if ev else None),
         batch_size=args.batch_size or (ev.batch_size if ev else 32),
         device=device,
-        items_path=args.items,
+        items_path=items_path,
         config=cfg,
         context_cache=not args.no_context_cache,
         verbose=True,
     )
     dt = time.perf_counter() - t0
     print(format_table(results, show_members=args.all))
+    print(f"items: {describe_selection(selection)}")
     print(f"done in {dt:.1f}s on {device}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({**results, "selection": selection}, indent=2))
+    if source is not None and not args.no_log:
+        run_id, uri = source
+        step = _checkpoint_step(path)
+        log_back(run_id, uri, flat_metrics(results), step, items_path, selection)
+        print(f"logged to MLflow run {run_id} (metrics eval/<task>/<metric> at step {step}, items under eval/)")
     return 0
+
+
+def describe_selection(sel: dict) -> str:
+    if sel["subset"] == "all":
+        return "every document of every task"
+    if sel["subset"] == "first":
+        return f"the first {sel['limit']} documents per (sub)task (as lm-evaluation-harness --limit {sel['limit']})"
+    return f"a seeded random {sel['limit']} documents per (sub)task (seed {sel['seed']}; --subset first for the harness's)"
+
+
+def source_run(path: Path) -> tuple[str, str] | None:
+    """The MLflow run a checkpoint came from: a `stlm train` run directory's mlflow_run.json, or a sweep
+    trial's (exp_dir/trials/<trial id>/checkpoints/...: the sweep's ledger names the run)."""
+    p = Path(path).expanduser().resolve()
+    for d in [p, *p.parents]:
+        f = d / "mlflow_run.json"
+        if f.is_file():
+            saved = json.loads(f.read_text())
+            return saved["run_id"], saved.get("tracking_uri")
+        if d.parent.name == "trials" and (d.parent.parent / "mlflow_state.json").is_file():
+            exp = d.parent.parent
+            entry = json.loads((exp / "mlflow_state.json").read_text()).get("trials", {}).get(d.name)
+            uri = json.loads((exp / "sweep.json").read_text()).get("tracking_uri") if (exp / "sweep.json").is_file() else None
+            return (entry["run_id"], uri) if entry else None
+    return None
+
+
+def _checkpoint_step(path: Path) -> int:
+    from stlm.train.checkpoint import read_meta
+
+    try:
+        return int(read_meta(path).get("step", 0))
+    except (StlmError, OSError, ValueError):
+        return 0
+
+
+def log_back(run_id: str, tracking_uri: str | None, metrics: dict, step: int, items_path: str | None, selection: dict) -> None:
+    from stlm import tracking as T
+
+    client = T.mlflow_client(tracking_uri)
+    T.log_metrics(client, run_id, metrics, step=step)
+    T.set_tags(client, run_id, {"stlm.eval.subset": selection["subset"], "stlm.eval.limit": selection["limit"]})
+    if items_path and Path(items_path).is_file():
+        client.log_artifact(run_id, items_path, artifact_path="eval")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,13 @@ scores (blimp: unweighted mean; mmlu: weighted by size) and their standard error
 pooled_sample_stderr: sqrt(sum((n_i - 1) * n_i * se_i^2) / (N - k) / N). With equal sizes (BLiMP: 1000
 pairs each, or `limit` each) this is exactly the standard error of the unweighted mean, sqrt(sum se_i^2) / k.
 
-`limit` draws that many items from every leaf task (like the harness's --limit, which also applies per
-sub-task), as a seeded random subset (random.Random(f"{seed}/{task}")) in document order.
+`limit` takes that many items from every leaf task (like the harness's --limit, which also applies per
+sub-task): subset="first" takes the first `limit` documents, exactly the harness's --limit, so both
+score the same items; subset="random" (the default of sweeps and training runs) a seeded random
+subset (random.Random(f"{seed}/{task}")) in document order, which spreads a small limit over a file.
+
+MMLU's overall score is weighted by size over its 57 subjects (= over the four categories, each
+weighted over its subjects), and its stderr is pooled over the 57 subjects, as the harness pools it.
 """
 
 from __future__ import annotations
@@ -93,10 +98,16 @@ def aggregate(members: list[dict], metrics: tuple[str, ...], weight_by_size: boo
 # --------------------------------------------------------------------------- per-item scoring
 
 
-def sample_ids(n: int, limit: int | None, seed: int, task: str) -> list[int]:
-    """The documents a run scores: all, or a seeded subset of `limit`, in document order."""
+SUBSETS = ("random", "first")
+
+
+def sample_ids(n: int, limit: int | None, seed: int, task: str, subset: str = "random") -> list[int]:
+    """The documents a run scores: all, the first `limit` (subset="first", the harness's --limit), or a
+    seeded random subset of `limit`, in document order."""
     if limit is None or limit >= n:
         return list(range(n))
+    if subset == "first":
+        return list(range(limit))
     rng = random.Random(f"{seed}/{task}")
     return sorted(rng.sample(range(n), limit))
 
@@ -168,6 +179,7 @@ def evaluate(
     *,
     limit: int | None = None,
     seed: int = 1234,
+    subset: str = "random",
     data_dir: str | None = None,
     batch_size: int = 32,
     device: str = "cpu",
@@ -186,6 +198,8 @@ def evaluate(
     names = parse_tasks(tasks)
     if limit is not None and limit <= 0:
         raise StlmError(f"eval.limit must be positive, got {limit}.")
+    if subset not in SUBSETS:
+        raise StlmError(f"The --limit subset must be one of {', '.join(SUBSETS)}, got {subset!r}.")
     torch_model = None if isinstance(model, LM) else model
     if torch_model is not None:
         if tokenizer is None:
@@ -210,7 +224,7 @@ def evaluate(
             items: list[Item] = []
             for sub in task.subtasks():
                 docs = task.docs(sub, data_dir)
-                items += [task.item(docs[i], i, sub) for i in sample_ids(len(docs), limit, seed, sub)]
+                items += [task.item(docs[i], i, sub) for i in sample_ids(len(docs), limit, seed, sub, subset)]
             rows = score_items(lm, items)
             all_rows += rows
             results.update(_task_results(task, rows))
@@ -235,14 +249,17 @@ def _task_results(task, rows: list[dict]) -> dict[str, dict]:
     if task.group_weighting is None:
         return leaves
     out = dict(leaves)
-    if task.name == "mmlu":  # harness nesting: mmlu = weighted over categories, each weighted over subjects
+    if task.name == "mmlu":  # harness nesting: categories weighted over their subjects; mmlu over all subjects
         cats = {}
         for cat in CATEGORIES:
             members = [leaves[f"mmlu_{s}"] for s, c in SUBJECTS.items() if c == cat and f"mmlu_{s}" in leaves]
             if members:
                 cats[f"mmlu_{cat}"] = aggregate(members, task.metrics, weight_by_size=True)
         out.update(cats)
-        out["mmlu"] = aggregate(list(cats.values()), task.metrics, weight_by_size=True)
+        # the size-weighted mean is the same over categories or subjects; the harness pools the stderr over
+        # the 57 subjects (pooling the 4 category stderrs instead gives 0.0057153765 vs 0.0057153609)
+        subjects = [leaves[f"mmlu_{s}"] for s in SUBJECTS if f"mmlu_{s}" in leaves]
+        out["mmlu"] = aggregate(subjects, task.metrics, weight_by_size=True)
     else:
         out[task.name] = aggregate(list(leaves.values()), task.metrics, task.group_weighting == "weighted")
     return out

@@ -13,6 +13,8 @@ optional extra: pip install 'stlm[transformers]'.
 
 from __future__ import annotations
 
+import re
+
 from stlm.errors import StlmError
 from stlm.eval.scorer import TorchLM
 
@@ -25,6 +27,12 @@ def _transformers():
     return transformers
 
 
+def _dtype_kwarg(tr) -> str:
+    """`dtype=` since transformers 4.56; `torch_dtype=` before (deprecated in 5, which warns on it)."""
+    major, minor = (int(x) for x in re.findall(r"\d+", tr.__version__)[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 class HFLM(TorchLM):
     def __init__(self, pretrained, tokenizer=None, *, batch_size: int = 32, device: str = "cpu",
                  dtype: str = "float32", revision: str | None = None, max_length: int | None = None):
@@ -34,7 +42,7 @@ class HFLM(TorchLM):
         tr = _transformers()
         if isinstance(pretrained, str):
             self.model = tr.AutoModelForCausalLM.from_pretrained(pretrained, revision=revision,
-                                                                 torch_dtype=getattr(torch, dtype))
+                                                                 **{_dtype_kwarg(tr): getattr(torch, dtype)})
             tokenizer = tokenizer or tr.AutoTokenizer.from_pretrained(pretrained, revision=revision)
         else:
             self.model = pretrained

@@ -2,6 +2,7 @@
 
     count_params(cfg)                      -> ParamCount(total, breakdown, flops_per_token)
     solve_budget(cfg, 50_000_000, free="d_model")   -> a ModelConfig within 1% of 50M
+    solve_budget(cfg, 50M, free="ffn_dim", nearest=control_count)  -> the size within 1% nearest the control
     stlm count CONFIG [--budget 50M --free d_model] [--json] [key=value ...]
 
 Counts are of *unique* trainable parameters (a shared FFN counts once, tied embeddings once,
@@ -110,34 +111,44 @@ def _fmt(n: float) -> str:
     return str(int(n))
 
 
-def solve_budget(
-    model_cfg: ModelConfig, target: int, free: str = "d_model", tolerance: float = 0.01, max_value: int = 1 << 16
-) -> ModelConfig:
-    """A copy of model_cfg with `free` set so that count_params(...).total is within
-    `tolerance` (relative) of `target`; the closest such value. Counts are monotone in every free
-    dim, so we walk up the valid values until we pass the target."""
-    if free not in FREE_DIMS:
-        raise StlmError(f"--free must be one of {', '.join(FREE_DIMS)}, got {free!r}.")
-    if target <= 0:
-        raise StlmError(f"The parameter budget must be positive, got {target}.")
+def _sizes(model_cfg: ModelConfig, free: str, limit: int, max_value: int) -> tuple[list[tuple[int, int]], int]:
+    """(value, count) for the valid values of `free`, smallest first, until the count passes `limit`
+    (one value past it is kept); and the step. Counts are monotone in every free dim."""
     step = _step(model_cfg, free)
-    below: tuple[int, int] | None = None  # (value, count) with count <= target, the largest
-    above: tuple[int, int] | None = None  # (value, count) with count > target, the smallest
+    out: list[tuple[int, int]] = []
     v, last = step, None
     while v <= max_value:
         n = count_params(_with(model_cfg, free, v)).total
-        if n <= target:
-            below = (v, n)
-        else:
-            above = (v, n)
+        out.append((v, n))
+        if n > limit:
             break
         if last == n and free == "n_layers" and v > 64:  # the count does not depend on n_layers (block_all)
             break
         last, v = n, v + step
-    cands = [c for c in (below, above) if c is not None]
-    best = min(cands, key=lambda c: abs(c[1] - target))
-    if abs(best[1] - target) <= tolerance * target:
+    return out, step
+
+
+def solve_budget(
+    model_cfg: ModelConfig, target: int, free: str = "d_model", tolerance: float = 0.01, max_value: int = 1 << 16,
+    nearest: int | None = None,
+) -> ModelConfig:
+    """A copy of model_cfg with `free` set so that count_params(...).total is within
+    `tolerance` (relative) of `target`: the size closest to `target`, or, given `nearest` (the
+    control arm's actual count), the size within tolerance closest to `nearest`, so that the arms
+    of an ablation are matched to each other and not merely to the target."""
+    if free not in FREE_DIMS:
+        raise StlmError(f"--free must be one of {', '.join(FREE_DIMS)}, got {free!r}.")
+    if target <= 0:
+        raise StlmError(f"The parameter budget must be positive, got {target}.")
+    sizes, step = _sizes(model_cfg, free, int(target * (1 + tolerance)), max_value)
+    feasible = [c for c in sizes if abs(c[1] - target) <= tolerance * target]
+    if feasible:
+        aim = target if nearest is None else nearest
+        best = min(feasible, key=lambda c: (abs(c[1] - aim), abs(c[1] - target)))
         return _with(model_cfg, free, best[0])
+    below = max((c for c in sizes if c[1] <= target), key=lambda c: c[1], default=None)
+    above = min((c for c in sizes if c[1] > target), key=lambda c: c[1], default=None)
+    cands = [c for c in (below, above) if c is not None]
     near = ", ".join(f"{free}={val} -> {_fmt(n)}" for val, n in cands)
     why = ""
     if below is None:
@@ -149,6 +160,15 @@ def solve_budget(
         f"No {free}{grid} gives {_fmt(target)} parameters within {tolerance:.1%}; "
         f"nearest feasible: {near}.{why} Loosen --tolerance, free another dimension, or change the fixed ones."
     )
+
+
+def neighbours(model_cfg: ModelConfig, free: str) -> tuple[int | None, int | None]:
+    """Parameter counts one step of `free` below and above model_cfg's value (None past the edge):
+    how finely this dimension can move the count, for explaining a gap between matched arms."""
+    step, v = _step(model_cfg, free), getattr(model_cfg, free)
+    lo = count_params(_with(model_cfg, free, v - step)).total if v - step >= step else None
+    hi = count_params(_with(model_cfg, free, v + step)).total
+    return lo, hi
 
 
 # ---------------------------------------------------------------------------- stlm count

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import shutil
@@ -19,7 +18,8 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
-from stlm.sweep.spec import Sweep, human, load_sweep
+from stlm.sweep import compare
+from stlm.sweep.spec import Sweep, describe_training, gap_notes, human, load_sweep, param_gaps
 
 PLAN_FILE = "plan.pkl"
 
@@ -54,18 +54,43 @@ def describe(sweep: Sweep, space) -> str:
         lines.append(f"overrides: {' '.join(sweep.overrides)}")
     if spec.budget:
         b = spec.budget
-        lines.append(f"budget: {b.target:,} parameters (+-{b.tolerance:.1%}), free dimension {b.free}")
+        if b.target is not None:
+            sizes = ", ".join(f"{t:,}" for t in b.targets)
+            lines.append(f"budget: {sizes} parameters (+-{b.tolerance:.1%}), free dimension {b.free}; the control "
+                         "nearest the target, every other arm nearest the control's count")
+        compute = ("every arm trains on the control's FLOPs" if b.compute == "match" else
+                   f"{b.flops:.4g} training FLOPs per trial" if b.flops is not None else None)
+        if compute or b.tokens is not None:
+            lines.append("compute: " + ", ".join(x for x in (compute, f"{human(b.tokens)} tokens per trial" if b.tokens
+                                                               and b.compute != "match" else None,
+                                                               f"the control trains on {human(b.tokens)} tokens" if b.tokens
+                                                               and b.compute == "match" else None) if x)
+                         + " (train.max_steps solved per arm)")
     lines.append("")
-    head = f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'FLOPs/token':>13}  settings"
+    gaps = param_gaps(sweep)
+    training = {name: (steps, tokens, flops) for name, steps, tokens, flops in describe_training(sweep)}
+    head = (f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'vs ctrl':>8} "
+            f"{'FLOPs/token':>13} {'steps':>6} {'tokens':>8} {'train FLOPs':>11}  settings")
     lines.append(head)
     lines.append("-" * len(head))
     for a in sweep.arms:
         m = a.cfg.model
-        mark = " (control)" if a.name == sweep.control_arm else ""
+        mark = " (control)" if a.name == sweep.control_of(a).name else ""
         mark += "" if a.solved else " (base shape; each trial's shape is searched and solved)"
         sets = ", ".join(f"{k}={v}" for k, v in a.settings.items()) or "-"
+        steps, tokens, flops = training[a.name]
         lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} {m.effective_ffn_dim:>7} "
-                     f"{a.count.total:>12,} {a.count.flops_per_token:>13,}  {sets}{mark}")
+                     f"{a.count.total:>12,} {gaps[a.name]:>+8.2%} {a.count.flops_per_token:>13,} {steps:>6} "
+                     f"{human(tokens):>8} {flops:>11.4g}  {sets}{mark}")
+    notes = gap_notes(sweep)
+    if spec.budget is not None and (spec.budget.compute == "match" or spec.budget.flops is not None):
+        for size in sweep.sizes:
+            fl = [training[a.name][2] for a in sweep.arms if a.size == size]
+            at = f" at {size:,}" if spec.budget.sized else ""
+            notes.append(f"largest pairwise training-FLOPs gap{at}: {(max(fl) - min(fl)) / min(fl):.2%} (steps are whole)")
+    if notes:
+        lines.append("")
+        lines += notes
     lines.append("")
     s = spec.search
     n_cells = len(sweep.cells)
@@ -90,10 +115,8 @@ def describe(sweep: Sweep, space) -> str:
                  + f"; max concurrent: {r.max_concurrent or 'as many as the cluster fits'}")
     cfg = sweep.arms[0].cfg
     t = cfg.train
-    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.model.context_length * r.workers
-    total_flops = sum(a.count.flops_per_token for a in sweep.arms) * tokens * len(spec.seeds) * s.samples
-    lines.append(f"training: {t.max_steps} steps x {t.batch_size * t.grad_accum * r.workers} seqs x "
-                 f"{cfg.model.context_length} tokens = {human(tokens)} tokens per trial; "
+    total_flops = sum(flops for _, _, flops in training.values()) * len(spec.seeds) * s.samples
+    lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} sequences per step; "
                  f"{total_flops:.3g} training FLOPs in all")
     lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {sweep.control_arm}")
     if cfg.eval.tasks:
@@ -202,21 +225,33 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             cells.append(f"{v:>{w}}" if i > 1 else f"{v:<{w}}")
         lines.append(" ".join(cells) + f"  {row['status']}" + (" *pareto*" if row.get("pareto") else "")
                      + (f"  ({row['error']})" if row["error"] else ""))
-    # per-arm mean of the objective over its finished trials
+    # per-arm statistics: one value per (arm, seed) cell, the same rule and numbers as the report and MLflow
     lines.append("")
-    for arm in sweep.arms:
-        vals = [row[metric] for row in rows if row["arm"] == arm.name and isinstance(row[metric], (int, float))
-                and row["status"] == "finished"]
-        if vals:
-            mean = sum(vals) / len(vals)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
-            lines.append(f"{arm.name:<22} {metric} mean {mean:.4f} (sd {sd:.4f}, n={len(vals)})"
-                         + ("  [control]" if arm.name == sweep.control_arm else ""))
+    rec = comparison_of(sweep, rows)
+    lines.append(f"per arm ({compare.RULE}):")
+    lines += compare.summary_lines(rec) + compare.power_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
         lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
                      f"max {max(starts):.1f}s")
     return "\n".join(lines), rows
+
+
+def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:
+    """The comparison of the arms from the finished trials' rows (marks each cell's chosen trial):
+    what the terminal prints and sweep.json keeps; the report computes the same from MLflow."""
+    metric, mode = sweep.spec.metrics[0], sweep.spec.modes[0]
+    done = [r for r in rows if r["status"] == "finished" and isinstance(r.get(metric), (int, float))]
+    chosen = compare.best_per_cell(done, lambda r: (r["arm"], r["seed"]), lambda r: r[metric], mode)
+    for r in rows:
+        r["chosen"] = any(r is c for c in chosen)
+    per_seed: dict = {}
+    for r in chosen:
+        per_seed.setdefault(r["arm"], {})[r["seed"]] = float(r[metric])
+    control_of = {a.name: sweep.control_of(a).name for a in sweep.arms}
+    arms = [a.name for a in sweep.arms]
+    summaries, diffs = compare.compare_arms(per_seed, arms, control_of)
+    return compare.record(metric, summaries, diffs, control_of, arms)
 
 
 def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
@@ -244,7 +279,8 @@ def count_feasible(sweep: Sweep, space, results) -> int:
             total = count(space.resolve(config)).total
         except StlmError:
             continue
-        good += b is None or abs(total - b.target) <= b.tolerance * b.target
+        target = sweep.arm(config["arm"]).size if b is not None else None
+        good += target is None or abs(total - target) <= b.tolerance * target
     return good
 
 
@@ -385,6 +421,7 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     callback.finish("finished")
     extra = {"wall_s": wall, "trials": rows, "feasible_fraction": feasible / max(1, len(rows)),
              "resumed": bool(args.resume)}
+    extra["comparison"] = comparison_of(sweep, rows)
     if sweep.spec.multi_objective:
         extra["pareto"] = [r["trial_id"] for r in rows if r.get("pareto")]
     write_sweep_json(exp_dir, sweep, uri, experiment, parent, extra)

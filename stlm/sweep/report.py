@@ -18,7 +18,7 @@ eval/<task>/acc metrics). This module turns them into:
   pareto.png                multi-objective sweeps: the Pareto front (metric vs params)
 
 and logs them to the parent run as artifacts under report/. The statistics live in
-stlm.stats (Student t, no scipy).
+stlm.stats (Student t and power from scipy.stats).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from typing import Any, Sequence
 
 from stlm import stats
 from stlm.errors import StlmError
+from stlm.sweep import compare
+from stlm.sweep.spec import split_sized
 
 CURVE_METRICS = ("val_bpb", "val_loss", "train_loss")  # histories plotted per arm
 BASE_FINAL_METRICS = ("val_bpb", "val_loss", "train_loss")  # final values summarised per arm
@@ -176,6 +178,12 @@ class Analysis:
     pareto: list[Trial]
     pareto_x: str = "params.total"  # the second objective, plotted against the primary one
     chosen: list[Trial] = field(default_factory=list)  # one finished trial per (arm, seed): what the statistics use
+    control_of: dict[str, str] = field(default_factory=dict)  # arm -> its control (the control arm at its size)
+    sizes: list[str] = field(default_factory=list)  # size labels of a sized sweep (arm names end in @label)
+    record: dict = field(default_factory=dict)  # compare.record of the primary metric: what MLflow and sweep.json get
+
+    def is_control(self, arm: str) -> bool:
+        return self.control_of.get(arm, self.control) == arm
 
     @property
     def primary(self) -> str:
@@ -198,18 +206,10 @@ class Analysis:
 
 
 def best_per_cell(trials: list[Trial], metric: str, mode: str) -> list[Trial]:
-    """One trial per (arm, seed): the best on `metric` when a search ran several samples in a cell."""
-    best: dict[tuple, Trial] = {}
-    sign = 1.0 if mode == "min" else -1.0
-    for t in trials:
-        cell = (t.arm, t.seed if t.seed is not None else t.run_id)
-        v = t.value(metric)
-        key = sign * v if v is not None and not math.isnan(v) else math.inf
-        old = best.get(cell)
-        if old is None or key < (sign * old.value(metric) if old.value(metric) is not None else math.inf):
-            best[cell] = t
-    keep = {id(t) for t in best.values()}
-    return [t for t in trials if id(t) in keep]
+    """One trial per (arm, seed): the best on `metric` when a search ran several samples in a cell
+    (compare.RULE, the rule every output of a sweep uses)."""
+    return compare.best_per_cell(trials, lambda t: (t.arm, t.seed if t.seed is not None else t.run_id),
+                                 lambda t: t.value(metric), mode)
 
 
 def _final_keys(trials: list[Trial], metrics: list[str]) -> list[str]:
@@ -232,7 +232,7 @@ def _per_seed(trials: list[Trial], key: str) -> dict[Any, float]:
 
 def analyse(
     trials: list[Trial], *, name: str, parent_run_id: str, tracking_uri: str, metrics: list[str], modes: list[str],
-    control: str | None, order: list[str] | None = None,
+    control: str | None, order: list[str] | None = None, sizes: list[str] | None = None,
 ) -> Analysis:
     finished = [t for t in trials if t.status == "finished"]
     excluded = [t for t in trials if t.status != "finished"]
@@ -244,13 +244,24 @@ def analyse(
         )
     rank = {a: i for i, a in enumerate(order or [])}  # the sweep file's arm order, else by name
     arms = sorted({t.arm for t in finished}, key=lambda a: (rank.get(a, len(rank)), a))
+    sizes = list(sizes or [])
     if control is None:
         control = next((a for a in ("control", "baseline") if a in arms), arms[0])
-    elif control not in arms:
-        raise StlmError(
-            f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: {', '.join(arms)}."
-        )
-    arms = [control] + [a for a in arms if a != control]
+    if sizes:  # a sized sweep: 'rope@10M' is compared with the control at 10M
+        base = split_sized(control)[0]
+        control_of = {arm: f"{base}@{split_sized(arm)[1]}" for arm in arms}
+        missing = sorted({c for c in control_of.values() if c not in arms})
+        if missing:
+            raise StlmError(f"Control arm {base!r} has no finished trial at {', '.join(missing)} in sweep {name!r}; "
+                            f"arms with finished trials: {', '.join(arms)}.")
+        control = control_of[arms[0]]
+    else:
+        if control not in arms:
+            raise StlmError(
+                f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: {', '.join(arms)}."
+            )
+        arms = [control] + [a for a in arms if a != control]
+        control_of = {arm: control for arm in arms}
 
     chosen = best_per_cell(finished, metrics[0], modes[0])
     by_arm: dict[str, list[Trial]] = defaultdict(list)
@@ -260,14 +271,10 @@ def analyse(
     summaries: dict[str, dict[str, stats.Summary]] = {}
     diffs: dict[str, dict[str, stats.PairedDiff | None]] = {}
     for key in keys:
-        summaries[key], diffs[key] = {}, {}
-        ctrl = _per_seed(by_arm[control], key)
-        for arm in arms:
-            vals = _per_seed(by_arm[arm], key)
-            if vals:
-                summaries[key][arm] = stats.summarize(vals.values())
-            if arm != control:
-                diffs[key][arm] = stats.paired_difference(vals, ctrl) if vals and ctrl else None
+        per_seed = {arm: _per_seed(by_arm[arm], key) for arm in arms}
+        summaries[key], diffs[key] = compare.compare_arms(per_seed, arms, control_of)
+    primary = metrics[0] if metrics[0] in summaries else (keys[0] if keys else metrics[0])
+    rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms)
 
     pareto: list[Trial] = []
     x_key = "params.total"
@@ -280,7 +287,7 @@ def analyse(
         idx = stats.pareto_front([(x, y) for _, y, x in pts], (mode_of.get(x_key, "min"), mode_of.get(y_key, "min")))
         pareto = [pts[i][0] for i in idx]
     return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys, summaries,
-                    diffs, pareto, x_key, chosen)
+                    diffs, pareto, x_key, chosen, control_of, sizes, rec)
 
 
 def _count(items) -> dict:
@@ -322,9 +329,12 @@ def _verdict(d: stats.PairedDiff | None, mode: str | None) -> str:
 def summary_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     """One row per arm for the primary metric: the table `stlm report` prints."""
     key, mode = a.primary, a.modes[0]
-    head = ["arm", "n", f"{key} mean", "sd", "95% CI", f"diff vs {a.control}", "diff 95% CI", "excl. 0", "params"]
+    versus = "the control at its size" if a.sizes else a.control
+    head = ["arm", "n", f"{key} mean", "sd", "95% CI", f"diff vs {versus}", "diff 95% CI", "excl. 0", "params",
+            "params vs control"]
     rows = []
     by_arm = a.by_arm()
+    mean_params = {arm: _mean([t.n_params for t in by_arm[arm] if t.n_params is not None]) for arm in a.arms}
     for arm in a.arms:
         s = a.summaries.get(key, {}).get(arm)
         d = a.diffs.get(key, {}).get(arm)
@@ -336,13 +346,37 @@ def summary_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
                 fmt(s.mean if s else None),
                 fmt(s.std if s else None),
                 fmt_ci(s.lo, s.hi) if s else "n/a",
-                "(control)" if arm == a.control else fmt(d.mean if d else None, signed=True),
-                "" if arm == a.control else (fmt_ci(d.lo, d.hi, signed=True) if d else "n/a"),
-                "" if arm == a.control else _verdict(d, mode),
+                "(control)" if a.is_control(arm) else fmt(d.mean if d else None, signed=True),
+                "" if a.is_control(arm) else (fmt_ci(d.lo, d.hi, signed=True) if d else "n/a"),
+                "" if a.is_control(arm) else _verdict(d, mode),
                 f"{sum(n_params) / len(n_params):,.0f}" if n_params else "n/a",
+                _gap(mean_params[arm], mean_params.get(a.control_of.get(arm, a.control))),
             ]
         )
     return head, rows
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _gap(n: float | None, ctrl: float | None) -> str:
+    return "n/a" if n is None or not ctrl else f"{(n - ctrl) / ctrl:+.2%}"
+
+
+def param_gap_lines(a: Analysis) -> list[str]:
+    """The largest pairwise gap in parameters between the arms of each size (from the trials' params.total)."""
+    by_arm, out = a.by_arm(), []
+    groups: dict[str, list[float]] = defaultdict(list)
+    for arm in a.arms:
+        ns = [t.n_params for t in by_arm[arm] if t.n_params is not None]
+        if ns:
+            groups[split_sized(arm)[1] if a.sizes else ""].append(sum(ns) / len(ns))
+    for size, counts in groups.items():
+        if len(counts) > 1:
+            gap = (max(counts) - min(counts)) / min(counts)
+            out.append(f"Largest pairwise parameter gap between the arms{' at ' + size if size else ''}: {gap:.2%}.")
+    return out
 
 
 def metrics_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -357,11 +391,11 @@ def metrics_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
 
 
 def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["metric", "arm", "pairs", f"mean (arm - {a.control})", "sd", "95% CI", "excludes 0"]
+    head = ["metric", "arm", "pairs", f"mean (arm - {'control' if a.sizes else a.control})", "sd", "95% CI", "excludes 0"]
     rows = []
     mode_of = dict(zip(a.metrics, a.modes))
     for key in a.final_keys:
-        for arm in a.arms[1:]:
+        for arm in [x for x in a.arms if not a.is_control(x)]:
             d = a.diffs[key].get(arm)
             if d is None:
                 rows.append([key, arm, "0", "n/a", "n/a", "n/a", "n/a"])
@@ -463,7 +497,7 @@ def plot_curves(a: Analysis, path: Path) -> Path | None:
 
 def plot_diffs(a: Analysis, path: Path) -> Path | None:
     key = a.primary
-    arms = [arm for arm in a.arms[1:] if a.diffs.get(key, {}).get(arm) is not None]
+    arms = [arm for arm in a.arms if not a.is_control(arm) and a.diffs.get(key, {}).get(arm) is not None]
     if not arms:
         return None
     plt, colors = _plt(), _colors(a.arms)
@@ -478,7 +512,7 @@ def plot_diffs(a: Analysis, path: Path) -> Path | None:
     labels = [arm if a.diffs[key][arm].lo is not None else f"{arm} (1 pair: no interval)" for arm in arms]
     ax.set_yticks(range(len(arms)), labels)
     ax.invert_yaxis()  # first arm on top, as in the tables
-    ax.set_xlabel(f"{key}: arm − {a.control} (paired by seed, 95% t interval)")
+    ax.set_xlabel(f"{key}: arm − {'its control' if a.sizes else a.control} (paired by seed, 95% t interval)")
     ax.grid(alpha=0.3, axis="x")
     return _save(plt, fig, path)
 
@@ -582,15 +616,23 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     blocks: list[tuple[str, str, Any]] = [("p", "", intro)]
     if a.searched:
         blocks.append(("p", "", f"The search ran several trials per (arm, seed): each cell is represented by its best "
-                                f"trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials); the "
-                                f"parameter plot shows them all."))
+                                f"trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials), the rule "
+                                f"the terminal summary, sweep.json and the parent MLflow run use too; the parameter "
+                                f"plot shows them all."))
     if min(seeds_per_arm.values()) < 2:
         blocks.append(("p", "", "Some arms have a single finished seed: their intervals are n/a, not zero."))
+    power = compare.power_lines(a.record)
+    if power:
+        blocks.append(("p", "", " ".join(power)))
+    gaps = param_gap_lines(a)
+    if gaps:
+        blocks.append(("p", "", " ".join(gaps)))
     blocks.append(("table", f"Summary: {a.primary}", summary_table(a)))
     blocks.append(("images", "Plots", images))
     blocks.append(("table", "Final metrics per arm (mean, sd, 95% interval across seeds)", metrics_table(a)))
     if len(a.arms) > 1:
-        blocks.append(("table", f"Paired differences against the control arm `{a.control}`", diffs_table(a)))
+        blocks.append(("table", "Paired differences against the control arm at the same size" if a.sizes else
+                       f"Paired differences against the control arm `{a.control}`", diffs_table(a)))
     if a.multi_objective:
         blocks.append(("table", f"Pareto front ({a.primary} vs {a.pareto_x}), {len(a.pareto)} trials", pareto_table(a)))
     if a.excluded:
@@ -681,7 +723,7 @@ def build_report(
 
     trials = load_trials(client, parent, tracking_uri)
     a = analyse(trials, name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri, metrics=metrics, modes=modes,
-                control=control, order=_tag_list(params.get("sweep.arms")))
+                control=control, order=_tag_list(params.get("sweep.arms")), sizes=_tag_list(params.get("sweep.sizes")))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -701,9 +743,13 @@ def build_report(
     write_html(a, blocks, page)
     (out / "summary.txt").write_text(fixed_width(*summary_table(a)) + "\n")
 
+    (out / "comparison.json").write_text(json.dumps(a.record, indent=2))
     if log_artifacts:
-        for f in [md, page, out / "summary.txt"] + [out / name for name, _ in images]:
+        for f in [md, page, out / "summary.txt", out / "comparison.json"] + [out / name for name, _ in images]:
             client.log_artifact(parent_run_id, str(f), artifact_path="report")
+        from stlm.sweep.tracking import log_comparison
+
+        log_comparison(client, parent_run_id, compare.mlflow_metrics(a.record))
     return md
 
 

@@ -113,7 +113,8 @@ class SearchSpace:
         arm = self.sweep.arm(config[ARM])
         data = apply_settings(arm.data, self.settings(config))
         try:
-            return solve(build_config(data), self.spec.budget)
+            return solve(build_config(data), self.spec.budget, target=arm.size, nearest=arm.match,
+                         flops=arm.train_flops, workers=self.spec.resources.workers)
         except StlmError as e:
             raise StlmError(f"trial {config}: {e}") from None
 

@@ -9,7 +9,13 @@ A sweep file (every key optional except `name`; defaults shown):
     name: positional_encoding
     base: ../configs/baseline-50m.yaml   # config YAML, relative to this file
     config: {train: {max_steps: 2000}}   # inline config merged over `base`
-    budget: {target: 50M, tolerance: 0.01, free: d_model}   # every arm re-solved to this size
+    budget:                              # every arm re-solved to this size, as near the control arm as it gets
+      target: 50M                        # parameters; a list [10M, 50M, 100M] runs every arm at every size
+      tolerance: 0.01                    # |params - target| <= tolerance * target
+      free: d_model                      # the dimension solved: d_model | ffn_dim | n_layers
+      compute: none                      # match: every arm's train.max_steps gives it the control's training FLOPs
+      tokens: null                       # training tokens per trial (sets train.max_steps), e.g. 300M
+      flops: null                        # training FLOPs per trial of every arm (sets each arm's train.max_steps)
     grid:                                # every combination is an arm
       model.positional: [rope, learned, alibi]
     arms:                                # named multi-key arms (crossed with `grid` if both)
@@ -75,11 +81,27 @@ CONFIG_KEYS: tuple[str, ...] = tuple(flatten(to_dict(Config())))
 
 @dataclass
 class BudgetSpec:
-    """Every arm is re-solved to `target` parameters by changing one free dimension."""
+    """Parameters: every arm is re-solved to `target` by changing one free dimension; the control
+    arm lands nearest the target, every other arm nearest the control's actual count (within the
+    tolerance). Compute (optional): each arm's train.max_steps is solved from the FLOPs it must get,
+    flops_per_token x tokens, with tokens = steps x batch_size x grad_accum x context x workers."""
 
-    target: int  # total parameters, e.g. 10M, 50M, 1.5M
+    target: int | list[int] | None = None  # total parameters, e.g. 10M, 50M, 1.5M; a list: every arm at every size
     tolerance: float = 0.01  # |params - target| <= tolerance * target
     free: str = "d_model"  # d_model | ffn_dim | n_layers
+    compute: str = "none"  # none | match: every arm trains on the control arm's total training FLOPs
+    tokens: int | None = None  # training tokens per trial, every arm (train.max_steps = tokens / tokens per step)
+    flops: float | None = None  # training FLOPs per trial, every arm (train.max_steps = flops / (FLOPs/token x tokens/step))
+
+    @property
+    def targets(self) -> list[int | None]:
+        """The sizes every arm runs at ([None]: parameters are not solved)."""
+        return list(self.target) if isinstance(self.target, list) else [self.target]
+
+    @property
+    def sized(self) -> bool:
+        """Several sizes: the size is an axis like the arms (arm names get an @size suffix)."""
+        return isinstance(self.target, list)
 
 
 @dataclass
@@ -185,6 +207,13 @@ class Arm:
     cfg: Config  # validated and budget-solved
     count: Any = None  # stlm.models.ParamCount of cfg.model
     solved: bool = True  # False: architecture search, the base shape misses the budget (each trial's shape is solved)
+    base: str = ""  # the arm without its size (= name unless budget.target is a list)
+    size: int | None = None  # the parameter target this arm was solved to
+    match: int | None = None  # the control arm's count this arm was matched to (None: the control itself)
+    train_flops: float | None = None  # the training FLOPs every trial of this arm gets (compute-matched budgets)
+
+    def __post_init__(self):
+        self.base = self.base or self.name
 
 
 @dataclass
@@ -200,7 +229,18 @@ class Sweep:
 
     @property
     def control_arm(self) -> str:
-        return self.spec.control or self.arms[0].name
+        """The control arm's name (at the first size when the budget has several)."""
+        base = self.spec.control or self.arms[0].base
+        return next(a.name for a in self.arms if a.base == base)
+
+    def control_of(self, arm: Arm) -> Arm:
+        """The control arm at the same size as `arm`."""
+        base = self.spec.control or self.arms[0].base
+        return next(a for a in self.arms if a.base == base and a.size == arm.size)
+
+    @property
+    def sizes(self) -> list[int | None]:
+        return self.spec.budget.targets if self.spec.budget is not None else [None]
 
     @property
     def cells(self) -> list[tuple[str, int]]:
@@ -273,11 +313,7 @@ def _validate_spec(spec: SweepSpec) -> None:
         raise StlmError(f"name: {spec.name!r} must be a short identifier (letters, digits, _ - .): "
                         "it names the experiment directory and MLflow tags.")
     if spec.budget is not None:
-        _choice(spec.budget.free, FREE_DIMS, "budget.free")
-        if spec.budget.target <= 0:
-            raise StlmError(f"budget.target must be positive, got {spec.budget.target}.")
-        if not 0 < spec.budget.tolerance < 0.5:
-            raise StlmError(f"budget.tolerance must be in (0, 0.5), got {spec.budget.tolerance}.")
+        _validate_budget(spec)
     for key, values in spec.grid.items():
         check_config_key(str(key), "grid")
         if not isinstance(values, list) or not values:
@@ -351,6 +387,39 @@ def _validate_spec(spec: SweepSpec) -> None:
     from_dict(TrackingConfig, spec.tracking, "tracking")
     if spec.max_failures < 0:
         raise StlmError("max_failures must be >= 0.")
+
+
+def _validate_budget(spec: SweepSpec) -> None:
+    b = spec.budget
+    _choice(b.free, FREE_DIMS, "budget.free")
+    _choice(b.compute, ("none", "match"), "budget.compute")
+    if isinstance(b.target, list):
+        if not b.target:
+            raise StlmError("budget.target: an empty list; give one size (50M) or several ([10M, 50M, 100M]).")
+        if len(set(b.target)) != len(b.target):
+            raise StlmError(f"budget.target: {b.target} has repeats.")
+        if spec.search.architecture:
+            raise StlmError("budget.target: an architecture search needs one size, not a list.")
+    for t in b.targets:
+        if t is not None and t <= 0:
+            raise StlmError(f"budget.target must be positive, got {t}.")
+    if not 0 < b.tolerance < 0.5:
+        raise StlmError(f"budget.tolerance must be in (0, 0.5), got {b.tolerance}.")
+    if b.tokens is not None and b.tokens <= 0:
+        raise StlmError(f"budget.tokens must be positive, got {b.tokens}.")
+    if b.flops is not None and not b.flops > 0:
+        raise StlmError(f"budget.flops must be positive, got {b.flops}.")
+    if b.flops is not None and (b.tokens is not None or b.compute == "match"):
+        raise StlmError("budget.flops fixes every arm's training FLOPs already; drop budget.tokens / budget.compute "
+                        "(tokens then follow from each arm's FLOPs per token).")
+    if b.target is None and b.tokens is None and b.flops is None and b.compute == "none":
+        raise StlmError("budget: give a parameter target (budget.target), a compute budget (budget.compute: match, "
+                        "budget.tokens or budget.flops), or both.")
+    if b.tokens is not None or b.flops is not None or b.compute == "match":
+        for key in ("train.max_steps",):
+            if key in spec.search.params or key in spec.grid or any(key in a.set for a in spec.arms):
+                raise StlmError(f"{key} is solved from the compute budget (budget.compute / tokens / flops); "
+                                "it cannot also be an axis or a searched knob.")
 
 
 def parse_spec(data: dict) -> SweepSpec:
@@ -441,26 +510,66 @@ def apply_settings(data: dict, settings: dict[str, Any]) -> dict:
     return data
 
 
-def solve(cfg: Config, budget: BudgetSpec | None) -> Config:
-    """Re-solve cfg.model to the budget (StlmError with the nearest feasible sizes when it cannot)."""
+def tokens_per_step(cfg: Config, workers: int = 1) -> int:
+    """Training tokens one optimizer step consumes (batch_size is per Ray Train worker)."""
+    t = cfg.train
+    return t.batch_size * t.grad_accum * cfg.model.context_length * workers
+
+
+def solve(cfg: Config, budget: BudgetSpec | None, target: int | None = None, nearest: int | None = None,
+          flops: float | None = None, workers: int = 1) -> Config:
+    """Re-solve cfg.model to the budget (StlmError with the nearest feasible sizes when it cannot):
+    to `target` (default: budget.target when it is one size), as near `nearest` (the control's count)
+    as the tolerance allows; then train.max_steps from `flops` (the FLOPs the trial must get) or
+    budget.tokens."""
     if budget is None:
         return cfg
-    from stlm.models import solve_budget
+    from stlm.config import validate
+    from stlm.models import count_params, solve_budget
 
-    model = solve_budget(cfg.model, budget.target, free=budget.free, tolerance=budget.tolerance)
-    return dataclasses.replace(cfg, model=model)
+    if target is None and not budget.sized:
+        target = budget.target
+    if target is not None:
+        model = solve_budget(cfg.model, target, free=budget.free, tolerance=budget.tolerance, nearest=nearest)
+        cfg = dataclasses.replace(cfg, model=model)
+    per_step = tokens_per_step(cfg, workers)
+    steps = None
+    if flops is not None:
+        steps = round(flops / (count_params(cfg.model).flops_per_token * per_step))
+    elif budget.tokens is not None:
+        steps = round(budget.tokens / per_step)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=max(1, steps)))
+        validate(cfg)
+    return cfg
 
 
-def resolve_config(data: dict, budget: BudgetSpec | None, where: str) -> Config:
+def resolve_config(data: dict, budget: BudgetSpec | None, where: str, **solve_kw) -> Config:
     try:
         cfg = build_config(data)
     except StlmError as e:
         raise StlmError(f"{where}: {e}") from None
     try:
-        return solve(cfg, budget)
+        return solve(cfg, budget, **solve_kw)
     except StlmError as e:
-        raise StlmError(f"{where} cannot meet the budget of {budget.target:,} parameters "
+        target = solve_kw.get("target") or budget.target
+        what = f"the budget of {target:,} parameters" if isinstance(target, int) else "its budget"
+        raise StlmError(f"{where} cannot meet {what} "
                         f"(free: {budget.free}, tolerance {budget.tolerance:g}): {e}") from None
+
+
+def size_label(n: int) -> str:
+    """50_000_000 -> '50M', 1_500_000 -> '1.5M', 800_000 -> '800k' (the @size suffix of sized arm names)."""
+    for unit, div in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return str(n)
+
+
+def split_sized(name: str) -> tuple[str, str | None]:
+    """'rope@10M' -> ('rope', '10M'); 'rope' -> ('rope', None)."""
+    base, at, label = name.rpartition("@")
+    return (base, label) if at else (name, None)
 
 
 def count(cfg: Config):
@@ -496,25 +605,111 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
         key, value = parse_override(text)
         check_config_key(key, f"override {text!r}")
         set_dotted(data, key, value)
-    arms = []
-    for name, settings in arm_settings(spec):
-        arm_data = apply_settings(data, settings)
-        seeded = apply_settings(arm_data, {"train.seed": spec.seeds[0]})
-        solved = True
-        try:
-            cfg = resolve_config(seeded, spec.budget, f"arm {name!r}")
-        except StlmError:
-            if not spec.search.architecture:
-                raise
-            # architecture search: the base shape is only a template, every trial's shape is solved
-            cfg, solved = resolve_config(seeded, None, f"arm {name!r}"), False
-        arms.append(Arm(name=name, settings=settings, data=arm_data, cfg=cfg, count=count(cfg), solved=solved))
-    names = [a.name for a in arms]
+    settings_of = arm_settings(spec)
+    names = [n for n, _ in settings_of]
     if spec.control is not None and spec.control not in names:
         close = difflib.get_close_matches(spec.control, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise StlmError(f"control: {spec.control!r} is not an arm.{hint} The arms are {', '.join(names)}.")
+    if spec.budget is not None and spec.budget.sized and any("@" in n for n in names):
+        raise StlmError(f"budget.target is a list, so arm names get an @size suffix; arm {next(n for n in names if '@' in n)!r} "
+                        "already holds an '@'. Rename it.")
+    control = spec.control or names[0]
+    budget, workers = spec.budget, spec.resources.workers
+    arms = []
+    for size in (budget.targets if budget is not None else [None]):
+        # the control first: every other arm is matched to its actual count and, if asked, its compute
+        order = sorted(settings_of, key=lambda ns: ns[0] != control)
+        ctrl: Arm | None = None
+        solved_arms: dict[str, Arm] = {}
+        for name, settings in order:
+            full = f"{name}@{size_label(size)}" if budget is not None and budget.sized else name
+            arm_data = apply_settings(data, settings)
+            seeded = apply_settings(arm_data, {"train.seed": spec.seeds[0]})
+            kw = {"target": size, "workers": workers}
+            if ctrl is not None and not spec.search.architecture:
+                kw["nearest"] = ctrl.count.total if ctrl.solved and size is not None else None
+                kw["flops"] = ctrl.train_flops
+            elif budget is not None and budget.flops is not None:
+                kw["flops"] = budget.flops
+            solved = True
+            try:
+                cfg = resolve_config(seeded, budget, f"arm {full!r}", **kw)
+            except StlmError:
+                if not spec.search.architecture:
+                    raise
+                # architecture search: the base shape is only a template, every trial's shape is solved
+                cfg, solved = resolve_config(seeded, None, f"arm {full!r}"), False
+            counted = count(cfg)
+            arm = Arm(name=full, settings=settings, data=arm_data, cfg=cfg, count=counted, solved=solved, base=name,
+                      size=size, match=kw.get("nearest"), train_flops=kw.get("flops"))
+            if ctrl is None and budget is not None and (budget.compute == "match" or budget.flops is not None):
+                # the control's training FLOPs: what every arm at this size gets
+                arm.train_flops = kw.get("flops") or float(counted.flops_per_token * tokens_per_step(cfg, workers)
+                                                           * cfg.train.max_steps)
+            ctrl = ctrl or arm
+            solved_arms[name] = arm
+        arms += [solved_arms[n] for n in names]  # the sweep file's order
     return Sweep(spec=spec, path=path, overrides=overrides, arms=arms)
+
+
+MATCH_GOAL = 0.005  # the largest pairwise parameter gap between the arms of one size that we accept silently
+
+
+def param_gaps(sweep: Sweep) -> dict[str, float]:
+    """arm -> (params - control's params) / control's params, against the control at the same size."""
+    return {a.name: (a.count.total - sweep.control_of(a).count.total) / sweep.control_of(a).count.total
+            for a in sweep.arms}
+
+
+def largest_gap(counts: Iterable[int]) -> float:
+    """The largest pairwise relative gap between parameter counts: (max - min) / min."""
+    counts = list(counts)
+    return (max(counts) - min(counts)) / min(counts) if counts else 0.0
+
+
+def gap_notes(sweep: Sweep) -> list[str]:
+    """One line per size: the largest pairwise gap; and for every arm past MATCH_GOAL, why the
+    free dimension could not bring it closer to the control."""
+    from stlm.models.params import _step, neighbours
+
+    b = sweep.spec.budget
+    lines = []
+    for size in sweep.sizes:
+        arms = [a for a in sweep.arms if a.size == size and a.solved]
+        if len(arms) < 2:
+            continue
+        gap = largest_gap(a.count.total for a in arms)
+        where = f" at {size_label(size)}" if b is not None and b.sized else ""
+        ok = "" if gap <= MATCH_GOAL else f" (above {MATCH_GOAL:.1%})"
+        lines.append(f"largest pairwise parameter gap{where}: {gap:.2%}{ok}")
+        if b is None or b.target is None or gap <= MATCH_GOAL:
+            continue
+        for a in arms:
+            c = sweep.control_of(a).count.total
+            n = a.count.total
+            if abs(n - c) / c <= MATCH_GOAL / 2:
+                continue
+            lo, hi = neighbours(a.cfg.model, b.free)
+            other = lo if n > c else hi
+            side = "below" if n > c else "above"
+            why = ("outside the tolerance" if other is None or abs(other - size) > b.tolerance * size
+                   else "farther from the control")
+            step = _step(a.cfg.model, b.free)
+            lines.append(f"  {a.name}: {b.free} moves in steps of {step}, {abs(n - (other or n)):,} parameters a step here; "
+                         f"{n:,} is {(n - c) / c:+.2%} from the control's {c:,}, and the next size {side} "
+                         + (f"({other:,}, {(other - c) / c:+.2%}) is {why}" if other else "does not exist"))
+    return lines
+
+
+def describe_training(sweep: Sweep) -> list[str]:
+    """Per arm: tokens per trial and training FLOPs per trial (flops_per_token x tokens)."""
+    workers = sweep.spec.resources.workers
+    rows = []
+    for a in sweep.arms:
+        tokens = a.cfg.train.max_steps * tokens_per_step(a.cfg, workers)
+        rows.append((a.name, a.cfg.train.max_steps, tokens, a.count.flops_per_token * tokens))
+    return rows
 
 
 def human(n: float) -> str:

@@ -83,6 +83,8 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
         "sweep.samples_per_cell": spec.search.samples, "sweep.scheduler": spec.scheduler.type,
         "sweep.metric": ",".join(spec.metrics), "sweep.mode": ",".join(spec.modes),
         "sweep.budget": spec.budget.target if spec.budget else None, "sweep.experiment_dir": str(exp_dir),
+        **({"sweep.sizes": ",".join(str(a.name).rpartition("@")[2] for a in sweep.arms if a.base == sweep.arms[0].base)}
+           if spec.budget is not None and spec.budget.sized else {}),  # arm names end in @size; the report pairs within one
     })
     client.log_text(run_id, sweep.path.read_text(), "sweep.yaml")
     ledger.data["parent_run_id"] = run_id
@@ -235,6 +237,13 @@ class MLflowSweepCallback(Callback):
             self.client.set_tag(self.parent_run_id, "stlm.status", status)
             T.end_run(self.client, self.parent_run_id,
                       {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+
+
+def log_comparison(client, parent_run_id: str, metrics: dict[str, float]) -> None:
+    """The arms' comparison (stlm.sweep.compare.mlflow_metrics: per-arm means, paired differences and
+    interval ends, per size) as metrics of the sweep's parent run, so MLflow's compare view shows it."""
+    if metrics:
+        T.log_metrics(client, parent_run_id, metrics, step=0)
 
 
 def error_text(trial) -> str:

@@ -14,7 +14,9 @@ The export has ctx = ctx_a + " " + ctx_b already preprocessed, and ctx_b NOT cap
 re-capitalise the unfinished sentence after the last sentence end (that fragment is ctx_b for the
 ActivityNet items; WikiHow contexts are whole sentences and ctx_b is empty). On the 10,042 items no
 such fragment has an upper-case letter after its first, so str.capitalize() on it can only differ
-from the harness's where ctx_b would have started earlier than the last sentence end.
+from the harness's where ctx_b would have started earlier than the last sentence end. A fragment
+that ends in a quote is still unfinished unless the quote closes a sentence: doc 1673 ('... a
+volunteer named " irene zimmerman "') is capitalised ('A volunteer ...') as the harness does.
 Known residual difference of the export: its per-field preprocessing trims and collapses spaces, so a
 WikiHow ending that begins with a "[tag]" loses the leading space the harness keeps (" " + " text").
 """
@@ -37,6 +39,7 @@ def preprocess(text: str) -> str:
 
 
 _SENTENCE_END = re.compile(r"[.!?] ")
+_ENDS_SENTENCE = re.compile(r"[.!?]\"?$")  # '... machetes!"' ends a sentence; 'named " irene zimmerman "' does not
 
 
 def _capitalize_ctx_b(ctx: str) -> str:
@@ -48,7 +51,7 @@ def _capitalize_ctx_b(ctx: str) -> str:
     ends = list(_SENTENCE_END.finditer(ctx))
     start = ends[-1].end() if ends else 0
     fragment = ctx[start:]
-    if not fragment or fragment[-1] in '.!?"':
+    if not fragment or _ENDS_SENTENCE.search(fragment):  # a whole sentence, possibly closing a quote
         return ctx
     return ctx[:start] + fragment.capitalize()
 

@@ -1,0 +1,139 @@
+"""The one comparison of a sweep's arms: what the terminal summary, sweep.json, the report and the
+parent MLflow run all show, computed by the same rule from the same trials.
+
+The rule for a cell (arm, seed) that ran several search samples: the cell is represented by its
+BEST finished sample on the sweep's metric (lowest for mode min, highest for max), so a tuned
+knob compares arms each at its best setting. One value per cell, then per arm:
+
+    mean, sd, 95% t interval across seeds         (stats.summarize)
+    arm - control, paired by seed, 95% interval    (stats.paired_difference)
+
+The control is the control arm at the same size (sized sweeps compare within a size). With fewer
+than MIN_SEEDS pairs the intervals are not informative; power_lines() says how large a difference
+the observed spread would let the sweep detect, with its seeds and with PLAN_SEEDS.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Iterable, TypeVar
+
+from stlm import stats
+
+MIN_SEEDS = 3  # below this, a 95% interval on a paired difference is too wide to read
+PLAN_SEEDS = 5  # the power line's "with 5 seeds" column
+RULE = "best sample per (arm, seed) cell by the sweep metric"
+
+T = TypeVar("T")
+
+
+def best_per_cell(items: Iterable[T], cell: Callable[[T], Any], value: Callable[[T], float | None], mode: str) -> list[T]:
+    """One item per cell: the best on `value` (min or max); cells whose items have no value keep the first."""
+    items = list(items)
+    sign = 1.0 if mode == "min" else -1.0
+    best: dict[Any, tuple[float, T]] = {}
+    for it in items:
+        v = value(it)
+        key = sign * v if v is not None and not math.isnan(v) else math.inf
+        c = cell(it)
+        if c not in best or key < best[c][0]:
+            best[c] = (key, it)
+    keep = {id(it) for _, it in best.values()}
+    return [it for it in items if id(it) in keep]
+
+
+def compare_arms(per_seed: dict[str, dict[Any, float]], arms: list[str], control_of: dict[str, str]):
+    """arm -> Summary, and arm -> PairedDiff against its control (None for controls and unpaired arms)."""
+    summaries: dict[str, stats.Summary] = {}
+    diffs: dict[str, stats.PairedDiff | None] = {}
+    for arm in arms:
+        vals = per_seed.get(arm) or {}
+        if vals:
+            summaries[arm] = stats.summarize(vals.values())
+        ctrl = per_seed.get(control_of[arm]) or {}
+        if control_of[arm] != arm:
+            diffs[arm] = stats.paired_difference(vals, ctrl) if vals and ctrl else None
+    return summaries, diffs
+
+
+def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str], arms: list[str]) -> dict:
+    """The comparison as plain numbers (sweep.json's "comparison", the parent run's metrics)."""
+    out: dict[str, Any] = {"metric": metric, "rule": RULE, "arms": {}}
+    for arm in arms:
+        s, d = summaries.get(arm), diffs.get(arm)
+        row = {"control": control_of[arm], "n": s.n if s else 0, "mean": s.mean if s else None,
+               "sd": s.std if s else None, "lo": s.lo if s else None, "hi": s.hi if s else None}
+        if control_of[arm] != arm:
+            row.update({"pairs": d.n if d else 0, "diff": d.mean if d else None, "diff_sd": d.std if d else None,
+                        "diff_lo": d.lo if d else None, "diff_hi": d.hi if d else None})
+        out["arms"][arm] = row
+    return out
+
+
+def _f(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
+
+
+def summary_lines(rec: dict) -> list[str]:
+    """The terminal's per-arm lines."""
+    metric, lines = rec["metric"], []
+    for arm, r in rec["arms"].items():
+        if not r["n"]:
+            continue
+        ci = f"[{_f(r['lo'])}, {_f(r['hi'])}]" if r["lo"] is not None else "n/a"
+        line = f"{arm:<22} {metric} mean {_f(r['mean'])} (sd {_f(r['sd'])}, n={r['n']}, 95% CI {ci})"
+        if r["control"] == arm:
+            line += "  [control]"
+        elif r.get("diff") is not None:
+            dci = f"[{_f(r['diff_lo'], True)}, {_f(r['diff_hi'], True)}]" if r["diff_lo"] is not None else "n/a"
+            line += f"  vs {r['control']}: {_f(r['diff'], True)} (95% CI {dci}, {r['pairs']} pairs)"
+        lines.append(line)
+    return lines
+
+
+def power_lines(rec: dict) -> list[str]:
+    """With fewer than MIN_SEEDS pairs: a warning, and per arm the smallest difference the observed
+    spread lets the sweep detect (paired t-test, 5% two-sided, 80% power) with its seeds and with PLAN_SEEDS."""
+    pairs = [r["pairs"] for r in rec["arms"].values() if "pairs" in r]
+    if not pairs:
+        return []
+    lines = []
+    if min(pairs) < MIN_SEEDS:
+        lines.append(f"Fewer than {MIN_SEEDS} paired seeds: the 95% intervals are not informative "
+                     f"(t_0.975 = {stats.t_quantile(0.975, max(1, min(pairs) - 1)):.1f} with {min(pairs)} pairs).")
+    for arm, r in rec["arms"].items():
+        if "pairs" not in r or not r["pairs"]:
+            continue
+        n, sd = r["pairs"], r.get("diff_sd")
+        now, plan = stats.detectable_difference(sd, n), stats.detectable_difference(sd, PLAN_SEEDS)
+        if now is None:
+            lines.append(f"{arm}: {n} pair(s) give no spread to plan with; run at least 2 seeds.")
+            continue
+        lines.append(f"{arm}: with the observed sd of the paired differences ({sd:.4f}), the smallest difference "
+                     f"detectable at 95% (80% power) is {now:.4f} with {n} seeds, {plan:.4f} with {PLAN_SEEDS}.")
+    return lines
+
+
+_BAD = re.compile(r"[^\w\-./ ]")  # MLflow metric keys: alphanumerics, _ - . / and spaces
+
+
+def mlflow_key(*parts: str) -> str:
+    return "/".join(_BAD.sub("_", p) for p in parts)
+
+
+def mlflow_metrics(rec: dict) -> dict[str, float]:
+    """compare/<arm>/<metric>/{mean, lo, hi, diff, diff_lo, diff_hi}: the parent run's numbers."""
+    out = {}
+    for arm, r in rec["arms"].items():
+        for k in ("mean", "lo", "hi", "diff", "diff_lo", "diff_hi", "n", "pairs"):
+            v = r.get(k)
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                out[mlflow_key("compare", arm, rec["metric"], k)] = float(v)
+    for arm, s in (rec.get("scale") or {}).items():
+        for k in ("slope", "slope_lo", "slope_hi"):
+            if s.get(k) is not None:
+                out[mlflow_key("scale", arm, rec["metric"], "diff_" + k)] = float(s[k])
+    return out
