@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n--dry-run: nothing launched.")
         return 0
 
+    from stlm.sweep.lock import hold
+
+    hold(exp_dir)  # one driver per experiment directory: taken before --overwrite deletes anything
     if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
         shutil.rmtree(exp_dir)  # --overwrite (checked above)
     exp_dir.mkdir(parents=True, exist_ok=True)
