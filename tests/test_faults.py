@@ -103,3 +103,152 @@ def test_the_ledger_survives_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert Ledger(tmp_path).trials["t1"]["last_step"] == 10  # the last complete state, intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow_state.json"]  # no temp file left
+
+
+# --------------------------------------------------------------------------- end to end, through the CLI
+
+STEPS, EVERY = 60, 10
+EVAL_STEPS = list(range(EVERY, STEPS + 1, EVERY))
+
+
+def _fault_sweep(tmp_path: Path, name: str, arms: list[dict]) -> Path:
+    """A small sweep of the kind the issue measured: 60 steps, an eval (and a checkpoint) every 10,
+    each (arm, seed) cell once, two trials at a time, one Ray Train retry allowed."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "config": {
+            "model": {"tokenizer": "bytes", "n_layers": 2, "d_model": 64, "n_heads": 2, "context_length": 64},
+            "data": {"source": "generated", "max_chars": 200_000, "num_proc": 1},
+            "train": {"max_steps": STEPS, "batch_size": 8, "eval_interval": EVERY, "log_interval": EVERY,
+                      "eval_batches": 2, "warmup_steps": 5, "lr": 3e-3},
+        },
+        "arms": arms, "control": arms[0]["name"], "seeds": [0, 1],
+        "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent": 2},
+        "max_failures": 1,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _processes_of(exp_dir: Path) -> list[int]:
+    """PIDs of processes of this sweep's local Ray (their environment points RAY_TMPDIR into exp_dir)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(exp_dir).encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _check_sweep(exp_dir: Path, finished_arm: str, failed_arm: str | None = None, failed_match: str = "") -> None:
+    """What must hold after recovery: one run per cell, every planned trial FINISHED (or FAILED for a
+    reason a retry cannot fix), each eval step logged exactly once, no run RUNNING, a report, no
+    leftover temp files and no process of the sweep still alive."""
+    from test_sweep_e2e import _child_runs
+
+    client, runs = _child_runs(exp_dir)
+    cells = sorted((r.data.tags["stlm.arm"], r.data.tags["stlm.seed"]) for r in runs)
+    arms = [finished_arm] + ([failed_arm] if failed_arm else [])
+    assert cells == sorted((a, s) for a in arms for s in ("0", "1")), cells  # 0 duplicated, 0 missing cells
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
+    for r in runs:
+        if r.data.tags["stlm.arm"] == finished_arm:
+            assert r.info.status == "FINISHED" and r.data.tags["stlm.status"] == "finished"
+            for key in ("val_bpb", "train_loss", "step"):
+                assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == EVAL_STEPS, key
+        else:
+            assert r.info.status == "FAILED" and failed_match in r.data.tags["stlm.error"].splitlines()[0]
+    assert (exp_dir / "report" / "report.md").is_file()
+    assert not [p for p in exp_dir.rglob("*") if ".tmp" in p.name and "ray" not in p.relative_to(exp_dir).parts]
+    deadline = time.time() + 30
+    while _processes_of(exp_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _processes_of(exp_dir), "processes of the sweep outlived it"
+
+
+@pytest.mark.slow
+def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
+    """Issue 20, cases 1, 2 and 5 in one sweep. The driver freezes (SIGSTOP) while its trials run on,
+    so the workers persist checkpoints Ray Train never registers, and is then killed (-9). `--resume`
+    continues each trial from what Ray Train registered and discards the rest. While it runs, a second
+    `--resume` and an `--overwrite` are refused, naming the running driver. A diverging arm fails for
+    good without spending its Ray Train retry, and a further `--resume` reruns nothing."""
+    from test_sweep_e2e import _kill_group, _start
+
+    sweep = _fault_sweep(tmp_path, "faults", [
+        {"name": "ok", "set": {}},
+        {"name": "diverge", "set": {"train.lr": 1.0e9, "train.warmup_steps": 0, "train.grad_clip": 0.0}},
+    ])
+    exp_dir = tmp_path / "sweep_runs" / "faults"
+    ledger = exp_dir / "mlflow_state.json"
+
+    # 1. freeze the driver as soon as a trial's first result is in, let the workers run ahead, kill it
+    p = _start([str(sweep)], tmp_path, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and p.poll() is None:
+            trials = json.loads(ledger.read_text())["trials"] if ledger.is_file() else {}
+            if any(t.get("last_step", -1) >= EVERY for t in trials.values()):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(8)
+    finally:
+        _kill_group(p)
+    from stlm.train.checkpoint import step_of
+
+    stale = {}  # trial -> (registered step, steps persisted beyond it)
+    for run in (exp_dir / "train").iterdir():
+        snap = run / "checkpoint_manager_snapshot.json"
+        registered = json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"] if snap.is_file() else None
+        top = step_of(registered) if registered else 0
+        ahead = [step_of(c) for c in run.glob("step_*") if step_of(c) > top]
+        if ahead:
+            stale[run.name] = (top, ahead)
+    assert stale, "the frozen driver should have left checkpoints Ray Train had not registered"
+
+    # 2. resume; meanwhile a second driver on the same directory is refused, with or without --overwrite
+    p = _start([str(sweep), "--resume"], tmp_path, tmp_path / "resume.log")
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and f'"pid": {p.pid}' not in lock.lock_path(exp_dir).read_text():
+            time.sleep(0.2)
+        for extra in (["--resume"], ["--overwrite"]):
+            second = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), *extra], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=120,
+                                    env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+            assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+            assert f"in use by another sweep driver: pid {p.pid} on host {socket.gethostname()!r}" in second.stderr
+            assert "Traceback" not in second.stderr
+        assert ledger.is_file()  # --overwrite deleted nothing
+        rc = p.wait(timeout=400)
+    finally:
+        _kill_group(p)
+    out = (tmp_path / "resume.log").read_text()
+    assert rc == 1, out[-4000:]  # finished, with the diverging arm failed
+    _check_sweep(exp_dir, "ok", "diverge", failed_match="became")
+    from test_sweep_e2e import _child_runs
+
+    client, runs = _child_runs(exp_dir)
+    by_trial = {r.data.tags["stlm.trial_id"]: r for r in runs}
+    for tid, (top, ahead) in stale.items():  # continued from the registered step, not from the stale ones
+        resumed = [m.value for m in client.get_metric_history(by_trial[tid].info.run_id, "resumed_from_step")]
+        assert max(resumed) == top, (tid, top, ahead, resumed)
+    fatal = {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime
+             for tid, r in by_trial.items() if r.data.tags["stlm.arm"] == "diverge"}
+    assert len(fatal) == 2
+
+    # 3. a further --resume (what a user tries after failures) reruns nothing: no diverging trial trains again
+    again = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--resume"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime for tid in fatal} == fatal
+    _check_sweep(exp_dir, "ok", "diverge", failed_match="became")

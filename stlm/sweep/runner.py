@@ -144,7 +144,7 @@ def worker_loop(lc: dict) -> None:
         # retry: record it for run_trial, which fails the trial with it, and spend no Ray Train retry on it.
         # (With several workers only a diverging loss is known to stop every rank at once.)
         if rank == 0:
-            write_fatal(Path(lc["trial_dir"]), e)
+            write_fatal(Path(lc["trial_dir"]), e)  # on a full disk this raises: Ray Train's error then says it
         if world_size > 1 and not isinstance(e, NonFiniteLossError):
             raise
 
@@ -361,7 +361,10 @@ def run_trial(config: dict, ctx: Context) -> None:
     trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
     fatal = read_fatal(trial_dir)
     if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
-        raise StlmError(fatal["message"])
+        from stlm.atomic import DiskFullError
+
+        error = DiskFullError if fatal["type"] == DiskFullError.__name__ else StlmError  # the sweep stops on the former
+        raise error(fatal["message"])
 
 
 def report_finished(ctx: Context, trial_id: str) -> bool:
