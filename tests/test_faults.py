@@ -105,6 +105,28 @@ def test_the_ledger_survives_a_full_disk(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow_state.json"]  # no temp file left
 
 
+def test_a_same_size_damaged_token_shard_is_rebuilt(tmp_path):
+    """An id of 65535 with a 2048-token vocabulary, the shard's size unchanged: not trusted, rebuilt."""
+    import numpy as np
+
+    from stlm.config import build_config
+    from stlm.data import prepare
+
+    cfg = build_config({"model": {"tokenizer": "bpe", "vocab_size": 2048},
+                        "data": {"source": "generated", "max_chars": 300_000, "bpe_train_chars": 200_000,
+                                 "cache_dir": str(tmp_path)}})
+    first = prepare(cfg)
+    good = np.array(first.train)
+    size = (first.cache_path / "train.bin").stat().st_size
+    with open(first.cache_path / "train.bin", "r+b") as f:
+        f.seek(2 * 1000)
+        f.write(np.array([65535], dtype=np.uint16).tobytes())
+    assert (first.cache_path / "train.bin").stat().st_size == size
+    second = prepare(cfg)
+    assert second.manifest["build_id"] != first.manifest["build_id"]
+    assert np.array_equal(second.train, good) and int(second.train.max()) < 2048
+
+
 # --------------------------------------------------------------------------- end to end, through the CLI
 
 STEPS, EVERY = 60, 10
