@@ -190,6 +190,7 @@ class TrainConfig:
     log_interval: int = 10  # steps between train-loss reports
     eval_interval: int = 100  # steps between validation (loss, bpb) and checkpoints
     eval_batches: int = 8  # validation batches per evaluation
+    keep_checkpoints: int = 2  # newest intact checkpoints kept (>= 1): a damaged newest one has one to fall back to
     out_dir: str = "runs"  # standalone `stlm train` writes checkpoints under out_dir/run_name
     run_name: str | None = None
 

@@ -283,7 +283,7 @@ def test_stlm_train_cli_logs_to_mlflow_and_resumes(cache_dir, tmp_path, monkeypa
     (r2,) = client.search_runs([exp.experiment_id])
     assert r2.info.run_id == r.info.run_id and r2.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(r.info.run_id, "val_bpb")] == [10, 20, 30]
-    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step_000030"]
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step_000020", "step_000030"]  # train.keep_checkpoints=2
 
     # load_model gives back the trained model: its bpb is the one the run reported
     model, loaded_cfg, tok = ckpt.load_model(run_dir)

@@ -19,7 +19,8 @@ Safety:
   directory is renamed into place. An interrupted preparation leaves only a temp directory,
   which is never read and is removed by the next preparation of the same key.
 - Verified: a cache is trusted only if its manifest repeats the expected content fields and
-  key and the shard sizes match the token counts; anything else is rebuilt, not reused.
+  key, the shard sizes match the token counts and every token id is inside the vocabulary;
+  anything else is rebuilt, not reused.
 - Shared: a FileLock per key makes concurrent processes (sweep trials, DDP ranks) prepare
   once; the others wait and then read the finished cache.
 
@@ -233,7 +234,18 @@ def _trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
                 return None
         except (KeyError, TypeError, ValueError, OSError):
             return None
+        if not _ids_in_range(path / f"{split}.bin", content["dtype"], content["tokenizer"]["vocab_size"]):
+            log.warning("%s holds a token id >= the vocabulary size %d: damaged, rebuilt", path / f"{split}.bin",
+                        content["tokenizer"]["vocab_size"])
+            return None
     return manifest
+
+
+def _ids_in_range(path: Path, dtype: str, vocab_size: int, chunk: int = 1 << 24) -> bool:
+    """Every token id of a shard is < vocab_size: a same-size damaged shard (an id of 65535 with a
+    2048 vocabulary) would otherwise pass the size check and crash or poison training. About 1 GB/s."""
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    return all(int(tokens[i:i + chunk].max()) < vocab_size for i in range(0, len(tokens), chunk))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n--dry-run: nothing launched.")
         return 0
 
+    from stlm.sweep.lock import hold
+
+    hold(exp_dir)  # one driver per experiment directory: taken before --overwrite deletes anything
     if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
         shutil.rmtree(exp_dir)  # --overwrite (checked above)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +399,10 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     ctx = runner.Context(sweep=sweep, space=space, exp_dir=str(exp_dir))
     callback = MLflowSweepCallback(tracking_uri=uri, experiment=experiment, sweep=sweep, space=space, exp_dir=exp_dir,
                                    prepare_trial=lambda config, tid: runner.prepare_trial(ctx, config, tid))
-    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback, FreeDeadTrialsPlacementGroups()],
+    from stlm.sweep.disk import DiskGuard  # ends the sweep cleanly before a full disk truncates Tune's state
+
+    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback, FreeDeadTrialsPlacementGroups(),
+                                                                    DiskGuard(exp_dir, sweep)],
                                concurrency=concurrency,
                                reporter=runner.make_reporter(sweep))
     status = "failed"

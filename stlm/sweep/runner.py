@@ -67,41 +67,62 @@ def prepare_trial(ctx: Context, config: dict, trial_id: str):
 
 def worker_loop(lc: dict) -> None:
     import ray.train
-    from ray.train import Checkpoint
 
     _quiet_train_logs()
 
     from stlm.config import build_config
-    from stlm.train.loop import train
+    from stlm.train.loop import NonFiniteLossError, train
 
     # start-up: from the Tune trial starting to this worker running (Tune actor, Train controller,
     # placement group, worker actor, torch.distributed); logged with every report
     cfg = build_config(lc["config"])
     extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
              "startup_s": time.time() - lc["t_start"], "max_steps": cfg.train.max_steps}
-    rank = ray.train.get_context().get_world_rank()
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    storage = Path(lc["storage_dir"])  # this trial's Ray Train run: <exp>/train/<trial id>
     last = {"ckpt": None}
     history: list[dict] = []  # every training report of this run, carried inside each checkpoint
 
+    def move_into_storage(checkpoint, dir_name: str):
+        """Ray Train's upload, as a rename: the directory train() wrote becomes the persisted
+        checkpoint (one copy on disk, never half there: it appears whole or not at all)."""
+        dest = Path(ctx.get_storage().build_checkpoint_path_from_name(dir_name))
+        persist_directory(Path(checkpoint.path), dest)
+        last["ckpt"] = str(dest)
+        return ray.train.Checkpoint(path=str(dest), filesystem=ctx.get_storage().storage_filesystem)
+
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         history.append(dict(metrics))
-        if checkpoint_dir:  # rank 0: the history travels with the checkpoint Ray Train persists
-            (Path(checkpoint_dir) / HISTORY_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
-        ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        t0 = time.time()
-        ray.train.report({**metrics, **extra}, checkpoint=ckpt)
-        extra["report_s"] = time.time() - t0  # what the previous report cost the loop (logged with the next)
-        if checkpoint_dir:
+        ckpt = None
+        if checkpoint_dir and Path(checkpoint_dir).parent == storage:  # already persisted (a finished run restored)
             last["ckpt"] = checkpoint_dir
+        elif checkpoint_dir:  # rank 0: the history travels with the checkpoint Ray Train persists
+            from stlm.atomic import write_atomic
 
-    restored = ray.train.get_checkpoint()  # the last reported checkpoint of this trial's Train run, if any
-    if restored is None:
-        extra["resumed_from_step"] = 0
-        final = train(cfg, report=report)
-    else:
-        from stlm.train.checkpoint import read_meta
+            write_atomic(Path(checkpoint_dir) / HISTORY_FILE, "".join(json.dumps(m) + "\n" for m in history))
+            ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        t0 = time.time()
+        ray.train.report({**metrics, **extra}, checkpoint=ckpt, checkpoint_upload_fn=move_into_storage,
+                         checkpoint_dir_name=persisted_name(metrics["step"]) if ckpt else None)
+        extra["report_s"] = time.time() - t0  # what the previous report cost the loop (logged with the next)
 
-        with restored.as_directory() as d:
+    try:
+        # Where to continue is decided by what Ray Train registered: its newest checkpoint, or the newest
+        # intact one before it. Anything else (a local checkpoint a killed attempt left behind, or one
+        # persisted after the last registered one) is discarded, never resumed from or pruned into.
+        restored = ray.train.get_checkpoint()
+        latest = restored.path if restored is not None else None
+        start = resume_point(storage, latest, say=_say)
+        if rank == 0:
+            discard_unregistered(storage, latest, staging=Path(cfg.train.out_dir) / cfg.train.run_name, say=_say)
+        if start is None:
+            extra["resumed_from_step"] = 0
+            final = train(cfg, report=report)
+        else:
+            from stlm.train.checkpoint import read_meta
+
+            d = str(start)
             extra["resumed_from_step"] = int(read_meta(d).get("step", 0))
             # Replay the reports up to this checkpoint. Results reach MLflow through the Tune driver,
             # which lags the workers: a driver killed after Ray Train persisted this checkpoint may
@@ -113,11 +134,129 @@ def worker_loop(lc: dict) -> None:
                 report(m, None)
             final = train(cfg, report=report, resume_from=d)
 
-    if cfg.eval.tasks:
-        evals = {}
+        if cfg.eval.tasks:
+            evals = {}
+            if rank == 0:
+                evals = run_eval(cfg, last["ckpt"], Path(lc["trial_dir"]))
+            ray.train.report({**final, **extra, **evals})  # a barrier: every rank reports
+    except StlmError as e:
+        # A user-fixable error (a diverging loss, a bad setting, damaged data) fails the same way on every
+        # retry: record it for run_trial, which fails the trial with it, and spend no Ray Train retry on it.
+        # (With several workers only a diverging loss is known to stop every rank at once.)
         if rank == 0:
-            evals = run_eval(cfg, last["ckpt"], Path(lc["trial_dir"]))
-        ray.train.report({**final, **extra, **evals})  # a barrier: every rank reports
+            write_fatal(Path(lc["trial_dir"]), e)  # on a full disk this raises: Ray Train's error then says it
+        if world_size > 1 and not isinstance(e, NonFiniteLossError):
+            raise
+
+
+HISTORY_FILE = "stlm_reports.jsonl"
+FATAL_FILE = "fatal_error.json"  # in trials/<id>/: a trial error no retry can fix
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # the worker's log (and the terminal with --verbose)
+
+
+def persisted_name(step: int) -> str:
+    """A persisted checkpoint's directory name: the step, plus a token so that a step written again
+    after a fallback never lands on (and is never deleted as) an older directory of the same step."""
+    import uuid
+
+    from stlm.train.checkpoint import step_dir_name
+
+    return f"{step_dir_name(int(step))}-{uuid.uuid4().hex[:8]}"
+
+
+def persist_directory(src: Path, dest: Path) -> None:
+    """Move a finished checkpoint directory to `dest` atomically: a rename on the same filesystem,
+    else a copy into a hidden temp directory there, renamed once complete."""
+    import errno
+    import shutil
+
+    from stlm.atomic import disk_full_guard, fsync_dir
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        size = sum(f.stat().st_size for f in src.iterdir())
+        try:
+            with disk_full_guard(dest, size):
+                shutil.copytree(src, tmp)
+                os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(src, ignore_errors=True)
+    fsync_dir(dest.parent)
+
+
+def registered_checkpoints(storage: Path, latest: str | None) -> list[Path]:
+    """The checkpoints Ray Train registered for this run (its snapshot, plus the latest it hands back),
+    oldest first, none past the latest."""
+    import re
+
+    from stlm.train.checkpoint import step_of
+
+    if latest is None:
+        return []
+    names = {Path(latest).name}
+    try:
+        names |= set(re.findall(r"step_\d+-[0-9a-f]+", (storage / "checkpoint_manager_snapshot.json").read_text()))
+    except OSError:
+        pass
+    top = step_of(latest)
+    found = [storage / n for n in names if top is not None and (step_of(n) or 0) <= top] or [Path(latest)]
+    return sorted(found, key=lambda p: (step_of(p) or 0, p == Path(latest)))
+
+
+def resume_point(storage: Path, latest: str | None, say=None) -> Path | None:
+    """The registered checkpoint to continue from: the newest intact one (a damaged one is named and
+    skipped); None for a fresh run. No intact one left is a CorruptCheckpointError."""
+    from stlm.train.checkpoint import CorruptCheckpointError, intact, newest_intact
+
+    candidates = registered_checkpoints(storage, latest)
+    if not candidates:
+        return None
+    start = newest_intact(candidates, say=say)
+    if start is None:
+        raise CorruptCheckpointError(f"Every checkpoint Ray Train registered for this trial is damaged, so it "
+                                     f"cannot continue: {intact(candidates[-1])}")
+    return start
+
+
+def discard_unregistered(storage: Path, latest: str | None, staging: Path, say=None) -> None:
+    """Delete this run's checkpoints that Ray Train never registered (persisted after its latest one by
+    an attempt whose driver had stopped listening, or left in the local staging directory by a killed
+    worker) and half-copied temp directories."""
+    import shutil
+
+    registered = set(registered_checkpoints(storage, latest))
+    stale = [p for p in storage.glob("step_*") if p not in registered] + list(storage.glob(".step_*"))
+    if staging.is_dir():
+        stale += list(staging.glob("step_*")) + list(staging.glob(".step_*"))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if stale and say is not None:
+        say(f"discarded {len(stale)} checkpoint(s) Ray Train had not registered: {', '.join(p.name for p in stale)}"
+            + (f" (its latest is {Path(latest).name})" if latest else ""))
+
+
+def write_fatal(trial_dir: Path, e: Exception) -> None:
+    from stlm.atomic import write_atomic
+
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(trial_dir / FATAL_FILE, json.dumps({"type": type(e).__name__, "message": str(e)}))
+
+
+def read_fatal(trial_dir: Path) -> dict | None:
+    try:
+        return json.loads((trial_dir / FATAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 HISTORY_FILE = "stlm_reports.jsonl"
@@ -187,6 +326,12 @@ def run_trial(config: dict, ctx: Context) -> None:
     if config.get("arch.infeasible"):
         raise StlmError(f"trial {trial_id}: the sampled shape {config} cannot meet the budget (not launched).")
     cfg, counted, trial_dir = prepare_trial(ctx, config, trial_id)
+    if report_finished(ctx, trial_id):  # --resume after a kill that came before Tune saved this trial's end
+        return
+    fatal = read_fatal(trial_dir)
+    if fatal and fatal["type"] == "NonFiniteLossError":  # the same config diverges the same way again
+        raise StlmError(fatal["message"])
+    (trial_dir / FATAL_FILE).unlink(missing_ok=True)  # any other error may be gone now: try again
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.yaml").write_text(dump_yaml(cfg))
     r = ctx.sweep.spec.resources
@@ -195,23 +340,53 @@ def run_trial(config: dict, ctx: Context) -> None:
     if use_gpu:
         per_worker["GPU"] = r.gpus_per_worker
     Trainer, report_callbacks = trainer_class(r.workers)
+    storage_path = Path(ctx.exp_dir) / "train"
     trainer = Trainer(
         worker_loop,
         train_loop_config={
             "config": dataclasses.asdict(cfg), "params": counted.total, "flops_per_token": counted.flops_per_token,
-            "trial_dir": str(trial_dir), "t_start": time.time(),
+            "trial_dir": str(trial_dir), "t_start": time.time(), "storage_dir": str(storage_path / trial_id),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=trial_id,  # fixed per trial: a retry or Tuner.restore continues this run's checkpoints
-            storage_path=str(Path(ctx.exp_dir) / "train"),
+            storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=ctx.sweep.spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the persisted checkpoints are the only copies (worker_loop moves them there): keep the newest few
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=report_callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
+    fatal = read_fatal(trial_dir)
+    if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
+        from stlm.atomic import DiskFullError
+
+        error = DiskFullError if fatal["type"] == DiskFullError.__name__ else StlmError  # the sweep stops on the former
+        raise error(fatal["message"])
+
+
+def report_finished(ctx: Context, trial_id: str) -> bool:
+    """If MLflow already holds this trial as FINISHED (the ledger says so), report its last metrics
+    again instead of running anything: the MLflow callback logs no point twice."""
+    from ray import tune
+
+    from stlm import tracking as T
+    from stlm.sweep.tracking import Ledger
+
+    entry = Ledger(Path(ctx.exp_dir)).trials.get(trial_id) or {}
+    if entry.get("status") != "finished":
+        return False
+    try:
+        run = T.mlflow_client(os.environ.get("MLFLOW_TRACKING_URI")).get_run(entry["run_id"])
+    except Exception:  # MLflow unreachable or the run gone: run the trial (from its checkpoints) instead
+        return False
+    metrics = dict(run.data.metrics)
+    if "step" not in metrics:
+        return False
+    tune.report({**metrics, "step": int(metrics["step"])})
+    return True
 
 
 # --------------------------------------------------------------------------- the driver

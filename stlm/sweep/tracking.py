@@ -21,7 +21,6 @@ step=`step`; artifacts: config.yaml, eval item JSONL files, optionally the final
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,10 @@ TUNE_KEYS = {
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    """Atomic and durable (temp + fsync + rename); a full disk is a DiskFullError naming the path."""
+    from stlm.atomic import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 class Ledger:
@@ -59,6 +59,11 @@ class Ledger:
 
     def save(self) -> None:
         _write_json(self.path, self.data)
+
+    def remove_leftovers(self) -> None:
+        """Temp files of a writer killed mid-write (or stopped by a full disk); call from the one writer."""
+        for stale in self.path.parent.glob(f".{STATE_FILE}.tmp-*"):
+            stale.unlink(missing_ok=True)
 
     @property
     def trials(self) -> dict[str, dict]:
@@ -123,6 +128,7 @@ class MLflowSweepCallback(Callback):
 
     def setup(self, **info):
         self._open()
+        self.ledger.remove_leftovers()
         # resumed sweep: trust MLflow's own record of the last step of every trial run
         for tid, t in self.ledger.trials.items():
             try:
@@ -136,6 +142,9 @@ class MLflowSweepCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         tid = trial.trial_id
         entry = self.ledger.trials.get(tid)
+        if entry is not None and entry.get("status") == "finished":  # run_trial reports it again; nothing reruns
+            self._remember_max_steps(trial)
+            return
         if entry is not None and T.reopen_run(self.client, entry["run_id"]):
             self.client.set_tag(entry["run_id"], "stlm.status", "running")
             entry["status"] = "running"
@@ -223,11 +232,13 @@ class MLflowSweepCallback(Callback):
         try:
             if items.is_dir() and any(items.iterdir()):
                 self.client.log_artifacts(entry["run_id"], str(items), "eval")
-            if self.sweep.spec.log_checkpoint:
-                from stlm.train.checkpoint import latest_checkpoint
+            from stlm.train.checkpoint import latest_checkpoint
 
-                last = latest_checkpoint(trial_dir / "checkpoints" / "run")
-                if last is not None:
+            run_dir = self.exp_dir / "train" / trial.trial_id  # Ray Train's copies are the only ones
+            last = latest_checkpoint(run_dir)
+            if last is not None:  # `stlm eval RUN_ID` loads the newest intact checkpoint of this directory
+                self.client.set_tag(entry["run_id"], "stlm.checkpoint", str(run_dir))
+                if self.sweep.spec.log_checkpoint:
                     self.client.log_artifacts(entry["run_id"], str(last), "checkpoint")
         except Exception as e:  # artifacts are a convenience; never fail the sweep over them
             self.client.set_tag(entry["run_id"], "stlm.artifact_error", str(e)[:500])

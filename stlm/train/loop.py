@@ -41,7 +41,6 @@ from stlm.train.optim import build_optimizer
 from stlm.train.schedules import build_scheduler
 
 DROPOUT_STEPS = 20  # with train.compile, scheduled dropout scales are rounded to multiples of 1/20
-KEEP_CHECKPOINTS = 1  # older step_* directories of a run are deleted once a newer one is complete
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -211,6 +210,8 @@ def train(
     from stlm.models.layers.dropout import dropout_scale
 
     tc, mc = cfg.train, cfg.model
+    if tc.keep_checkpoints < 1:
+        raise StlmError(f"train.keep_checkpoints must be >= 1 (the checkpoint to resume from), got {tc.keep_checkpoints}.")
     world = world or World.detect()
     device = resolve_device(tc, world)
     amp_dtype = resolve_amp(tc, device)
@@ -409,7 +410,8 @@ def _save(run_dir, step, cfg, tokenizer, world, raw, optimizer, scheduler, batch
     }
     path = ckpt.save_checkpoint(run_dir / ckpt.step_dir_name(step), model_state=raw.state_dict(),
                                 trainer_state=trainer_state, cfg=cfg, meta=meta)
-    ckpt.prune_checkpoints(run_dir, KEEP_CHECKPOINTS)
+    # newer leftovers (a run rolled back to an older checkpoint) go first: never pruned into this one
+    ckpt.prune_checkpoints(run_dir, cfg.train.keep_checkpoints, current=step)
     return path
 
 

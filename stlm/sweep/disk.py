@@ -1,0 +1,54 @@
+"""Stop a sweep before its disk is full, while every state file can still be written whole.
+
+Ray Tune writes its experiment state in place (not atomically): a full disk mid-write leaves a
+truncated experiment_state-*.json that --resume cannot read, and Tune then silently starts a new
+experiment. So the driver checks the free space of the experiment directory once a second and ends
+the sweep (a DiskFullError: one paragraph naming the directory, the space it needs and the command
+that continues it) while there is still room for every running trial's next checkpoint plus the
+small state files. A trial that meets a full disk anyway (another program filled it) stops the
+sweep the same way. What was persisted stays; --resume continues once space is freed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray import tune
+
+from stlm.atomic import disk_full_error, free_bytes
+
+STATE_RESERVE = 16 * 2**20  # Tune's experiment state, the searcher, the ledger, Ray's logs for a while
+BYTES_PER_PARAM = 16  # a checkpoint: fp32 weights (4) + Adam's two moments (8), plus headroom
+
+
+class DiskGuard(tune.Callback):
+    def __init__(self, exp_dir: Path, sweep, every_s: float = 1.0):
+        self.exp_dir = Path(exp_dir)
+        self.checkpoint_bytes = max(a.count.total for a in sweep.arms) * BYTES_PER_PARAM + 2**20
+        self.resume = f"python -m stlm.sweep {sweep.path} --resume --experiment-dir {self.exp_dir}"
+        self.every_s = every_s
+        self._due = 0.0
+
+    def needed(self, running: int) -> int:
+        return max(1, running) * self.checkpoint_bytes + STATE_RESERVE
+
+    def _stop(self, needed: int):
+        raise disk_full_error(self.exp_dir, needed, then=f"then continue the sweep with: {self.resume}")
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every_s
+        needed = self.needed(sum(1 for t in trials if t.status == "RUNNING"))
+        free = free_bytes(self.exp_dir)
+        if free is not None and free < needed:
+            self._stop(needed)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from stlm.sweep.tracking import error_text
+
+        head = error_text(trial).splitlines()[0]  # 'ExceptionType: message' of the cause
+        if "DiskFullError" in head or "No space left on device" in head:
+            self._stop(self.needed(sum(1 for t in trials if t.status == "RUNNING") + 1))

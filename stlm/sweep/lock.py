@@ -1,0 +1,181 @@
+"""One driver per experiment directory: `<exp_dir>.lock`, held from the moment a driver owns the directory.
+
+    hold(exp_dir)          # in the driver, before it deletes (--overwrite) or writes anything there
+
+The lock file sits beside the directory (so --overwrite can delete the directory while holding it)
+and says who holds it: {"host", "pid", "boot_id", "start_ticks", "started", "command"}. A second
+driver is refused with a message naming that host and pid. A driver that died leaves the file
+behind; its successor takes it over once it is sure the owner is gone:
+
+- POSIX record lock (fcntl.lockf) on the file, held for the driver's life: the kernel (or the NFS
+  server's lock manager) drops it when the process dies, however it dies. Record locks are not
+  inherited by child processes, so Ray's processes outliving a killed driver do not keep it.
+- The file's content, for filesystems where that lock is not shared (NFS mounted with `nolock`):
+  on the same host the owner is alive if its pid runs with the same start time since the same boot
+  (a reused pid is not mistaken for it); on another host, if the file's heartbeat (its mtime,
+  touched every HEARTBEAT_S) is younger than STALE_S.
+A take-over rewrites the content and reads it back: of two successors racing, one wins.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from stlm.errors import StlmError
+
+HEARTBEAT_S = 20.0
+STALE_S = 90.0  # a lock untouched this long on another host belongs to a dead driver
+
+_held: dict[str, "DriverLock"] = {}  # lock path -> the lock this process holds (kept open for its life)
+
+
+def lock_path(exp_dir: str | os.PathLike) -> Path:
+    exp_dir = Path(exp_dir).resolve()
+    return exp_dir.with_name(exp_dir.name + ".lock")
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def me() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
+            "start_ticks": _start_ticks(os.getpid()), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv)[:300]}
+
+
+def owner_alive(owner: dict, mtime: float, *, host: str | None = None, now: float | None = None) -> bool:
+    """Whether the driver named in a lock file may still be running (pure logic; see the module doc)."""
+    host = host or socket.gethostname()
+    now = time.time() if now is None else now
+    if not owner or "pid" not in owner:
+        return False
+    if owner.get("host") != host:
+        return now - mtime < STALE_S
+    if owner.get("boot_id") and _boot_id() and owner["boot_id"] != _boot_id():
+        return False  # the machine rebooted since
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    ticks = _start_ticks(pid)
+    return owner.get("start_ticks") is None or ticks is None or ticks == owner["start_ticks"]
+
+
+def describe(owner: dict) -> str:
+    return (f"pid {owner.get('pid')} on host {owner.get('host')!r}"
+            + (f", started {owner['started']}" if owner.get("started") else "")
+            + (f" ({owner['command']})" if owner.get("command") else ""))
+
+
+class DriverLock:
+    def __init__(self, exp_dir: str | os.PathLike):
+        self.exp_dir = Path(exp_dir).resolve()
+        self.path = lock_path(self.exp_dir)
+        self.fd: int | None = None
+        self._stop = threading.Event()
+
+    def _read(self) -> tuple[dict, float]:
+        try:
+            st = os.fstat(self.fd)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            raw = os.read(self.fd, 1 << 16)
+            return (json.loads(raw) if raw.strip() else {}), st.st_mtime
+        except (OSError, ValueError):
+            return {}, 0.0
+
+    def _refuse(self, owner: dict) -> StlmError:
+        return StlmError(
+            f"The experiment directory {self.exp_dir} is in use by another sweep driver: {describe(owner)}. "
+            f"Only one driver may run a sweep at a time (the lock is {self.path}). Wait for it to finish, stop it "
+            "(Ctrl-C, or kill that pid; then continue with --resume), or choose another --experiment-dir.")
+
+    def acquire(self) -> "DriverLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._acquire()
+        except BaseException:
+            os.close(self.fd)
+            self.fd = None
+            raise
+        threading.Thread(target=self._heartbeat, name="stlm-lock-heartbeat", daemon=True).start()
+        atexit.register(self.release)
+        return self
+
+    def _acquire(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):  # held: the owner is alive
+                raise self._refuse(self._read()[0] or {"pid": "?", "host": "?"}) from None
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # no shared record locks here (NFS mounted with nolock): the content alone decides
+        owner, mtime = self._read()
+        if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
+                and owner_alive(owner, mtime):
+            raise self._refuse(owner)
+        mine = me()
+        self._write(mine)
+        time.sleep(0.05)
+        if self._read()[0].get("pid") != mine["pid"] or self._read()[0].get("host") != mine["host"]:
+            raise self._refuse(self._read()[0])  # another successor took it over at the same moment
+
+    def _write(self, data: dict) -> None:
+        raw = json.dumps(data).encode()
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.write(self.fd, raw)
+        os.fsync(self.fd)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError, TypeError):
+                os.utime(self.fd)
+
+    def release(self) -> None:
+        """Empty the file and unlock it (it stays: unlinking a locked file lets two drivers in)."""
+        if self.fd is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the record lock
+        self.fd = None
+        _held.pop(str(self.path), None)
+
+
+def hold(exp_dir: str | os.PathLike) -> DriverLock:
+    """Take the experiment directory's lock for the rest of this process (idempotent), or raise a
+    StlmError naming the driver that holds it."""
+    path = str(lock_path(exp_dir))
+    if path not in _held:
+        _held[path] = DriverLock(exp_dir).acquire()
+    return _held[path]

@@ -1,0 +1,276 @@
+"""Faults a sweep must survive without losing or duplicating anything (issue 20).
+
+Fast: the experiment-directory lock (refusal naming host and pid, take-over from a dead driver, the
+content rules for filesystems without shared locks), atomic writes on a full disk, the token-shard
+bounds check. Slow (real CLI, Ray, MLflow): see the end-to-end tests below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stlm.errors import StlmError
+from stlm.sweep import lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLDER = """
+import sys, time
+from stlm.sweep.lock import hold
+hold(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(exp_dir: Path) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(exp_dir)], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_driver_is_refused_and_a_dead_drivers_successor_takes_over(tmp_path):
+    exp_dir = tmp_path / "sweep_runs" / "quick"
+    owner = _holder(exp_dir)
+    try:
+        with pytest.raises(StlmError) as e:
+            lock.hold(exp_dir)
+        msg = str(e.value)
+        assert f"pid {owner.pid} on host {socket.gethostname()!r}" in msg and str(exp_dir) in msg
+        assert "\n" not in msg
+    finally:
+        owner.send_signal(signal.SIGKILL)  # the driver dies without cleaning up: the file stays behind
+        owner.wait()
+    assert json.loads(lock.lock_path(exp_dir).read_text())["pid"] == owner.pid
+    mine = lock.hold(exp_dir)  # its successor takes over
+    try:
+        assert json.loads(lock.lock_path(exp_dir).read_text())["pid"] == os.getpid()
+        assert lock.hold(exp_dir) is mine  # the same driver asking again
+    finally:
+        mine.release()
+    assert lock.lock_path(exp_dir).read_text() == ""  # released: the next driver starts without a question
+
+
+def test_without_shared_locks_the_file_content_decides(tmp_path):
+    """NFS mounted with nolock: a record lock proves nothing across hosts, so the content decides."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        alive = {"host": socket.gethostname(), "pid": sleeper.pid, "boot_id": lock._boot_id(),
+                 "start_ticks": lock._start_ticks(sleeper.pid)}
+        now = time.time()
+        assert lock.owner_alive(alive, now)
+        assert not lock.owner_alive({**alive, "start_ticks": alive["start_ticks"] + 1}, now)  # pid reused since
+        assert not lock.owner_alive({**alive, "boot_id": "another-boot"}, now)
+        other = {"host": "node-7", "pid": 1234}
+        assert lock.owner_alive(other, now - 10, now=now)  # heartbeat 10 s old: alive
+        assert not lock.owner_alive(other, now - lock.STALE_S - 1, now=now)  # no heartbeat: dead
+        # a live owner's file without any record lock on it (as on a nolock mount) still refuses
+        exp_dir = tmp_path / "exp"
+        lock.lock_path(exp_dir).write_text(json.dumps(alive))
+        with pytest.raises(StlmError, match=f"pid {sleeper.pid} on host"):
+            lock.hold(exp_dir)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock.hold(exp_dir).release()  # and once it is dead, the directory is free
+
+
+def test_the_ledger_survives_a_full_disk(tmp_path, monkeypatch):
+    from stlm.atomic import DiskFullError
+    from stlm.sweep.tracking import Ledger
+
+    ledger = Ledger(tmp_path)
+    ledger.trials["t1"] = {"run_id": "r1", "last_step": 10}
+    ledger.save()
+    ledger.trials["t1"]["last_step"] = 20
+
+    def full(fd):  # where a full disk (or NFS quota) shows up for a small write
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError, match=r"mlflow_state.json is full: .* free.*--resume"):
+        ledger.save()
+    monkeypatch.undo()
+    assert Ledger(tmp_path).trials["t1"]["last_step"] == 10  # the last complete state, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow_state.json"]  # no temp file left
+
+
+def test_a_same_size_damaged_token_shard_is_rebuilt(tmp_path):
+    """An id of 65535 with a 2048-token vocabulary, the shard's size unchanged: not trusted, rebuilt."""
+    import numpy as np
+
+    from stlm.config import build_config
+    from stlm.data import prepare
+
+    cfg = build_config({"model": {"tokenizer": "bpe", "vocab_size": 2048},
+                        "data": {"source": "generated", "max_chars": 300_000, "bpe_train_chars": 200_000,
+                                 "cache_dir": str(tmp_path)}})
+    first = prepare(cfg)
+    good = np.array(first.train)
+    size = (first.cache_path / "train.bin").stat().st_size
+    with open(first.cache_path / "train.bin", "r+b") as f:
+        f.seek(2 * 1000)
+        f.write(np.array([65535], dtype=np.uint16).tobytes())
+    assert (first.cache_path / "train.bin").stat().st_size == size
+    second = prepare(cfg)
+    assert second.manifest["build_id"] != first.manifest["build_id"]
+    assert np.array_equal(second.train, good) and int(second.train.max()) < 2048
+
+
+# --------------------------------------------------------------------------- end to end, through the CLI
+
+STEPS, EVERY = 60, 10
+EVAL_STEPS = list(range(EVERY, STEPS + 1, EVERY))
+
+
+def _fault_sweep(tmp_path: Path, name: str, arms: list[dict]) -> Path:
+    """A small sweep of the kind the issue measured: 60 steps, an eval (and a checkpoint) every 10,
+    each (arm, seed) cell once, two trials at a time, one Ray Train retry allowed."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "config": {
+            "model": {"tokenizer": "bytes", "n_layers": 2, "d_model": 64, "n_heads": 2, "context_length": 64},
+            "data": {"source": "generated", "max_chars": 200_000, "num_proc": 1},
+            "train": {"max_steps": STEPS, "batch_size": 8, "eval_interval": EVERY, "log_interval": EVERY,
+                      "eval_batches": 2, "warmup_steps": 5, "lr": 3e-3},
+        },
+        "arms": arms, "control": arms[0]["name"], "seeds": [0, 1],
+        "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent": 2},
+        "max_failures": 1,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _processes_of(exp_dir: Path) -> list[int]:
+    """PIDs of processes of this sweep's local Ray (their environment points RAY_TMPDIR into exp_dir)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(exp_dir).encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _check_sweep(exp_dir: Path, finished_arm: str, failed_arm: str | None = None, failed_match: str = "") -> None:
+    """What must hold after recovery: one run per cell, every planned trial FINISHED (or FAILED for a
+    reason a retry cannot fix), each eval step logged exactly once, no run RUNNING, a report, no
+    leftover temp files and no process of the sweep still alive."""
+    from test_sweep_e2e import _child_runs
+
+    client, runs = _child_runs(exp_dir)
+    cells = sorted((r.data.tags["stlm.arm"], r.data.tags["stlm.seed"]) for r in runs)
+    arms = [finished_arm] + ([failed_arm] if failed_arm else [])
+    assert cells == sorted((a, s) for a in arms for s in ("0", "1")), cells  # 0 duplicated, 0 missing cells
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
+    for r in runs:
+        if r.data.tags["stlm.arm"] == finished_arm:
+            assert r.info.status == "FINISHED" and r.data.tags["stlm.status"] == "finished"
+            for key in ("val_bpb", "train_loss", "step"):
+                assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == EVAL_STEPS, key
+        else:
+            assert r.info.status == "FAILED" and failed_match in r.data.tags["stlm.error"].splitlines()[0]
+    assert (exp_dir / "report" / "report.md").is_file()
+    assert not [p for p in exp_dir.rglob("*") if ".tmp" in p.name and "ray" not in p.relative_to(exp_dir).parts]
+    deadline = time.time() + 30
+    while _processes_of(exp_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _processes_of(exp_dir), "processes of the sweep outlived it"
+
+
+@pytest.mark.slow
+def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
+    """Issue 20, cases 1, 2 and 5 in one sweep. The driver freezes (SIGSTOP) while its trials run on,
+    so the workers persist checkpoints Ray Train never registers, and is then killed (-9). `--resume`
+    continues each trial from what Ray Train registered and discards the rest. While it runs, a second
+    `--resume` and an `--overwrite` are refused, naming the running driver. A diverging arm fails for
+    good without spending its Ray Train retry, and a further `--resume` reruns nothing."""
+    from test_sweep_e2e import _kill_group, _start
+
+    sweep = _fault_sweep(tmp_path, "faults", [
+        {"name": "ok", "set": {}},
+        {"name": "diverge", "set": {"train.lr": 1.0e9, "train.warmup_steps": 0, "train.grad_clip": 0.0}},
+    ])
+    exp_dir = tmp_path / "sweep_runs" / "faults"
+    ledger = exp_dir / "mlflow_state.json"
+
+    # 1. freeze the driver as soon as a trial's first result is in, let the workers run ahead, kill it
+    p = _start([str(sweep)], tmp_path, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and p.poll() is None:
+            trials = json.loads(ledger.read_text())["trials"] if ledger.is_file() else {}
+            if any(t.get("last_step", -1) >= EVERY for t in trials.values()):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(8)
+    finally:
+        _kill_group(p)
+    from stlm.train.checkpoint import step_of
+
+    stale = {}  # trial -> (registered step, steps persisted beyond it)
+    for run in (exp_dir / "train").iterdir():
+        snap = run / "checkpoint_manager_snapshot.json"
+        registered = json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"] if snap.is_file() else None
+        top = step_of(registered) if registered else 0
+        ahead = [step_of(c) for c in run.glob("step_*") if step_of(c) > top]
+        if ahead:
+            stale[run.name] = (top, ahead)
+    assert stale, "the frozen driver should have left checkpoints Ray Train had not registered"
+
+    # 2. resume; meanwhile a second driver on the same directory is refused, with or without --overwrite
+    p = _start([str(sweep), "--resume"], tmp_path, tmp_path / "resume.log")
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and f'"pid": {p.pid}' not in lock.lock_path(exp_dir).read_text():
+            time.sleep(0.2)
+        for extra in (["--resume"], ["--overwrite"]):
+            second = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), *extra], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=120,
+                                    env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+            assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+            assert f"in use by another sweep driver: pid {p.pid} on host {socket.gethostname()!r}" in second.stderr
+            assert "Traceback" not in second.stderr
+        assert ledger.is_file()  # --overwrite deleted nothing
+        rc = p.wait(timeout=400)
+    finally:
+        _kill_group(p)
+    out = (tmp_path / "resume.log").read_text()
+    assert rc == 1, out[-4000:]  # finished, with the diverging arm failed
+    _check_sweep(exp_dir, "ok", "diverge", failed_match="became")
+    from test_sweep_e2e import _child_runs
+
+    client, runs = _child_runs(exp_dir)
+    by_trial = {r.data.tags["stlm.trial_id"]: r for r in runs}
+    for tid, (top, ahead) in stale.items():  # continued from the registered step, not from the stale ones
+        resumed = [m.value for m in client.get_metric_history(by_trial[tid].info.run_id, "resumed_from_step")]
+        assert max(resumed) == top, (tid, top, ahead, resumed)
+    fatal = {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime
+             for tid, r in by_trial.items() if r.data.tags["stlm.arm"] == "diverge"}
+    assert len(fatal) == 2
+
+    # 3. a further --resume (what a user tries after failures) reruns nothing: no diverging trial trains again
+    again = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--resume"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime for tid in fatal} == fatal
+    _check_sweep(exp_dir, "ok", "diverge", failed_match="became")
