@@ -48,6 +48,13 @@ class Interrupts:
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         return cls._installed
 
+    def reclaim(self) -> None:
+        """Take SIGINT/SIGTERM back after ray.init, whose core worker installs a C++ failure handler
+        that aborts the driver on SIGTERM (a core dump's worth of stack, no cleanup)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
     def on_force_exit(self, hook: Callable[[], None]) -> None:
         self.hooks.append(hook)
 

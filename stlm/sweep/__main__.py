@@ -371,6 +371,9 @@ def _start_ray(address: str | None, exp_dir: Path, args, sweep: Sweep) -> tuple[
     dashboard = args.ray_dashboard or not driver_frees_pgs
     runner.init_ray(address, env, exp_dir=exp_dir, dashboard=dashboard, verbose=args.verbose,
                     connect_timeout=args.connect_timeout)
+    from stlm.interrupts import Interrupts
+
+    Interrupts.install().reclaim()  # ray.init replaced our SIGTERM handler with its own abort
     cluster = ray.cluster_resources()
     runner.check_cluster(sweep, cluster, attached=bool(address))
     return dashboard, cluster
