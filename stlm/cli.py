@@ -41,8 +41,13 @@ def run_main(main, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        from stlm import __version__
+
+        print(f"stlm {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: stlm <command> [args]\n\ncommands:")
+        print("usage: stlm <command> [args]   (stlm --version: the version)\n\ncommands:")
         for name, (_, help_) in COMMANDS.items():
             print(f"  {name:<9} {help_}")
         return 0 if argv else 2

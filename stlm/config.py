@@ -386,6 +386,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+EMPTY_FILE_HINT = ("A config needs at least one section (model, data, train, eval, tracking), for example "
+                   "`train: {max_steps: 200}`; configs/quickstart.yaml is a small complete one.")
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -396,8 +400,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise StlmError(f"Config file {str(p)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:  # an empty file would silently train (or sweep) the defaults
+        raise StlmError(f"Config file {str(p)!r} is empty. {EMPTY_FILE_HINT}")
     if not isinstance(data, dict):
         raise StlmError(f"Config file {str(p)!r} must hold a mapping of sections (model, data, train, ...).")
     return data

@@ -116,8 +116,12 @@ def log_config(client, run_id: str, cfg: Config, extra: dict[str, Any] | None = 
     client.log_text(run_id, dump_yaml(cfg), "config.yaml")
 
 
-def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
-    """Numeric entries of `metrics` at `step` (default: metrics['step']); non-numbers are skipped."""
+def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None = None, *,
+                synchronous: bool = True) -> None:
+    """Numeric entries of `metrics` at `step` (default: metrics['step']); non-numbers are skipped.
+
+    synchronous=False queues them for MLflow's background writer, which batches what has piled up
+    (the training loop does not wait on the store); flush() waits until everything queued is written."""
     from mlflow.entities import Metric
 
     step = int(metrics.get("step", 0) if step is None else step)
@@ -125,7 +129,14 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None =
     items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     for i in range(0, len(items), METRICS_PER_CALL):
-        client.log_batch(run_id, metrics=items[i:i + METRICS_PER_CALL])
+        client.log_batch(run_id, metrics=items[i:i + METRICS_PER_CALL], synchronous=synchronous)
+
+
+def flush() -> None:
+    """Wait for the metrics queued with synchronous=False (before a run is ended)."""
+    import mlflow
+
+    mlflow.flush_async_logging()
 
 
 def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:

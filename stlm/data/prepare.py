@@ -87,8 +87,26 @@ def _init_worker(tokenizer: Tokenizer, dtype: str) -> None:
 
 
 def _init_worker_from_file(path: str, dtype: str) -> None:
+    _exit_with_parent()
     with open(path, "rb") as f:
         _init_worker(pickle.load(f), dtype)
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """A tokenization worker exits once the process that started it is gone. A spawned pool child holds
+    its own copy of the task queue's pipe, so it never sees EOF: after a kill -9 of the driver it waited
+    for tasks for ever (alive 3.5 minutes later, issue 20)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:  # re-parented: the parent died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _encode_batch(docs: list[str]) -> tuple[np.ndarray, int, int, int]:

@@ -279,6 +279,9 @@ def get_source(data_cfg: "DataConfig") -> Source:
     looks_like_path = name.startswith((".", "/", "~")) or Path(name).suffix in LOCAL_FORMATS
     if HUB_ID.match(name) and not looks_like_path:
         return HubSource(name, HubSpec(name), data_cfg)
+    if looks_like_path:
+        raise StlmError(f"data.source={name!r}: the local file or directory {str(path.absolute())!r} does not exist "
+                        f"(relative paths are relative to the working directory, {os.getcwd()}).")
     raise StlmError(
         f"data.source={name!r} is neither a built-in source, an existing file or directory, nor a "
         f"hub dataset id (owner/name). Built-in: generated, {', '.join(HUB_SOURCES)}; local files: "

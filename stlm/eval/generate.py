@@ -21,6 +21,7 @@ refused with an StlmError rather than sampled some other, slower way.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -111,6 +112,23 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, temperatu
     return tokenizer.decode(new)
 
 
+def check_sampling_args(args) -> None:
+    """Every bad sampling option at once, each named (a negative temperature would flip the distribution)."""
+    bad = []
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        bad.append(f"--temperature must be > 0 (or exactly 0 for greedy decoding), got {args.temperature:g}")
+    if args.top_k is not None and args.top_k <= 0:
+        bad.append(f"--top-k must be a positive number of tokens, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        bad.append(f"--top-p must be in (0, 1], got {args.top_p:g}")
+    if args.max_new_tokens < 0:
+        bad.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        bad.append(f"--num-samples must be >= 1, got {args.num_samples}")
+    if bad:
+        raise StlmError("; ".join(bad) + ".")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="stlm generate", description="Sample text from a checkpoint (KV-cached).")
     p.add_argument("checkpoint", help="checkpoint dir, or run dir (its latest checkpoint)")
@@ -124,8 +142,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-cache", action="store_true", help="recompute every step (slow; for checking the cache)")
     args = p.parse_args(argv)
-    if args.max_new_tokens < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
-        raise StlmError("--max-new-tokens must be >= 0 and --top-p in (0, 1].")
+    check_sampling_args(args)
 
     from stlm.eval.__main__ import resolve_device
     from stlm.train.checkpoint import load_model

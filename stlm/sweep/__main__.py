@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show the trials' worker logs (Ray Train, training loop)")
     p.add_argument("--ray-dashboard", action="store_true",
                    help="start a local Ray with its dashboard (http://127.0.0.1:8265); off by default: 11 processes, 0.9 GB")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up attaching to --address after this long (default 30)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, "
                                                         "else sqlite:///<cwd>/mlflow.db)")
     return p
@@ -150,15 +152,6 @@ def absolutize(sweep: Sweep) -> None:
                                      gpt2_vocab_file=d.get("gpt2_vocab_file")),
             eval=dataclasses.replace(cfg.eval, data_dir=e.get("data_dir")),
         )
-
-
-def check_eval_tasks(sweep: Sweep) -> None:
-    tasks = sweep.arms[0].cfg.eval.tasks
-    if not tasks:
-        return
-    from stlm.eval.harness import parse_tasks
-
-    parse_tasks(tasks)
 
 
 # --------------------------------------------------------------------------- results
@@ -317,53 +310,200 @@ def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment:
 # --------------------------------------------------------------------------- main
 
 
+def sweep_state(exp_dir: Path) -> str:
+    """empty | planned (plan written, Tune never saved a state: nothing to continue) | started | other."""
+    if not exp_dir.is_dir():
+        return "empty"
+    entries = [p for p in exp_dir.iterdir() if not p.name.endswith(".lock")]  # a driver's lock is not a sweep
+    if not entries:
+        return "empty"
+    if any((exp_dir / "tune").glob("experiment_state-*.json")):
+        return "started"
+    if (exp_dir / PLAN_FILE).is_file():
+        return "planned"
+    return "other"
+
+
+def rerun_command(sweep: Sweep, exp_dir: Path, *flags: str, overrides: bool = True) -> str:
+    parts = ["python -m stlm.sweep", str(sweep.path), *(sweep.overrides if overrides else []), *flags,
+             "--experiment-dir", str(exp_dir)]
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from stlm.interrupts import Interrupts
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     t_start = time.time()
+    guard = Interrupts.install()  # SIGINT and SIGTERM: a clean stop at any phase, bounded in time
 
     sweep = load_sweep(args.sweep, args.overrides)
-    check_eval_tasks(sweep)
     exp_dir = Path(args.experiment_dir or Path("sweep_runs") / sweep.name).expanduser().resolve()
+    state = sweep_state(exp_dir)
+    address = args.address or os.environ.get("RAY_ADDRESS")
 
     if args.resume:
-        plan = exp_dir / PLAN_FILE
-        if not (plan.is_file() and (exp_dir / "tune").is_dir()):
-            raise StlmError(f"--resume: {exp_dir} holds no interrupted sweep (no {PLAN_FILE} / tune/). "
-                            "Start it without --resume, or point --experiment-dir at the sweep's directory.")
+        if state in ("empty", "other"):
+            raise StlmError(f"--resume: {exp_dir} holds no sweep to continue (no {PLAN_FILE}). Start it with: "
+                            f"{rerun_command(sweep, exp_dir)}")
         if args.overrides:
             print("note: --resume continues the sweep as it was planned; the overrides given now are ignored.")
-        sweep = pickle.loads(plan.read_bytes())
+        sweep = pickle.loads((exp_dir / PLAN_FILE).read_bytes())
     else:
         absolutize(sweep)
-
-    if not (args.dry_run or args.resume or args.overwrite) and exp_dir.exists() and any(exp_dir.iterdir()):
-        raise StlmError(f"The experiment directory {exp_dir} already holds a sweep. Continue it with --resume, "
-                        "start afresh with --overwrite, or choose another --experiment-dir.")
+        if not (args.dry_run or args.overwrite):
+            if state == "started":
+                raise StlmError(f"The experiment directory {exp_dir} already holds a sweep that has started. Continue "
+                                f"it with: {rerun_command(sweep, exp_dir, '--resume', overrides=False)} ; or start "
+                                "afresh with --overwrite, or choose another --experiment-dir.")
+            if state == "other":
+                raise StlmError(f"The experiment directory {exp_dir} holds files that are not a sweep's; choose another "
+                                "--experiment-dir, or pass --overwrite to delete them.")
+    for note in getattr(sweep, "notes", []):
+        print(f"note: {note}")
 
     from stlm.sweep.space import SearchSpace
 
     space = SearchSpace(sweep)
     print(describe(sweep, space), flush=True)
+    from stlm.sweep import preflight
+
+    preflight.check(sweep, attached=bool(address))  # every problem at once; nothing written yet
+    where = (f"the cluster at {address} is checked once connected" if address
+             else "each trial's request fits this machine")
+    print(f"pre-flight: data, tokenizers and eval data found; {where}.")
     if args.dry_run:
         print("\n--dry-run: nothing launched.")
         return 0
 
+    if address:  # attach (bounded) and check the cluster before anything is written
+        _start_ray(address, exp_dir, args, sweep)
     from stlm.sweep.lock import hold
 
     hold(exp_dir)  # one driver per experiment directory: taken before --overwrite deletes anything
-    if not args.resume and exp_dir.exists() and any(exp_dir.iterdir()):
-        shutil.rmtree(exp_dir)  # --overwrite (checked above)
+    restart = args.resume and state == "planned"
+    if restart:
+        print(f"note: {exp_dir} holds a sweep that was stopped before its first saved state; it starts again "
+              "from its plan (no trial had finished).")
+    if not args.resume and state != "empty":
+        if state == "planned" and not args.overwrite:
+            print(f"note: {exp_dir} holds a sweep that was stopped before its first saved state; starting afresh.")
+        supersede(exp_dir, delete_runs=state == "planned")
+        shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (exp_dir / PLAN_FILE).write_bytes(pickle.dumps(sweep))
 
-    return run(sweep, space, exp_dir, args, t_start)
+    return run(sweep, space, exp_dir, args, t_start, guard=guard, restart=restart, address=address)
 
 
-def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
-    from stlm import tracking as T
+def _start_ray(address: str | None, exp_dir: Path, args, sweep: Sweep) -> tuple[bool, dict]:
+    """Start a local Ray or attach to `address` (bounded by --connect-timeout); (dashboard on, resources)."""
+    import ray
+
     from stlm.sweep import runner
-    from stlm.sweep.tracking import Ledger, MLflowSweepCallback, start_parent
+    from stlm.sweep.train_run import driver_can_free_placement_groups
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
+    driver_frees_pgs = driver_can_free_placement_groups()
+    env = runner.env_vars(driver_frees_pgs=driver_frees_pgs)
+    dashboard = args.ray_dashboard or not driver_frees_pgs
+    runner.init_ray(address, env, exp_dir=exp_dir, dashboard=dashboard, verbose=args.verbose,
+                    connect_timeout=args.connect_timeout)
+    from stlm.interrupts import Interrupts
+
+    Interrupts.install().reclaim()  # ray.init replaced our SIGTERM handler with its own abort
+    cluster = ray.cluster_resources()
+    runner.check_cluster(sweep, cluster, attached=bool(address))
+    return dashboard, cluster
+
+
+def supersede(exp_dir: Path, *, delete_runs: bool) -> None:
+    """Before an experiment directory is cleared: its MLflow runs must not stay RUNNING. A sweep that never
+    saved a state (delete_runs) is deleted from MLflow with its trial runs (a rerun replaces it); an
+    overwritten one that had started is kept, ended KILLED."""
+    from stlm import tracking as T
+    from stlm.sweep.tracking import Ledger
+
+    try:
+        ledger = Ledger(exp_dir)
+        info = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
+    except (OSError, ValueError):
+        return
+    parent = ledger.data.get("parent_run_id")
+    if not parent or not info.get("tracking_uri"):
+        return
+    try:
+        client = T.mlflow_client(info["tracking_uri"])
+        for run_id in [t["run_id"] for t in ledger.trials.values()] + [parent]:
+            if delete_runs:
+                client.delete_run(run_id)
+            elif client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "stlm.status", "overwritten")
+                T.end_run(client, run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - the store may be gone; the directory is cleared either way
+        print(f"note: could not update the old sweep's MLflow runs ({type(e).__name__}: {e}).")
+
+
+def end_parent(client, parent: str, status: str) -> None:
+    """The parent run's end state: finished -> FINISHED, interrupted -> KILLED, anything else -> FAILED."""
+    from stlm import tracking as T
+
+    client.set_tag(parent, "stlm.status", status)
+    T.end_run(client, parent, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+
+
+def repair_runs(client, exp_dir: Path, results=None) -> int:
+    """No trial run is left RUNNING once the driver is done: a run whose trial Tune finished (or failed)
+    while the driver that owned the run was killed gets that end state; one still unfinished, KILLED
+    (a later --resume reopens it). Returns how many runs were repaired."""
+    from stlm import tracking as T
+    from stlm.sweep.tracking import Ledger
+
+    ledger = Ledger(exp_dir)
+    outcome = {}
+    for r in results or []:
+        tid = (r.metrics or {}).get("trial_id") or (r.path and Path(r.path).name)
+        outcome[tid] = "failed" if r.error else "finished"
+    fixed = 0
+    for tid, entry in ledger.trials.items():
+        try:
+            if client.get_run(entry["run_id"]).info.status != "RUNNING":
+                continue
+        except Exception:  # noqa: BLE001 - a deleted run: nothing to repair
+            continue
+        status = outcome.get(tid, "stopped")
+        client.set_tag(entry["run_id"], "stlm.status", status)
+        T.end_run(client, entry["run_id"], {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+        entry["status"] = status
+        fixed += 1
+    if fixed:
+        ledger.save()
+    return fixed
+
+
+def restart_from_plan(client, exp_dir: Path) -> None:
+    """--resume of a sweep stopped before Tune's first save: its trial runs are deleted (the trials start
+    again under new ids, so keeping them would give each cell two runs), Tune's and Train's partial
+    state is removed; the parent run is kept."""
+    from stlm.sweep.tracking import Ledger
+
+    ledger = Ledger(exp_dir)
+    for entry in ledger.trials.values():
+        try:
+            client.delete_run(entry["run_id"])
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    ledger.data["trials"] = {}
+    ledger.save()
+    for sub in ("tune", "train", "trials"):
+        shutil.rmtree(exp_dir / sub, ignore_errors=True)
+
+
+def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None, restart: bool = False,
+        address: str | None = None) -> int:
+    from stlm import tracking as T
+    from stlm.sweep.tracking import Ledger, start_parent
 
     old = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
     uri = args.tracking_uri or (old.get("tracking_uri") if args.resume else None) or resolve_tracking_uri(None, sweep)
@@ -371,26 +511,51 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     experiment = sweep.arms[0].cfg.tracking.experiment
     client = T.mlflow_client(uri)
+    if restart:
+        restart_from_plan(client, exp_dir)
+    if args.resume:
+        n = repair_runs(client, exp_dir)  # runs a kill -9'd driver left RUNNING; the trials reopen them
+        if n:
+            print(f"note: {n} trial run(s) left RUNNING by the previous driver were marked KILLED until they resume.")
     ledger = Ledger(exp_dir)
     parent = start_parent(client, ledger, sweep, experiment, exp_dir, space)
     write_sweep_json(exp_dir, sweep, uri, experiment, parent)
     print(f"\nexperiment dir: {exp_dir}\nMLflow: {uri} (experiment {experiment!r}, parent run {parent})", flush=True)
+    if guard is not None:  # a driver forced out by the watchdog still ends its runs
+        guard.on_force_exit(lambda: (repair_runs(client, exp_dir), end_parent(client, parent, "interrupted")))
+    resume_cmd = rerun_command(sweep, exp_dir, "--resume", overrides=False)
+    try:
+        return _run_trials(sweep, space, exp_dir, args, t_start, client=client, uri=uri, experiment=experiment,
+                           parent=parent, address=address, guard=guard, resume_cmd=resume_cmd)
+    except KeyboardInterrupt:
+        repair_runs(client, exp_dir)
+        end_parent(client, parent, "interrupted")
+        print(f"\nsweep {sweep.name} interrupted after {time.time() - t_start:.0f}s, before its trials ran to the "
+              f"end. Continue it with:\n  {resume_cmd}", flush=True)
+        return 130
+    except BaseException:
+        repair_runs(client, exp_dir)
+        end_parent(client, parent, "failed")
+        raise
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
+
+def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, client, uri, experiment, parent,
+                address, guard, resume_cmd) -> int:
+    import contextlib
+
+    from stlm.sweep import runner
+    from stlm.sweep.tracking import Ledger, MLflowSweepCallback
+    from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups
+
     if not address:
         runner.prepare_data_locally(sweep)
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
-    from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups, driver_can_free_placement_groups
-
-    driver_frees_pgs = driver_can_free_placement_groups()
-    env = runner.env_vars(driver_frees_pgs=driver_frees_pgs)
-    t_ray = time.time()
-    dashboard = args.ray_dashboard or not driver_frees_pgs
-    runner.init_ray(address, env, exp_dir=exp_dir, dashboard=dashboard, verbose=args.verbose)
     import ray
 
-    cluster = ray.cluster_resources()
-    runner.check_cluster(sweep, cluster, attached=bool(address))
+    t_ray = time.time()
+    if ray.is_initialized():  # attached before anything was written (main)
+        dashboard, cluster = False, ray.cluster_resources()
+    else:
+        dashboard, cluster = _start_ray(address, exp_dir, args, sweep)
     concurrency = runner.default_concurrency(sweep, cluster)
     print(f"Ray up in {time.time() - t_ray:.1f}s: {', '.join(f'{v:g} {k}' for k, v in cluster.items() if k in ('CPU', 'GPU'))}; "
           f"{sweep.num_trials} trials, up to {concurrency} at a time"
@@ -401,24 +566,24 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
                                    prepare_trial=lambda config, tid: runner.prepare_trial(ctx, config, tid))
     from stlm.sweep.disk import DiskGuard  # ends the sweep cleanly before a full disk truncates Tune's state
 
-    tuner = runner.build_tuner(ctx, resume=args.resume, callbacks=[callback, FreeDeadTrialsPlacementGroups(),
-                                                                    DiskGuard(exp_dir, sweep)],
+    tuner = runner.build_tuner(ctx, resume=args.resume and sweep_state(exp_dir) == "started",
+                               callbacks=[callback, FreeDeadTrialsPlacementGroups(), DiskGuard(exp_dir, sweep)],
                                concurrency=concurrency,
                                reporter=runner.make_reporter(sweep))
-    status = "failed"
-    try:
+    with guard.tune_running() if guard is not None else contextlib.nullcontext():
         results = tuner.fit()
-        status = "finished"
-    finally:
-        if status != "finished":
-            callback.finish("failed")
-    if results.num_terminated + results.num_errors < sweep.num_trials:
-        # Ctrl-C (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost
-        callback.finish("interrupted")
+    if results.num_terminated + results.num_errors < sweep.num_trials or (guard is not None and guard.signals):
+        # SIGINT / SIGTERM (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost
+        repair_runs(client, exp_dir, None)
+        end_parent(client, parent, "interrupted")
+        done = Ledger(exp_dir).trials.values()
+        n_fin = sum(1 for t in done if t.get("status") == "finished")
+        n_fail = sum(1 for t in done if t.get("status") == "failed")
         print(f"\nsweep {sweep.name} interrupted after {time.time() - t_start:.0f}s "
-              f"({results.num_terminated} of {sweep.num_trials} trials done). Continue it with:\n"
-              f"  python -m stlm.sweep {sweep.path} --resume --experiment-dir {exp_dir}")
+              f"({n_fin} of {sweep.num_trials} trials finished" + (f", {n_fail} failed" if n_fail else "")
+              + f"). Continue it with:\n  {resume_cmd}", flush=True)
         return 130
+    repair_runs(client, exp_dir, results)  # a trial Tune finished while a killed driver owned its run
     ledger = Ledger(exp_dir)  # re-read: the callback wrote it
     table, rows = summarize(sweep, results, ledger.data, exp_dir, space)
     wall = time.time() - t_start
@@ -446,12 +611,14 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
                               metric=list(sweep.spec.metrics) if multi else sweep.spec.metrics[0],
                               mode=list(sweep.spec.modes) if multi else sweep.spec.modes[0],
                               control_arm=sweep.control_arm)
-    except Exception as e:  # the report is a bonus; the sweep's results are in MLflow either way
-        print(f"\n(report not written: {type(e).__name__}: {e})")
+    except (Exception, KeyboardInterrupt) as e:  # the report is a bonus; the results are in MLflow either way
+        print(f"\n(report not written: {type(e).__name__}: {e}; write it with: stlm report {exp_dir})")
     print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {exp_dir}")
     if report:
         print(f"report: {report}")
     print(f"browse the runs:  mlflow ui --backend-store-uri {uri}")
+    if guard is not None and guard.signals:
+        return 130
     return 0 if n_failed == 0 else 1
 
 

@@ -795,7 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     metric = [m for m in args.metric.split(",") if m] if args.metric else sweep.get("metric")
     mode = args.mode or sweep.get("mode")
     control = args.control or sweep.get("control_arm")
-    md = build_report(uri, run_id, out_dir, metric=metric, mode=mode, control_arm=control, log_artifacts=not args.no_log)
+    try:
+        md = build_report(uri, run_id, out_dir, metric=metric, mode=mode, control_arm=control,
+                          log_artifacts=not args.no_log)
+    except StlmError as e:
+        if sweep.get("spec_path") and "no finished trials" in str(e):  # say how to get some
+            raise StlmError(f"{e} If the sweep was interrupted or failed, continue it with: python -m stlm.sweep "
+                            f"{sweep['spec_path']} --resume --experiment-dir {sweep.get('experiment_dir', target)}") from None
+        raise
 
     print((md.parent / "summary.txt").read_text(), end="")
     print(f"\nReport: {md}\n        {md.parent / 'report.html'}")

@@ -23,12 +23,16 @@ Experiment directory (absolute, default ./sweep_runs/<name>):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -419,8 +423,55 @@ def env_vars(*, driver_frees_pgs: bool) -> dict[str, str]:
     return env
 
 
+def wait_for_address(address: str, timeout: float) -> None:
+    """Return once something accepts TCP connections at the cluster address, else StlmError within
+    `timeout` seconds. ray.init itself retries an address where nothing listens for minutes, printing
+    "Failed to connect to GCS", and a SIGTERM does not stop it."""
+    if address in ("auto", "local"):
+        return  # resolved by Ray from this machine's files
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = hostport, "10001" if address.startswith("ray://") else "6379"
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.1, min(3.0, left))):
+                return
+        except OSError as e:
+            last = e
+        if left <= 0:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    raise StlmError(f"No Ray cluster answers at {address!r} (--address / RAY_ADDRESS): nothing accepted a connection "
+                    f"to {host}:{port} within {timeout:g} s ({type(last).__name__}: {last}). Start the cluster "
+                    "(`ray start --head`, or `ray up cluster/l40.yaml`) and check the address and port, or leave "
+                    "--address out to run on a local Ray; --connect-timeout sets how long to wait.")
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, what: str):
+    """SIGALRM-bounded block in the main thread (ray.init against an address that accepts connections
+    but never answers as a Ray GCS); elsewhere, unbounded."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboard: bool,
-             verbose: bool = False) -> None:
+             verbose: bool = False, connect_timeout: float = 30.0) -> None:
     """Attach to `address`, else start a local Ray with every core (and the dashboard only if asked).
 
     The dashboard's only use in a local sweep is Ray Train's PlacementGroupCleaner, which asks its
@@ -457,9 +508,13 @@ def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboa
     kwargs["runtime_env"] = {"env_vars": env}
     try:
         if address:
-            ray.init(address=address, **kwargs)
+            wait_for_address(address, connect_timeout)
+            with _time_limit(connect_timeout, f"Connecting to the Ray cluster at {address!r}"):
+                ray.init(address=address, **kwargs)
         else:
             ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+    except StlmError:
+        raise
     except Exception as e:  # a bad address, an unreachable or refusing cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         first = (str(e).strip().splitlines() or [""])[0]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -34,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from stlm.train import checkpoint as ckpt
     from stlm.train.loop import train
 
+    from stlm.interrupts import Interrupts
+
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    guard = Interrupts.install()  # SIGTERM ends the run like Ctrl-C: its MLflow run KILLED, not RUNNING
     cfg = load_config(args.config, args.overrides)
     run_name = args.run_name or cfg.train.run_name or Path(args.config).stem
     cfg.train.run_name = run_name
@@ -52,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     client = tracking.mlflow_client(cfg.tracking.uri)
     run_file = run_dir / RUN_FILE
     run_id = None
-    if resume_from is not None and run_file.is_file():
-        saved = json.loads(run_file.read_text())
+    saved = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if saved and saved.get("host") == socket.gethostname() and _alive(saved.get("pid")):
+        raise StlmError(f"Another `stlm train` (pid {saved['pid']}) is writing {str(run_dir)!r}; wait for it to end, "
+                        "or pass --run-name NAME to start a separate run.")
+    if resume_from is not None and saved:
         if tracking.reopen_run(client, saved["run_id"]):
             run_id = saved["run_id"]
+    elif saved:
+        end_orphan_run(client, saved)  # killed (kill -9) before its first checkpoint: nothing to append to
     if run_id is None:
         counted = count_params(cfg.model)
         run_id = tracking.create_run(client, cfg.tracking.experiment, run_name=run_name,
@@ -63,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_config(client, run_id, cfg, extra={"params.total": counted.total,
                                                         "flops_per_token": counted.flops_per_token})
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": client.tracking_uri}))
+    run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": client.tracking_uri,
+                                    "pid": os.getpid(), "host": socket.gethostname()}))
+    guard.on_force_exit(lambda: tracking.end_run(client, run_id, "KILLED"))
 
     last_ckpt: list[str] = []
 
-    def on_log(metrics: dict) -> None:
-        tracking.log_metrics(client, run_id, metrics, step=metrics["step"])
+    def on_log(metrics: dict) -> None:  # queued: MLflow's writer batches them off the training loop's path
+        tracking.log_metrics(client, run_id, metrics, step=metrics["step"], synchronous=False)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir:
@@ -78,20 +90,62 @@ def main(argv: list[str] | None = None) -> int:
         final = train(cfg, report=report, resume_from=str(resume_from) if resume_from else None,
                       on_log=on_log, progress=True)
     except KeyboardInterrupt:
-        tracking.end_run(client, run_id, "KILLED")
+        _end(client, run_id, "KILLED")
         raise
     except BaseException:
-        tracking.end_run(client, run_id, "FAILED")
+        _end(client, run_id, "FAILED")
         raise
-    tracking.end_run(client, run_id, "FINISHED")
+    _end(client, run_id, "FINISHED")
 
     where = last_ckpt[0] if last_ckpt else str(run_dir)
-    tps = final.get("tokens_per_s", float("nan"))
+    # the run's rate (every token over the whole wall time, evaluations included), not the last window's
+    tps = final["tokens"] / final["elapsed_s"] if final.get("elapsed_s") else float("nan")
     mfu = f", mfu {final['mfu']:.1%}" if "mfu" in final else ""
     print(f"done: {final['step']} steps, {final['tokens']:,} tokens in {final['elapsed_s']:.0f} s "
           f"({tps:,.0f} tok/s{mfu}); val_loss {final['val_loss']:.4f}, val_bpb {final['val_bpb']:.4f}; "
           f"{final['params']:,} params; checkpoint {where}; mlflow run {run_id} ({client.tracking_uri})")
     return 0
+
+
+def _end(client, run_id: str, status: str) -> None:
+    from stlm import tracking
+
+    try:
+        tracking.flush()  # the queued metrics first: an ended run takes no more
+    finally:
+        tracking.end_run(client, run_id, status)
+
+
+def end_orphan_run(client, saved: dict) -> None:
+    """The MLflow run of an earlier `stlm train` in this run directory that was killed (kill -9, OOM) before
+    it could end its run: RUNNING for ever, unless its process is gone, which is checked here."""
+    from stlm import tracking
+
+    try:
+        if client.get_run(saved["run_id"]).info.status == "RUNNING":
+            client.set_tag(saved["run_id"], "stlm.status", "killed")
+            tracking.end_run(client, saved["run_id"], "KILLED")
+            print(f"stlm train: the earlier run {saved['run_id']} of this directory was killed before its first "
+                  "checkpoint; marked KILLED in MLflow, starting a new run", file=sys.stderr)
+    except Exception:  # noqa: BLE001 - deleted, or another store: nothing to repair
+        pass
+
+
+def _alive(pid) -> bool:
+    """Process `pid` exists and (where /proc tells) is an stlm command, not a recycled pid."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return b"stlm" in cmdline.read_bytes() if Path("/proc").is_dir() else True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

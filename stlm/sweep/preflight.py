@@ -1,0 +1,213 @@
+"""Pre-flight: everything a sweep needs, checked before anything is written or started.
+
+    problems = preflight.problems(sweep, attached=False)   # [] when the sweep can run
+    preflight.check(sweep, attached=False)                 # StlmError listing every problem
+
+`stlm sweep --dry-run` and the real run call the same check, before the experiment directory,
+the MLflow parent run or Ray exist, so a sweep that cannot run leaves nothing behind. It looks at
+every arm:
+
+- data: the data source exists (local files) or is a hub dataset that can be reached now, or
+  that a token cache prepared earlier already holds;
+- tokenizer: model.tokenizer=gpt2 has its vocabulary (data.gpt2_vocab_file, $STLM_GPT2_VOCAB,
+  tiktoken's cache, or a reachable download);
+- eval: every eval task is known and its data is found (eval.data_dir / $STLM_BENCHMARKS, else
+  the hub);
+- resources: one trial's request (workers x CPUs, GPUs, an estimate of its memory) fits this
+  machine, which is the whole cluster of a local Ray. An attached cluster is checked node by node
+  once connected (runner.check_cluster), since an autoscaler may add what is missing.
+
+Each problem is one sentence naming the key, file or address, and what to do instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stlm.errors import StlmError
+from stlm.offline import OFFLINE_HINT, hub_unreachable, unreachable
+
+GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
+
+
+def check(sweep, *, attached: bool = False) -> None:
+    found = problems(sweep, attached=attached)
+    if found:
+        lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(found, 1))
+        raise StlmError(f"pre-flight found {len(found)} problem{'s' if len(found) > 1 else ''} in sweep "
+                        f"{sweep.name!r}; nothing was started or written:\n{lines}")
+
+
+def problems(sweep, *, attached: bool = False) -> list[str]:
+    """Every problem found, in order: data, tokenizer, eval (each distinct setting once), resources."""
+    found: list[str] = []
+    checks = (("data", lambda c: repr(c.data), _data),
+              ("tokenizer", lambda c: (c.model.tokenizer, c.data.gpt2_vocab_file), _tokenizer),
+              ("eval", lambda c: repr(c.eval), _eval))
+    for _, key_of, check_one in checks:
+        keys = {}
+        for arm in sweep.arms:
+            keys.setdefault(key_of(arm.cfg), []).append(arm)
+        for arms in keys.values():
+            prefix = f"arm{'s' if len(arms) > 1 else ''} {', '.join(a.name for a in arms)}: " if len(keys) > 1 else ""
+            found += [prefix + p for p in check_one(arms[0].cfg)]
+    if not attached:
+        found += _local_resources(sweep)
+    return found
+
+
+# --------------------------------------------------------------------------- data and tokenizer
+
+
+def _data(cfg) -> list[str]:
+    from stlm.data.sources import HubSource, get_source
+
+    try:
+        source = get_source(cfg.data)
+    except StlmError as e:
+        return [str(e)]
+    if isinstance(source, HubSource):
+        why = hub_unreachable()
+        if why and not _prepared_cache(cfg, source):
+            return [f"data.source={cfg.data.source!r} is the Hugging Face hub dataset {source.spec.path!r}, and the "
+                    f"hub cannot be used now ({why}); no token cache of it prepared earlier was found either. "
+                    + OFFLINE_HINT]
+    return []
+
+
+def _prepared_cache(cfg, source) -> bool:
+    """A complete token cache of this source exists (prepare() would reuse it without the hub)."""
+    import json
+
+    from stlm.data.prepare import _label
+    from stlm.data.sources import cache_root
+
+    d = cfg.data
+    for manifest in (cache_root(d) / "data").glob(f"{_label(source)}-*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if (m.get("source"), m.get("subset"), m.get("revision"), m.get("max_chars")) == (
+                d.source, d.subset, d.revision, d.max_chars):
+            return True
+    return False
+
+
+def _tokenizer(cfg) -> list[str]:
+    if cfg.model.tokenizer != "gpt2":
+        return []  # bpe is trained on the run's own data; bytes needs nothing
+    vocab = cfg.data.gpt2_vocab_file or os.environ.get("STLM_GPT2_VOCAB")
+    if vocab:
+        if not Path(vocab).expanduser().is_file():
+            return [f"model.tokenizer=gpt2: the GPT-2 vocabulary file {vocab!r} (data.gpt2_vocab_file / "
+                    "$STLM_GPT2_VOCAB) does not exist."]
+        return []
+    if _tiktoken_cached():
+        return []
+    why = unreachable(GPT2_URLS[0])
+    if why:
+        return [f"model.tokenizer=gpt2 needs the GPT-2 vocabulary: it is not in tiktoken's cache and its download "
+                f"address cannot be reached ({why}). Point data.gpt2_vocab_file (or $STLM_GPT2_VOCAB) at a local "
+                "gpt2.tiktoken file, e.g. shared/data/tokenizers/gpt2/gpt2.tiktoken."]
+    return []
+
+
+def _tiktoken_cached() -> bool:
+    """Both files tiktoken's "gpt2" encoding reads are in its cache (tiktoken.load.read_file_cached)."""
+    import hashlib
+    import tempfile
+
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
+        os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return all(Path(cache, hashlib.sha1(u.encode()).hexdigest()).is_file() for u in GPT2_URLS)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _eval(cfg) -> list[str]:
+    from stlm.eval.harness import parse_tasks
+    from stlm.eval.tasks import TASKS
+    from stlm.eval.tasks.base import resolve_data_dir
+
+    if not cfg.eval.tasks:
+        return []
+    try:
+        names = [t for t in parse_tasks(cfg.eval.tasks) if t in TASKS]  # bpb needs nothing but the run
+        if not names:
+            return []
+        data_dir = resolve_data_dir(cfg.eval.data_dir)
+    except StlmError as e:
+        return [str(e)]
+    if data_dir is None:
+        why = hub_unreachable()
+        if why and not os.environ.get("HF_DATASETS_OFFLINE") and not os.environ.get("HF_HUB_OFFLINE"):
+            return [f"eval.tasks ({', '.join(names)}) are read from the Hugging Face hub, since no benchmark "
+                    f"directory is set, and the hub cannot be reached now ({why}). Point eval.data_dir (or "
+                    "$STLM_BENCHMARKS) at a benchmark directory laid out like shared/data/benchmarks, or set "
+                    "HF_DATASETS_OFFLINE=1 to read the datasets cache of an earlier download."]
+        if not why:
+            return []
+    out = []
+    for name in names:  # local files (or the datasets cache when offline): read every subtask
+        task = TASKS[name]()
+        try:
+            for sub in task.subtasks():
+                task.docs(sub, str(data_dir) if data_dir else None)
+        except StlmError as e:
+            out.append(f"eval.tasks: {e}")
+    return out
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _local_resources(sweep) -> list[str]:
+    """A local Ray is this machine: a trial that does not fit it would wait for ever."""
+    r = sweep.spec.resources
+    have = local_resources()
+    need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
+    out = []
+    if need_cpu > have["CPU"]:
+        out.append(f"resources: each trial asks for {r.workers} worker(s) x {r.cpus_per_worker:g} CPU = {need_cpu:g} "
+                   f"CPUs, and this machine (a local Ray) has {have['CPU']:g}. Lower resources.cpus_per_worker or "
+                   "resources.workers (e.g. resources.cpus_per_worker=1 on the command line), or attach to a "
+                   "cluster with --address.")
+    if need_gpu > have["GPU"]:
+        out.append(f"resources: each trial asks for {r.workers} worker(s) x {r.gpus_per_worker:g} GPU = {need_gpu:g} "
+                   f"GPUs, and this machine (a local Ray) has {have['GPU']:g}. Run on CPUs with "
+                   "resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address.")
+    need_mem = max(estimate_memory(a.cfg, a.count.total) for a in sweep.arms) * r.workers
+    if need_mem > have["memory"]:
+        out.append(f"resources: one trial needs about {need_mem / 2**30:.1f} GiB of memory (weights, gradients, "
+                   f"AdamW state and activations of {r.workers} worker(s)), and this machine has "
+                   f"{have['memory'] / 2**30:.1f} GiB. Lower train.batch_size (train.grad_accum keeps the batch), "
+                   "or attach to a bigger cluster with --address.")
+    return out
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray started by stlm gets: every core, every visible GPU, the machine's memory."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: do not guess
+        memory = float("inf")
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus), "memory": memory}
+
+
+def estimate_memory(cfg, params: int) -> float:
+    """Bytes one worker needs, roughly: fp32 weights + gradients + 2 AdamW moments (16 bytes a parameter),
+    then activations kept for the backward pass (~34 bytes per token and width per layer, as Korthikanti
+    et al. count them, plus the attention matrix) and the fp32 logits with their gradient. Rough: it
+    only catches a trial that cannot fit at all."""
+    m, t = cfg.model, cfg.train
+    tokens = t.batch_size * m.context_length
+    per_layer = tokens * (34 * m.d_model) + 5 * t.batch_size * m.n_heads * m.context_length ** 2
+    logits = 2 * 4 * tokens * m.effective_vocab_size
+    return 16.0 * params + m.n_layers * per_layer + logits
