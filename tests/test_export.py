@@ -25,7 +25,7 @@ from hypothesis import strategies as st  # noqa: E402
 from stlm.config import ModelConfig, SharingConfig, build_config  # noqa: E402
 from stlm.errors import StlmError  # noqa: E402
 from stlm.export import choose_target, max_logit_diff, to_hf_tokenizer, to_transformers  # noqa: E402
-from stlm.export.convert import unique_params  # noqa: E402
+from stlm.export.convert import exported_params  # noqa: E402
 from stlm.export.tokenizer import save_tokenizer  # noqa: E402
 from stlm.models import build_model, count_params  # noqa: E402
 from stlm.tokenizers import ByteTokenizer, load_gpt2, train_bpe  # noqa: E402
@@ -82,10 +82,8 @@ def test_exported_logits_equal_stlm_logits(target, kw):
     # exported vs unique parameters: shared weights are copied, GPT-2 gets zero biases, MHA k/v
     n_unique = count_params(cfg).total
     assert n_unique == model.num_params()
-    if kw.get("sharing") is None and target != "gpt2":
-        assert unique_params(hf) == n_unique
-    else:
-        assert unique_params(hf) > n_unique or (target == "gpt2" and cfg.bias and cfg.kv_heads == cfg.n_heads)
+    same_shape = kw.get("sharing") is None and (target != "gpt2" or (cfg.bias and cfg.kv_heads == cfg.n_heads))
+    assert exported_params(hf) == n_unique if same_shape else exported_params(hf) > n_unique
 
 
 def test_a_wrong_weight_is_caught():
@@ -270,8 +268,8 @@ def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypa
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "transformers" and front["license"] == "mit" and "llama" in front["tags"]
     cfg_unique = count_params(model.config).total
-    assert f"exported: **{unique_params(hf):,}**" in card and f"unique (trained): **{cfg_unique:,}**" in card
-    assert unique_params(hf) > cfg_unique  # the shared FFN is copied into 3 layers, LoRA merged
+    assert f"exported: **{exported_params(hf):,}**" in card and f"unique (trained): **{cfg_unique:,}**" in card
+    assert exported_params(hf) == hf.num_parameters() > cfg_unique  # the shared FFN copied into 3 layers, LoRA merged
     assert f"{count_params(model.config).flops_per_token:,}" in card
     assert f"{final['val_bpb']:.4f}" in card and f"{final['tokens']:,}" in card
     arc = json.loads(scores.read_text())["arc_easy"]

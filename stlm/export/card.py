@@ -60,7 +60,7 @@ def _eval_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]
     return out
 
 
-def gather_record(ckpt: Path, cfg, *, run_id: str | None = None, tracking_uri: str | None = None,
+def gather_record(ckpt: Path, *, run_id: str | None = None, tracking_uri: str | None = None,
                   eval_json: str | None = None) -> dict:
     """{step, tokens, metrics (last validation), evals {task: {metric: v}}, mlflow_run, notes}."""
     from stlm.errors import StlmError

@@ -63,8 +63,24 @@ def max_logit_diff(model, hf_model, ids: torch.Tensor | None = None, seed: int =
     return float((ours - theirs).abs().max()), float(ours.abs().max())
 
 
-def unique_params(hf_model) -> int:
+def exported_params(hf_model) -> int:
     return sum(p.numel() for p in hf_model.parameters())  # parameters() lists a tied weight once
+
+
+def check_directory(path: Path, model, tokenizer, target: Target) -> float:
+    """Reload the written directory as a user would; its logits and token ids must be stlm's. Returns the logit gap."""
+    from stlm.data.generated import story
+
+    tr = transformers_module()
+    reloaded = tr.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    diff, scale = max_logit_diff(model, reloaded)
+    if diff > TOLERANCE * max(1.0, scale):
+        raise RuntimeError(f"stlm export: the exported {target.hf_class} differs from the checkpoint by {diff:.3g} "
+                           f"in the logits (allowed {TOLERANCE:g} x max(1, {scale:.3g}))")
+    sample = story("val", 0) + " Zoë's café: 12345\n\n  \t日本語 😀 <|endoftext|>"
+    if tr.AutoTokenizer.from_pretrained(str(path)).encode(sample, add_special_tokens=False) != tokenizer.encode(sample):
+        raise RuntimeError(f"stlm export: the exported tokenizer does not encode text as stlm's {tokenizer.name} does")
+    return diff
 
 
 @dataclass
@@ -91,6 +107,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise StlmError(f"stlm export: {str(out)!r} already exists and is not empty; pass --force to replace it.")
     ckpt = resolve_checkpoint(checkpoint)
     choose_target(read_config(ckpt).model)  # refuse before loading weights or a tokenizer
+    record = gather_record(ckpt, run_id=run_id, tracking_uri=tracking_uri, eval_json=eval_json)
     model, cfg, tokenizer = load_model(ckpt, "cpu")
     model.float()
     hf, target = to_transformers(model, tokenizer.eot_id)
@@ -105,14 +122,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
         save_tokenizer(tokenizer, cfg.model.context_length, tmp)
-        reloaded = transformers_module().AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32)
-        diff, scale = max_logit_diff(model, reloaded)
-        if diff > TOLERANCE * max(1.0, scale):
-            raise RuntimeError(f"stlm export: the exported {target.hf_class} differs from the checkpoint by {diff:.3g} "
-                               f"in the logits (allowed {TOLERANCE:g} x max(1, {scale:.3g}))")
-        record = gather_record(ckpt, cfg, run_id=run_id, tracking_uri=tracking_uri, eval_json=eval_json)
+        diff = check_directory(tmp, model, tokenizer, target)
         card = model_card(name=name or out.name, cfg=cfg, target=target, counted=counted,
-                          exported_params=unique_params(hf), tokenizer=tokenizer, record=record, license=license,
+                          exported_params=exported_params(hf), tokenizer=tokenizer, record=record, license=license,
                           max_abs_diff=diff)
         (tmp / "README.md").write_text(card)
         if out.exists():
@@ -128,4 +140,4 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     finally:
         if had_bars:
             bars.enable_progress_bar()
-    return ExportResult(out, target, unique_params(hf), counted.total, diff, sorted(p.name for p in out.iterdir()))
+    return ExportResult(out, target, exported_params(hf), counted.total, diff, sorted(p.name for p in out.iterdir()))
