@@ -131,6 +131,35 @@ def paired_difference(
     return PairedDiff(s.n, s.mean, s.std, s.lo, s.hi, seeds=tuple(k for k, _ in diffs_ok))
 
 
+@dataclass(frozen=True)
+class LineFit:
+    """y = intercept + slope * x by least squares, with the slope's 95% t interval (None with < 3 points)."""
+
+    n: int
+    slope: float
+    intercept: float
+    slope_lo: float | None
+    slope_hi: float | None
+    r2: float
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        return None if self.slope_lo is None else (self.slope_lo > 0.0 or self.slope_hi < 0.0)
+
+
+def line_fit(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> LineFit | None:
+    """scipy.stats.linregress, plus the slope's interval slope -/+ t_{(1+c)/2, n-2} * stderr.
+    None when x takes fewer than two distinct values."""
+    if len(x) < 2 or len(set(x)) < 2:
+        return None
+    r = sps.linregress(x, y)
+    lo = hi = None
+    if len(x) > 2:
+        half = t_quantile(0.5 + confidence / 2.0, len(x) - 2) * r.stderr
+        lo, hi = r.slope - half, r.slope + half
+    return LineFit(len(x), float(r.slope), float(r.intercept), lo, hi, float(r.rvalue**2))
+
+
 def pareto_front(points: Sequence[tuple[float, float]], modes: Sequence[str] = ("min", "min")) -> list[int]:
     """Indices of the non-dominated points (each objective minimised or maximised), sorted by the first objective."""
     sign = [1.0 if m == "min" else -1.0 for m in modes]

@@ -120,7 +120,8 @@ def describe(sweep: Sweep, space) -> str:
     total_flops = sum(flops for _, _, flops in training.values()) * len(spec.seeds) * s.samples
     lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} sequences per step; "
                  f"{total_flops:.3g} training FLOPs in all")
-    lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {sweep.control_arm}")
+    lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: "
+                 f"{sweep.control_arm if not (spec.budget and spec.budget.sized) else sweep.control_of(sweep.arms[0]).base + ' (at every size)'}")
     if cfg.eval.tasks:
         lines.append(f"eval after each trial: {', '.join(cfg.eval.tasks)} (limit {cfg.eval.limit})")
     del n_cells
@@ -222,7 +223,7 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     lines.append("")
     rec = comparison_of(sweep, rows)
     lines.append(f"per arm ({compare.RULE}):")
-    lines += compare.summary_lines(rec) + compare.power_lines(rec)
+    lines += compare.summary_lines(rec) + compare.power_lines(rec) + compare.scale_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
         lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
@@ -244,7 +245,9 @@ def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:
     control_of = {a.name: sweep.control_of(a).name for a in sweep.arms}
     arms = [a.name for a in sweep.arms]
     summaries, diffs = compare.compare_arms(per_seed, arms, control_of)
-    return compare.record(metric, summaries, diffs, control_of, arms)
+    sized = sweep.spec.budget is not None and sweep.spec.budget.sized
+    points = [(r["arm"], r["seed"], r.get("params"), float(r[metric])) for r in chosen] if sized else None
+    return compare.record(metric, summaries, diffs, control_of, arms, points)
 
 
 def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:

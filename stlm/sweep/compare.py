@@ -57,9 +57,13 @@ def compare_arms(per_seed: dict[str, dict[Any, float]], arms: list[str], control
     return summaries, diffs
 
 
-def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str], arms: list[str]) -> dict:
-    """The comparison as plain numbers (sweep.json's "comparison", the parent run's metrics)."""
+def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str], arms: list[str],
+           scale_points: list | None = None) -> dict:
+    """The comparison as plain numbers (sweep.json's "comparison", the parent run's metrics); with
+    `scale_points` (a sized sweep's chosen cells: arm, seed, params, value) also the scale fits."""
     out: dict[str, Any] = {"metric": metric, "rule": RULE, "arms": {}}
+    if scale_points is not None:
+        out["scale"] = scale_fits(scale_points, control_of)
     for arm in arms:
         s, d = summaries.get(arm), diffs.get(arm)
         row = {"control": control_of[arm], "n": s.n if s else 0, "mean": s.mean if s else None,
@@ -69,6 +73,67 @@ def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str]
                         "diff_lo": d.lo if d else None, "diff_hi": d.hi if d else None})
         out["arms"][arm] = row
     return out
+
+
+def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str, str]) -> dict:
+    """Across sizes (arm names 'rope@10M'): per arm, the power law metric = A * params^b fitted in log-log
+    space over every (size, seed) cell; and per non-control arm, the slope of its paired difference from
+    the control (same size, same seed) against log(params), with its 95% interval: does the
+    difference grow or shrink with scale? `points`: (arm, seed, params, value) of the chosen cells."""
+    from stlm.sweep.spec import split_sized
+
+    by_base: dict[str, list[tuple[Any, str, float, float]]] = {}
+    cell: dict[tuple[str, Any], tuple[float, float]] = {}
+    for arm, seed, n, v in points:
+        if n is None or v is None or math.isnan(v):
+            continue
+        base, size = split_sized(arm)
+        by_base.setdefault(base, []).append((seed, size, float(n), float(v)))
+        cell[(arm, seed)] = (float(n), float(v))
+    out: dict[str, dict] = {}
+    for base, pts in by_base.items():
+        row: dict[str, Any] = {}
+        if all(v > 0 for *_, v in pts):
+            fit = stats.line_fit([math.log(n) for _, _, n, _ in pts], [math.log(v) for *_, v in pts])
+            if fit is not None:
+                row.update({"exponent": fit.slope, "prefactor": math.exp(fit.intercept), "fit_n": fit.n,
+                            "exponent_lo": fit.slope_lo, "exponent_hi": fit.slope_hi})
+        xs, ds = [], []
+        for (arm, seed), (n, v) in cell.items():
+            ctrl = control_of.get(arm)
+            if split_sized(arm)[0] != base or ctrl == arm or (ctrl, seed) not in cell:
+                continue
+            cn, cv = cell[(ctrl, seed)]
+            xs.append(math.log(cn))
+            ds.append(v - cv)
+        line = stats.line_fit(xs, ds)
+        if line is not None:
+            mean_d = sum(ds) / len(ds)
+            if line.excludes_zero is None:
+                trend = "too few points for an interval"
+            elif not line.excludes_zero:
+                trend = "no trend detectable at 95%"
+            else:
+                trend = "grows with scale" if (line.slope > 0) == (mean_d > 0) else "shrinks with scale"
+            row.update({"slope": line.slope, "slope_lo": line.slope_lo, "slope_hi": line.slope_hi, "pairs": line.n,
+                        "mean_diff": mean_d, "trend": trend})
+        if row:
+            out[base] = row
+    return out
+
+
+def scale_lines(rec: dict) -> list[str]:
+    lines = []
+    for base, r in (rec.get("scale") or {}).items():
+        parts = []
+        if "exponent" in r:
+            parts.append(f"{rec['metric']} ~ {r['prefactor']:.4g} x params^{r['exponent']:+.4f}")
+        if "slope" in r:
+            ci = f"[{_f(r['slope_lo'], True)}, {_f(r['slope_hi'], True)}]" if r["slope_lo"] is not None else "n/a"
+            parts.append(f"difference from the control vs log(params): slope {_f(r['slope'], True)} (95% CI {ci}, "
+                         f"{r['pairs']} pairs): {r['trend']}")
+        lines.append(f"{base}: " + "; ".join(parts))
+    return lines
 
 
 def _f(x: float | None, signed: bool = False) -> str:

@@ -274,7 +274,8 @@ def analyse(
         per_seed = {arm: _per_seed(by_arm[arm], key) for arm in arms}
         summaries[key], diffs[key] = compare.compare_arms(per_seed, arms, control_of)
     primary = metrics[0] if metrics[0] in summaries else (keys[0] if keys else metrics[0])
-    rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms)
+    points = [(t.arm, t.seed, t.n_params, t.value(primary)) for t in chosen] if sizes else None
+    rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms, points)
 
     pareto: list[Trial] = []
     x_key = "params.total"
@@ -537,6 +538,53 @@ def plot_params(a: Analysis, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def plot_scale(a: Analysis, path: Path) -> Path | None:
+    """A sized sweep: the primary metric against parameters per arm (log-log), one point per cell,
+    with each arm's fitted power law."""
+    fits = a.record.get("scale") or {}
+    if not a.sizes or not fits:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    bases = list(dict.fromkeys(split_sized(arm)[0] for arm in a.arms))
+    colors = _colors(bases)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for base in bases:
+        pts = [(t.n_params, t.value(a.primary)) for t in a.chosen if split_sized(t.arm)[0] == base
+               and t.n_params is not None and t.value(a.primary) is not None]
+        if not pts:
+            continue
+        ax.scatter([x for x, _ in pts], [y for _, y in pts], color=colors[base], s=24, alpha=0.8)
+        f = fits.get(base, {})
+        label = base
+        if "exponent" in f:
+            xs = np.geomspace(min(x for x, _ in pts), max(x for x, _ in pts), 50)
+            ax.plot(xs, f["prefactor"] * xs ** f["exponent"], color=colors[base], lw=1.2)
+            label = f"{base}: {a.primary} ∝ N^{f['exponent']:+.3f}"
+        ax.plot([], [], color=colors[base], label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (params.total)")
+    ax.set_ylabel(a.primary)
+    ax.set_title(f"{a.primary} against parameters per arm, power-law fits (one point per cell)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def scale_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    head = ["arm", "power law", "exponent 95% CI", f"slope of diff vs log(params)", "slope 95% CI", "pairs", "trend"]
+    rows = []
+    for base, r in (a.record.get("scale") or {}).items():
+        law = f"{r['prefactor']:.4g} × N^{r['exponent']:+.4f}" if "exponent" in r else "n/a"
+        rows.append([base, law, fmt_ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
+                     fmt(r["slope"], True) if "slope" in r else "(control)" if base == split_sized(a.control)[0] else "n/a",
+                     fmt_ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
+                     str(r.get("pairs", "")), r.get("trend", "")])
+    return head, rows
+
+
 def _benchmarks(a: Analysis) -> list[tuple[str, str]]:
     """(task, metric) pairs with an 'acc' metric (eval/<task>/acc)."""
     out = []
@@ -609,7 +657,8 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     seeds_per_arm = {arm: len(ts) for arm, ts in a.by_arm().items()}
     intro = (
         f"Parent run `{a.parent_run_id}` in `{a.tracking_uri}`. Objective: {objective}. "
-        f"Control arm: `{a.control}`. Trials: {counts} (only finished trials are averaged). "
+        f"Control arm: `{split_sized(a.control)[0] + '` (at each size)' if a.sizes else a.control + '`'}. "
+        f"Trials: {counts} (only finished trials are averaged). "
         f"Intervals are 95% Student-t intervals across seeds; differences are paired by seed "
         f"(arm − control, over the seeds both ran); with one seed there is no interval (n/a)."
     )
@@ -629,6 +678,12 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
         blocks.append(("p", "", " ".join(gaps)))
     blocks.append(("table", f"Summary: {a.primary}", summary_table(a)))
     blocks.append(("images", "Plots", images))
+    if a.sizes and a.record.get("scale"):
+        blocks.append(("table", f"Across sizes ({', '.join(a.sizes)}): power laws and the trend of each difference",
+                       scale_table(a)))
+        blocks.append(("p", "", "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope is "
+                                "of the paired difference (arm − control, same size and seed) against log(parameters), "
+                                "with its 95% t interval (scipy.stats.linregress)."))
     blocks.append(("table", "Final metrics per arm (mean, sd, 95% interval across seeds)", metrics_table(a)))
     if len(a.arms) > 1:
         blocks.append(("table", "Paired differences against the control arm at the same size" if a.sizes else
@@ -730,8 +785,10 @@ def build_report(
     images = []
     for fn, file, cap in (
         (plot_curves, "curves.png", "Loss curves per arm (mean across seeds, band ±1 sd)"),
-        (plot_diffs, "diffs.png", f"Paired difference of {a.primary} vs {a.control} (95% interval)"),
+        (plot_diffs, "diffs.png", f"Paired difference of {a.primary} vs {'the control at each size' if a.sizes else a.control} "
+                                  "(95% interval)"),
         (plot_params, "params.png", f"{a.primary} vs parameters, one point per trial"),
+        (plot_scale, "scale.png", f"{a.primary} vs parameters per arm with power-law fits"),
         (plot_benchmarks, "benchmarks.png", "Benchmark accuracy per arm and task"),
         (plot_pareto, "pareto.png", "Pareto front"),
     ):
