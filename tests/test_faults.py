@@ -7,6 +7,7 @@ bounds check. Slow (real CLI, Ray, MLflow): see the end-to-end tests below.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -274,3 +275,48 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime for tid in fatal} == fatal
     _check_sweep(exp_dir, "ok", "diverge", failed_match="became")
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
+    """Issue 20, case 3: the experiment directory on a small filesystem that fills up mid-sweep. The
+    sweep ends with one paragraph naming the directory, the space needed and the command to continue;
+    once space is freed, that command completes every trial with nothing lost or logged twice."""
+    from stlm.sweep.disk import DiskGuard
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        sweep = _fault_sweep(tmp_path, "fulldisk", [{"name": "ok", "set": {}}])
+        exp_dir = disk / "exp"
+        from stlm.sweep.spec import load_sweep
+
+        needed = DiskGuard(exp_dir, load_sweep(str(sweep))).needed(2)
+        ballast = disk / "ballast"
+        with open(ballast, "wb") as f:  # leave room for the first checkpoints only
+            f.write(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - needed - 6 * 2**20))
+        env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", STLM_QUIET="1")
+        env.pop("RAY_ADDRESS", None)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        first = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--experiment-dir", str(exp_dir)],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+        assert first.returncode == 2, first.stdout[-3000:] + first.stderr[-3000:]
+        msg = first.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in first.stderr and msg.startswith("error: The disk holding") and str(exp_dir) in msg
+        assert "free, and this write needs about" in msg
+        command = msg.split("continue the sweep with: ")[1].rstrip(".")
+        assert command.endswith(f"--resume --experiment-dir {exp_dir}")
+
+        ballast.unlink()  # the user frees space, then runs what stlm printed
+        again = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=400, env=env)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        _check_sweep(exp_dir, "ok")
+    finally:
+        for pid in _processes_of(disk):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

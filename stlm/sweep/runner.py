@@ -18,7 +18,7 @@ the Train workers of a trial could not be placed on a small machine (DESIGN.md).
 Experiment directory (absolute, default ./sweep_runs/<name>):
     sweep.json            what stlm report reads (contract)   plan.pkl       the resolved sweep (resume)
     mlflow_state.json     trial -> MLflow run ledger            tune/          Tune's experiment state
-    train/<trial id>/     Ray Train checkpoints                 trials/<trial id>/  config.yaml, eval items, local checkpoints
+    train/<trial id>/     Ray Train checkpoints (the only copies) trials/<trial id>/  config.yaml, eval items, fatal_error.json
 """
 
 from __future__ import annotations
