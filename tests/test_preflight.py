@@ -1,0 +1,78 @@
+"""Pre-flight, overrides and the small refusals, through the real CLI: exit 2, one paragraph naming the
+key / file / address, no traceback, nothing written (issue 21, items 1, 2, 6, 7)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stlm(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", STLM_QUIET="1", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "stlm.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _refused(p: subprocess.CompletedProcess, *words: str) -> str:
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    err = p.stderr.split("error: ", 1)[1]
+    assert "\n\n" not in err.strip()  # one paragraph
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_dry_run_lists_every_problem_and_the_real_run_writes_nothing(tmp_path):
+    import torch
+
+    p = _stlm("sweep", REPO / "sweeps/ffn_sharing.yaml", "--dry-run", cwd=tmp_path)
+    words = ["pre-flight found", "fineweb", "HF_HUB_OFFLINE", "gpt2"]
+    if not torch.cuda.is_available():
+        words += ["resources.gpus_per_worker"]
+    _refused(p, *words)
+    missing = tmp_path / "no_such_corpus.txt"
+    for extra in (["--dry-run"], []):
+        p = _stlm("sweep", REPO / "sweeps/quickstart.yaml", f"data.source={missing}", *extra, cwd=tmp_path)
+        _refused(p, "pre-flight found 1 problem", str(missing), "does not exist")
+    assert sorted(x.name for x in tmp_path.iterdir()) == []  # no sweep_runs/, no mlflow.db
+
+
+def test_sweep_level_overrides(tmp_path):
+    q = REPO / "sweeps/quickstart.yaml"
+    p = _stlm("sweep", q, "seeds=[0,1,2]", "search.samples=1", "resources.cpus_per_worker=1", "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "2 arms x 3 seeds [0, 1, 2] x 1 sample(s) per cell = 6" in p.stdout
+    _refused(_stlm("sweep", q, "search.sample=1", "--dry-run", cwd=tmp_path), "search.samples")
+    _refused(_stlm("sweep", q, "cpus_per_worker=1", "--dry-run", cwd=tmp_path), "resources.cpus_per_worker")
+    p = _stlm("sweep", q, "train.lr=0.002", "--dry-run", cwd=tmp_path)  # a searched knob is pinned, and said so
+    assert p.returncode == 0 and "pins a knob the sweep searches" in p.stdout and "search: none" in p.stdout
+    _refused(_stlm("sweep", q, "model.positional=rope", "--dry-run", cwd=tmp_path), "grid.model.positional")
+    _refused(_stlm("sweep", q, "budget.tolerance=0.00001", "--dry-run", cwd=tmp_path), "budget.tolerance", "budget.free")
+
+
+def test_unreachable_address_fails_in_bounded_time(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    p = _stlm("sweep", REPO / "sweeps/quickstart.yaml", "--address", f"127.0.0.1:{port}", "--connect-timeout", "3",
+              cwd=tmp_path, timeout=90)
+    _refused(p, f"127.0.0.1:{port}", "--connect-timeout")
+    assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_small_refusals(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    _refused(_stlm("train", tmp_path / "empty.yaml", cwd=tmp_path), "is empty", "section")
+    _refused(_stlm("sweep", tmp_path / "empty.yaml", "--dry-run", cwd=tmp_path), "is empty", "`name`")
+    _refused(_stlm("generate", tmp_path / "nowhere", "--temperature", "-1", "--top-k", "0", cwd=tmp_path),
+             "--temperature", "--top-k")
+    p = _stlm("--version", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("stlm ")
