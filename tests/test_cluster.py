@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_sweep_e2e import _kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
@@ -275,3 +277,222 @@ def test_two_node_cluster_runs_a_sweep(tmp_path):
         assert c.data.tags["stlm.status"] == "finished"
         assert 0 < c.data.metrics["val_bpb"] < 20
         assert len(client.get_metric_history(c.info.run_id, "val_bpb")) >= 2
+
+
+# --------------------------------------------------------------------------- a real MLflow tracking server
+
+
+def _l40_mlflow_server_argv(db: Path, artifacts: Path, port: int) -> tuple[dict[str, str], list[str]]:
+    """cluster/l40.yaml's `mlflow server` command on its head, with this machine's paths and address:
+    (environment it sets, argv). Every other flag is kept as the cluster passes it."""
+    config = _prepared(REPO / "cluster" / "l40.yaml")
+    command = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
+    words = shlex.split(next(part for part in command.split(";") if "mlflow server" in part))
+    words = words[:words.index(">")] if ">" in words else words  # the log redirection and the trailing &
+    env = {}
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[0] == "nohup":
+        words.pop(0)
+    assert words[0].endswith("/mlflow") and words[1] == "server", words
+    local = {"--backend-store-uri": f"sqlite:///{db}", "--artifacts-destination": str(artifacts),
+             "--host": "127.0.0.1", "--port": str(port)}
+    argv = [str(Path(VENV_PYTHON).parent / "mlflow"), "server"]
+    rest = words[2:]
+    assert set(local) <= set(rest), f"l40.yaml's mlflow server lacks {set(local) - set(rest)}"
+    i = 0
+    while i < len(rest):
+        flag = rest[i]
+        if flag in local:
+            argv += [flag, local[flag]]
+            i += 2
+        else:
+            argv.append(flag)
+            i += 1
+    return env, argv
+
+
+class MlflowServer:
+    """A real `mlflow server` (SQLite backend, proxied artifacts on local disk) on 127.0.0.1, started
+    as cluster/l40.yaml starts it; kill() takes down every process of it, as a crash of the head's
+    server would, and start() brings it back on the same port and database."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env, self.argv = _l40_mlflow_server_argv(root / "mlflow.db", root / "artifacts", self.port)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 120) -> float:
+        t0 = time.monotonic()
+        self.starts += 1
+        self.proc = subprocess.Popen(self.argv, cwd=self.root, env=dict(os.environ, **self.env),
+                                     stdout=open(self.root / f"server-{self.starts}.log", "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - t0 < timeout:
+            assert self.proc.poll() is None, (self.root / f"server-{self.starts}.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"mlflow server not up after {timeout}s")
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10  # its workers are in the same session
+        while time.monotonic() < deadline and any(int(p) for p in _session_pids(self.proc.pid)):
+            time.sleep(0.1)
+        self.proc = None
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[4]) == sid:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _points(client, run_id: str) -> dict[str, list[int]]:
+    """metric key -> the steps MLflow holds for it (each entry, duplicates included)."""
+    run = client.get_run(run_id)
+    return {key: [m.step for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+
+
+def _tune_results(exp_dir: Path, trial_id: str) -> list[dict]:
+    """Every result the driver's Tune loop received for a trial (Tune's own result.json)."""
+    path = exp_dir / "tune" / trial_id / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _lost_and_duplicated(client, run_id: str, results: list[dict]) -> tuple[set, int]:
+    """(the (metric, step) points Tune received but MLflow lacks, the points MLflow holds twice)."""
+    from stlm.sweep.tracking import TUNE_KEYS
+
+    expected = {(k, int(r["step"])) for r in results if "step" in r for k, v in r.items()
+                if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    held = _points(client, run_id)
+    logged = {(k, s) for k, steps in held.items() for s in steps}
+    return expected - logged, sum(len(steps) - len(set(steps)) for steps in held.values())
+
+
+OUTAGE_SWEEP = """
+name: outage
+config:
+  model: {tokenizer: bytes, n_layers: 1, d_model: 32, n_heads: 2, context_length: 32}
+  data: {source: generated, max_chars: 200000, num_proc: 1}
+  train: {max_steps: MAX_STEPS, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
+arms: [{name: base, set: {}}]
+control: base
+seeds: [0]
+"""
+
+
+def _sweep_process(args: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
+    env = dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), **env)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([VENV_PYTHON, "-m", "stlm.sweep", *args], cwd=cwd, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until(what: str, cond, timeout: float, log: Path, p: subprocess.Popen | None = None) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        if p is not None and p.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout}s (or the sweep ended):\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
+    """The MLflow server dies for good mid-sweep: the sweep stops after STLM_MLFLOW_OUTAGE_S with a
+    clear message, and --resume writes what was kept. Killed mid-sweep again and back 30 s later, it
+    stalls nothing: the trial trains and reports all along. MLflow ends with every point Tune
+    received, none twice, and the report is written."""
+    max_steps, limit_s = 140, 15
+    sweep_file = tmp_path / "outage.yaml"
+    sweep_file.write_text(OUTAGE_SWEEP.replace("MAX_STEPS", str(max_steps)))
+    exp_dir = tmp_path / "sweep_runs" / "outage"
+    args = [str(sweep_file), "--tracking-uri", mlflow_server.uri, "--experiment-dir", str(exp_dir)]
+    log1, log2 = tmp_path / "first.log", tmp_path / "resume.log"
+    received = lambda: [r for t in sorted((exp_dir / "tune").glob("*")) if t.is_dir()
+                        for r in _tune_results(exp_dir, t.name)] if (exp_dir / "tune").is_dir() else []
+    ledger_step = lambda: max([t.get("last_step", -1) for t in json.loads((exp_dir / "mlflow_state.json").read_text())
+                               .get("trials", {}).values()] or [-1]) if (exp_dir / "mlflow_state.json").is_file() else -1
+
+    # 1. the server dies for good after the first result: the sweep stops by itself, in bounded time
+    p = _sweep_process(args, tmp_path, log1, STLM_MLFLOW_OUTAGE_S=str(limit_s))
+    try:
+        _wait_until("a first result logged", lambda: ledger_step() >= 2, 240, log1, p)
+        mlflow_server.kill()
+        t_kill = time.monotonic()
+        rc = p.wait(timeout=limit_s + 120)
+        stop_s = time.monotonic() - t_kill
+    finally:
+        _kill_group(p)
+    out = log1.read_text()
+    assert rc == 2, out[-4000:]
+    assert "Stopped: the MLflow tracking server at " + mlflow_server.uri in out, out[-3000:]
+    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+    step_a = max(r["step"] for r in received())
+
+    # 2. the server is back: --resume writes what was kept; then an outage of 30 s mid-trial
+    mlflow_server.start()
+    p = _sweep_process([*args, "--resume"], tmp_path, log2)
+    try:
+        _wait_until("a new result logged after the resume", lambda: ledger_step() > step_a, 240, log2, p)
+        mlflow_server.kill()
+        at_kill = len(received())
+        time.sleep(30)
+        during = len(received()) - at_kill  # results the driver's Tune loop took in meanwhile
+        restart_s = mlflow_server.start()
+        rc = p.wait(timeout=300)
+    finally:
+        _kill_group(p)
+    out = log2.read_text()
+    print(f"outage: stopped {stop_s:.0f}s after the server died for good (limit {limit_s}s), at step {step_a}; "
+          f"{during} results reached the driver during a 30 s outage; server back {restart_s:.1f}s after that")
+    assert rc == 0, out[-4000:]
+    assert during >= 5, f"the Tune loop stalled during the outage ({during} results in 30 s):\n{out[-3000:]}"
+    assert (exp_dir / "report" / "report.md").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)  # read back through the server's REST API
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert run.data.tags["stlm.status"] == "finished" and run.info.status == "FINISHED"
+    assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
+    lost, duplicated = _lost_and_duplicated(client, run.info.run_id, _tune_results(exp_dir, run.data.tags["stlm.trial_id"]))
+    print(f"outage: lost {len(lost)} points, duplicated {duplicated}")
+    assert not lost and duplicated == 0, (sorted(lost)[:20], duplicated)
+    assert _points(client, run.info.run_id)["val_bpb"] == list(range(2, max_steps + 1, 2))
+    assert "report" in {a.path for a in client.list_artifacts(info["parent_run_id"])}
