@@ -179,26 +179,34 @@ def _kill_cluster(temp_dir: str) -> None:
 
 
 @contextmanager
-def two_node_cluster():
-    """A head and a second node (1 CPU each) on this machine, token auth on, torn down afterwards."""
+def two_node_cluster(env_extra: dict[str, str] | None = None):
+    """A head and a second node (1 CPU each) on this machine, token auth on, torn down afterwards.
+
+    Each node has a HOME of its own, and with it a node-local data cache (~/.cache/stlm), as two
+    machines would; `env_extra` goes into the environment of both `ray start` calls (as
+    cluster/l40.yaml exports MLFLOW_TRACKING_URI before them)."""
     # short root: Ray's unix sockets live under it and must stay below ~107 characters
     temp_dir = tempfile.mkdtemp(prefix="stlm-ray-", dir="/tmp")
     token = Path(temp_dir) / "auth_token"
     token.write_text(os.urandom(24).hex())
     gcs, dash = _free_port(), _free_port()
+    homes = {"head": Path(temp_dir) / "home-head", "worker": Path(temp_dir) / "home-worker"}
+    for h in homes.values():
+        h.mkdir()
     # RAY_ADDRESS: every process of this cluster inherits it from `ray start`; without it, Ray code
     # that looks the cluster up (Ray Train's placement group cleaner) fails when other Ray
     # instances run on the same machine ("Found multiple active Ray instances").
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
-               RAY_ADDRESS=f"127.0.0.1:{gcs}")
+               RAY_ADDRESS=f"127.0.0.1:{gcs}", **(env_extra or {}))
+    env.pop("STLM_CACHE", None)  # the test session's shared cache would make one cache of both nodes
     bin_dir = Path(VENV_PYTHON).parent
     ray = str(bin_dir / "ray")
     common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
 
-    def start(args: list[str]) -> float:
+    def start(args: list[str], home: Path) -> float:
         t0 = time.monotonic()
         r = subprocess.run([ray, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
-                           env=env, capture_output=True, text=True, timeout=180)
+                           env=dict(env, HOME=str(home)), capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, f"ray start failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         return time.monotonic() - t0
 
@@ -206,14 +214,27 @@ def two_node_cluster():
         timings = {
             "head_s": start(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--ray-client-server-port={_free_port()}"]),
-            "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"]),
+                             f"--ray-client-server-port={_free_port()}"], homes["head"]),
+            "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"], homes["worker"]),
         }
-        yield {"env": env, "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}", "ray": ray, "timings": timings,
-               "temp_dir": temp_dir}
+        yield {"env": dict(env, HOME=str(homes["head"])), "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}",
+               "ray": ray, "timings": timings, "temp_dir": temp_dir, "homes": homes}
     finally:
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _node_pids(home: Path) -> list[int]:
+    """The processes of one node of two_node_cluster: its raylet, agents and workers (HOME=home)."""
+    marker = f"HOME={home}\0".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int(d.name) != os.getpid() and marker in (d / "environ").read_bytes():
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
 
 
 def _state_api(cluster, path: str, token: bool = True) -> list[dict]:
@@ -229,54 +250,96 @@ name: two_node
 config:
   model: {tokenizer: bytes, n_layers: 1, d_model: 32, n_heads: 2, context_length: 32}
   data: {source: generated, max_chars: 200000, num_proc: 1}
-  train: {max_steps: 4, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
+  train: {max_steps: 30, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
 grid:
   model.ffn: [gelu, swiglu]
 control: gelu
 seeds: [0]
+max_failures: 1
+log_checkpoint: true
 """
 
 
+def _manifests(*roots: Path) -> dict[Path, dict]:
+    """Every prepared-data manifest under these cache roots / stores."""
+    return {m: json.loads(m.read_text()) for root in roots for m in sorted(root.glob("**/manifest.json"))
+            if m.parent.name != "checkpoint"}
+
+
 @pytest.mark.slow
-def test_two_node_cluster_runs_a_sweep(tmp_path):
-    """`ray job submit` of a small sweep to a real two-node cluster; its trials land in MLflow."""
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
+    """`ray job submit` of a small sweep to a real two-node cluster, logging over HTTP to a real MLflow
+    server started as cluster/l40.yaml starts it. The corpus is tokenized once for the cluster and
+    copied to each node. Everything is read back through the REST API."""
+    max_steps = 30
+    spec = yaml.safe_load(TINY_SWEEP)
+    eval_on = (REPO.parent / "shared" / "data" / "benchmarks" / "blimp").is_dir()
+    if eval_on:
+        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(REPO.parent / "shared" / "data" / "benchmarks")}
     sweep_file = tmp_path / "tiny.yaml"
-    sweep_file.write_text(TINY_SWEEP)
+    sweep_file.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "two_node"
+    log = tmp_path / "job.log"
     t0 = time.monotonic()
-    with two_node_cluster() as cluster:
+    with two_node_cluster({"MLFLOW_TRACKING_URI": mlflow_server.uri}) as cluster:
         nodes = _state_api(cluster, "/api/v0/nodes")
         assert sum(n["state"] == "ALIVE" for n in nodes) == 2
         with pytest.raises(urllib.error.HTTPError, match="401"):  # token auth is really on
             _state_api(cluster, "/api/v0/nodes", token=False)
-        entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--tracking-uri", uri,
-                 "--experiment-dir", str(tmp_path / "sweep_runs" / "two_node")]
-        r = subprocess.run(
-            [cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
-            env=dict(cluster["env"], STLM_QUIET="1"), capture_output=True, text=True, timeout=420, cwd=tmp_path,
-        )
+        entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--experiment-dir", str(exp_dir)]
+        job = subprocess.Popen([cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
+                               env=dict(cluster["env"], STLM_QUIET="1"), cwd=tmp_path, stdout=open(log, "w"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = job.wait(timeout=420)
+        finally:
+            _kill_group(job)
         job_s = time.monotonic() - t0
-        assert r.returncode == 0 and "succeeded" in r.stdout, f"job failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+        out = log.read_text()
+        assert rc == 0 and "succeeded" in out, f"job failed:\n{out[-6000:]}"
         # each trial's Ray Train worker needs the one CPU of a node: the two ran on different nodes
         actors = _state_api(cluster, "/api/v0/actors?detail=1&limit=10000")
         train_nodes = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
-        # (both trials start together and neither fits beside the other on one node)
         assert len(train_nodes) == 2, f"Ray Train workers ran on {len(train_nodes)} node(s), expected both"
-    print(f"cluster start {cluster['timings']}, total {time.monotonic() - t0:.1f}s (job done at {job_s:.1f}s)")
+        # data: one tokenization for the cluster (the driver's, on the head), copied to the worker node
+        manifests = _manifests(exp_dir / "data", *(h / ".cache" / "stlm" for h in cluster["homes"].values()))
+    print(f"cluster start {cluster['timings']}, job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}")
+    builds = {m["build_id"] for m in manifests.values()}
+    assert len(builds) == 1, f"the corpus was tokenized {len(builds)} times: {list(manifests)}"
+    homes = {h for p in manifests for h in cluster["homes"].values() if h in p.parents}
+    assert homes == set(cluster["homes"].values()), list(manifests)  # one copy on each node, same build
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("stlm.sweep") == "two_node" and "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    client = MlflowClient(tracking_uri=mlflow_server.uri)  # the server's REST API
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    assert info["tracking_uri"] == mlflow_server.uri
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.data.tags["stlm.sweep"] == "two_node" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.arms"] == "gelu,swiglu"
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "report"} <= parent_files
+    assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["stlm.arm"] for c in children) == ["gelu", "swiglu"]
     for c in children:
-        assert c.data.tags["stlm.status"] == "finished"
+        tid = c.data.tags["stlm.trial_id"]
+        assert c.data.tags["stlm.status"] == "finished" and c.info.status == "FINISHED", c.data.tags
+        assert c.data.params["model.ffn"] == c.data.tags["stlm.arm"]
         assert 0 < c.data.metrics["val_bpb"] < 20
-        assert len(client.get_metric_history(c.info.run_id, "val_bpb")) >= 2
+        lost, duplicated = _lost_and_duplicated(client, c.info.run_id, _tune_results(exp_dir, tid))
+        assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
+        # each validation step logged exactly once, the lost node's trial included
+        assert _points(client, c.info.run_id)["val_bpb"] == list(range(2, max_steps + 1, 2))
+        files = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"config.yaml", "checkpoint"} <= files, files
+        assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
+        if eval_on:
+            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+            assert "eval" in files
+            item_files = client.list_artifacts(c.info.run_id, "eval")
+            assert item_files and all(a.file_size > 0 for a in item_files)
 
 
 # --------------------------------------------------------------------------- a real MLflow tracking server

@@ -340,6 +340,10 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
         runner.prepare_data_locally(sweep)
+    else:  # a cluster: each corpus is tokenized once, here, and copied to the nodes (cluster_data.py)
+        from stlm.sweep import cluster_data
+
+        cluster_data.publish(sweep, str(exp_dir / cluster_data.STORE))
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table: quiet, with our columns
     from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups, driver_can_free_placement_groups
 

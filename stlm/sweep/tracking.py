@@ -274,8 +274,9 @@ class MLflowSweepCallback(Callback):
         from mlflow.entities import Metric
 
         step, ms = op["step"], op["ms"]
-        curves = {k: v for k, v in op["metrics"].items() if not k.startswith("eval/")}
-        evals = {k: v for k, v in op["metrics"].items() if k.startswith("eval/")}
+        is_eval = lambda k: k.startswith("eval/") or k == "eval_s"  # only in the final report, at the last step again
+        curves = {k: v for k, v in op["metrics"].items() if not is_eval(k)}
+        evals = {k: v for k, v in op["metrics"].items() if is_eval(k)}
         new_step = step > entry["last_step"] and bool(curves)
         points = [Metric(k, float(v), ms, step) for k, v in curves.items()] if new_step else []
         if evals and not entry.get("eval_logged"):
