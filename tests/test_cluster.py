@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_sweep_e2e import _kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
@@ -177,26 +179,34 @@ def _kill_cluster(temp_dir: str) -> None:
 
 
 @contextmanager
-def two_node_cluster():
-    """A head and a second node (1 CPU each) on this machine, token auth on, torn down afterwards."""
+def two_node_cluster(env_extra: dict[str, str] | None = None):
+    """A head and a second node (1 CPU each) on this machine, token auth on, torn down afterwards.
+
+    Each node has a HOME of its own, and with it a node-local data cache (~/.cache/stlm), as two
+    machines would; `env_extra` goes into the environment of both `ray start` calls (as
+    cluster/l40.yaml exports MLFLOW_TRACKING_URI before them)."""
     # short root: Ray's unix sockets live under it and must stay below ~107 characters
     temp_dir = tempfile.mkdtemp(prefix="stlm-ray-", dir="/tmp")
     token = Path(temp_dir) / "auth_token"
     token.write_text(os.urandom(24).hex())
     gcs, dash = _free_port(), _free_port()
+    homes = {"head": Path(temp_dir) / "home-head", "worker": Path(temp_dir) / "home-worker"}
+    for h in homes.values():
+        h.mkdir()
     # RAY_ADDRESS: every process of this cluster inherits it from `ray start`; without it, Ray code
     # that looks the cluster up (Ray Train's placement group cleaner) fails when other Ray
     # instances run on the same machine ("Found multiple active Ray instances").
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
-               RAY_ADDRESS=f"127.0.0.1:{gcs}")
+               RAY_ADDRESS=f"127.0.0.1:{gcs}", **(env_extra or {}))
+    env.pop("STLM_CACHE", None)  # the test session's shared cache would make one cache of both nodes
     bin_dir = Path(VENV_PYTHON).parent
     ray = str(bin_dir / "ray")
     common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
 
-    def start(args: list[str]) -> float:
+    def start(args: list[str], home: Path) -> float:
         t0 = time.monotonic()
         r = subprocess.run([ray, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
-                           env=env, capture_output=True, text=True, timeout=180)
+                           env=dict(env, HOME=str(home)), capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, f"ray start failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         return time.monotonic() - t0
 
@@ -204,14 +214,27 @@ def two_node_cluster():
         timings = {
             "head_s": start(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--ray-client-server-port={_free_port()}"]),
-            "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"]),
+                             f"--ray-client-server-port={_free_port()}"], homes["head"]),
+            "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"], homes["worker"]),
         }
-        yield {"env": env, "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}", "ray": ray, "timings": timings,
-               "temp_dir": temp_dir}
+        yield {"env": dict(env, HOME=str(homes["head"])), "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}",
+               "ray": ray, "timings": timings, "temp_dir": temp_dir, "homes": homes}
     finally:
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _node_pids(home: Path) -> list[int]:
+    """The processes of one node of two_node_cluster: its raylet, agents and workers (HOME=home)."""
+    marker = f"HOME={home}\0".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int(d.name) != os.getpid() and marker in (d / "environ").read_bytes():
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
 
 
 def _state_api(cluster, path: str, token: bool = True) -> list[dict]:
@@ -227,51 +250,312 @@ name: two_node
 config:
   model: {tokenizer: bytes, n_layers: 1, d_model: 32, n_heads: 2, context_length: 32}
   data: {source: generated, max_chars: 200000, num_proc: 1}
-  train: {max_steps: 4, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
+  train: {max_steps: 30, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
 grid:
   model.ffn: [gelu, swiglu]
 control: gelu
 seeds: [0]
+max_failures: 1
+log_checkpoint: true
 """
 
 
+def _manifests(*roots: Path) -> dict[Path, dict]:
+    """Every prepared-data manifest under these cache roots / stores."""
+    return {m: json.loads(m.read_text()) for root in roots for m in sorted(root.glob("**/manifest.json"))
+            if m.parent.name != "checkpoint"}
+
+
 @pytest.mark.slow
-def test_two_node_cluster_runs_a_sweep(tmp_path):
-    """`ray job submit` of a small sweep to a real two-node cluster; its trials land in MLflow."""
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
+    """`ray job submit` of a small sweep to a real two-node cluster, logging over HTTP to a real MLflow
+    server started as cluster/l40.yaml starts it. The corpus is tokenized once for the cluster and
+    copied to each node. Everything is read back through the REST API."""
+    max_steps = 30
+    spec = yaml.safe_load(TINY_SWEEP)
+    eval_on = (REPO.parent / "shared" / "data" / "benchmarks" / "blimp").is_dir()
+    if eval_on:
+        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(REPO.parent / "shared" / "data" / "benchmarks")}
     sweep_file = tmp_path / "tiny.yaml"
-    sweep_file.write_text(TINY_SWEEP)
+    sweep_file.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "two_node"
+    log = tmp_path / "job.log"
     t0 = time.monotonic()
-    with two_node_cluster() as cluster:
+    with two_node_cluster({"MLFLOW_TRACKING_URI": mlflow_server.uri}) as cluster:
         nodes = _state_api(cluster, "/api/v0/nodes")
         assert sum(n["state"] == "ALIVE" for n in nodes) == 2
         with pytest.raises(urllib.error.HTTPError, match="401"):  # token auth is really on
             _state_api(cluster, "/api/v0/nodes", token=False)
-        entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--tracking-uri", uri,
-                 "--experiment-dir", str(tmp_path / "sweep_runs" / "two_node")]
-        r = subprocess.run(
-            [cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
-            env=dict(cluster["env"], STLM_QUIET="1"), capture_output=True, text=True, timeout=420, cwd=tmp_path,
-        )
+        entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--experiment-dir", str(exp_dir)]
+        job = subprocess.Popen([cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
+                               env=dict(cluster["env"], STLM_QUIET="1"), cwd=tmp_path, stdout=open(log, "w"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = job.wait(timeout=420)
+        finally:
+            _kill_group(job)
         job_s = time.monotonic() - t0
-        assert r.returncode == 0 and "succeeded" in r.stdout, f"job failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+        out = log.read_text()
+        assert rc == 0 and "succeeded" in out, f"job failed:\n{out[-6000:]}"
         # each trial's Ray Train worker needs the one CPU of a node: the two ran on different nodes
         actors = _state_api(cluster, "/api/v0/actors?detail=1&limit=10000")
         train_nodes = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
-        # (both trials start together and neither fits beside the other on one node)
         assert len(train_nodes) == 2, f"Ray Train workers ran on {len(train_nodes)} node(s), expected both"
-    print(f"cluster start {cluster['timings']}, total {time.monotonic() - t0:.1f}s (job done at {job_s:.1f}s)")
+        # data: one tokenization for the cluster (the driver's, on the head), copied to the worker node
+        manifests = _manifests(exp_dir / "data", *(h / ".cache" / "stlm" for h in cluster["homes"].values()))
+    print(f"cluster start {cluster['timings']}, job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}")
+    builds = {m["build_id"] for m in manifests.values()}
+    assert len(builds) == 1, f"the corpus was tokenized {len(builds)} times: {list(manifests)}"
+    homes = {h for p in manifests for h in cluster["homes"].values() if h in p.parents}
+    assert homes == set(cluster["homes"].values()), list(manifests)  # one copy on each node, same build
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("stlm.sweep") == "two_node" and "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    client = MlflowClient(tracking_uri=mlflow_server.uri)  # the server's REST API
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    assert info["tracking_uri"] == mlflow_server.uri
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.data.tags["stlm.sweep"] == "two_node" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.arms"] == "gelu,swiglu"
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "report"} <= parent_files
+    assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["stlm.arm"] for c in children) == ["gelu", "swiglu"]
     for c in children:
-        assert c.data.tags["stlm.status"] == "finished"
+        tid = c.data.tags["stlm.trial_id"]
+        assert c.data.tags["stlm.status"] == "finished" and c.info.status == "FINISHED", c.data.tags
+        assert c.data.params["model.ffn"] == c.data.tags["stlm.arm"]
         assert 0 < c.data.metrics["val_bpb"] < 20
-        assert len(client.get_metric_history(c.info.run_id, "val_bpb")) >= 2
+        lost, duplicated = _lost_and_duplicated(client, c.info.run_id, _tune_results(exp_dir, tid))
+        assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
+        # each validation step logged exactly once, the lost node's trial included
+        assert _points(client, c.info.run_id)["val_bpb"] == list(range(2, max_steps + 1, 2))
+        files = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"config.yaml", "checkpoint"} <= files, files
+        assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
+        if eval_on:
+            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+            assert "eval" in files
+            item_files = client.list_artifacts(c.info.run_id, "eval")
+            assert item_files and all(a.file_size > 0 for a in item_files)
+
+
+# --------------------------------------------------------------------------- a real MLflow tracking server
+
+
+def _l40_mlflow_server_argv(db: Path, artifacts: Path, port: int) -> tuple[dict[str, str], list[str]]:
+    """cluster/l40.yaml's `mlflow server` command on its head, with this machine's paths and address:
+    (environment it sets, argv). Every other flag is kept as the cluster passes it."""
+    config = _prepared(REPO / "cluster" / "l40.yaml")
+    command = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
+    words = shlex.split(next(part for part in command.split(";") if "mlflow server" in part))
+    words = words[:words.index(">")] if ">" in words else words  # the log redirection and the trailing &
+    env = {}
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[0] == "nohup":
+        words.pop(0)
+    assert words[0].endswith("/mlflow") and words[1] == "server", words
+    local = {"--backend-store-uri": f"sqlite:///{db}", "--artifacts-destination": str(artifacts),
+             "--host": "127.0.0.1", "--port": str(port)}
+    argv = [str(Path(VENV_PYTHON).parent / "mlflow"), "server"]
+    rest = words[2:]
+    assert set(local) <= set(rest), f"l40.yaml's mlflow server lacks {set(local) - set(rest)}"
+    i = 0
+    while i < len(rest):
+        flag = rest[i]
+        if flag in local:
+            argv += [flag, local[flag]]
+            i += 2
+        else:
+            argv.append(flag)
+            i += 1
+    return env, argv
+
+
+class MlflowServer:
+    """A real `mlflow server` (SQLite backend, proxied artifacts on local disk) on 127.0.0.1, started
+    as cluster/l40.yaml starts it; kill() takes down every process of it, as a crash of the head's
+    server would, and start() brings it back on the same port and database."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env, self.argv = _l40_mlflow_server_argv(root / "mlflow.db", root / "artifacts", self.port)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 120) -> float:
+        t0 = time.monotonic()
+        self.starts += 1
+        self.proc = subprocess.Popen(self.argv, cwd=self.root, env=dict(os.environ, **self.env),
+                                     stdout=open(self.root / f"server-{self.starts}.log", "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - t0 < timeout:
+            assert self.proc.poll() is None, (self.root / f"server-{self.starts}.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"mlflow server not up after {timeout}s")
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10  # its workers are in the same session
+        while time.monotonic() < deadline and any(int(p) for p in _session_pids(self.proc.pid)):
+            time.sleep(0.1)
+        self.proc = None
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[4]) == sid:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _points(client, run_id: str) -> dict[str, list[int]]:
+    """metric key -> the steps MLflow holds for it (each entry, duplicates included)."""
+    run = client.get_run(run_id)
+    return {key: [m.step for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+
+
+def _tune_results(exp_dir: Path, trial_id: str) -> list[dict]:
+    """Every result the driver's Tune loop received for a trial (Tune's own result.json)."""
+    path = exp_dir / "tune" / trial_id / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _lost_and_duplicated(client, run_id: str, results: list[dict]) -> tuple[set, int]:
+    """(the (metric, step) points Tune received but MLflow lacks, the points MLflow holds twice)."""
+    from stlm.sweep.tracking import TUNE_KEYS
+
+    expected = {(k, int(r["step"])) for r in results if "step" in r for k, v in r.items()
+                if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    held = _points(client, run_id)
+    logged = {(k, s) for k, steps in held.items() for s in steps}
+    return expected - logged, sum(len(steps) - len(set(steps)) for steps in held.values())
+
+
+OUTAGE_SWEEP = """
+name: outage
+config:
+  model: {tokenizer: bytes, n_layers: 1, d_model: 32, n_heads: 2, context_length: 32}
+  data: {source: generated, max_chars: 200000, num_proc: 1}
+  train: {max_steps: MAX_STEPS, batch_size: 2, eval_interval: 2, log_interval: 2, eval_batches: 1, warmup_steps: 1}
+arms: [{name: base, set: {}}]
+control: base
+seeds: [0]
+"""
+
+
+def _sweep_process(args: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
+    env = dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), **env)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([VENV_PYTHON, "-m", "stlm.sweep", *args], cwd=cwd, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until(what: str, cond, timeout: float, log: Path, p: subprocess.Popen | None = None) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        if p is not None and p.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout}s (or the sweep ended):\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
+    """The MLflow server dies for good mid-sweep: the sweep stops after STLM_MLFLOW_OUTAGE_S with a
+    clear message, and --resume writes what was kept. Killed mid-sweep again and back 30 s later, it
+    stalls nothing: the trial trains and reports all along. MLflow ends with every point Tune
+    received, none twice, and the report is written."""
+    max_steps, limit_s = 140, 15
+    sweep_file = tmp_path / "outage.yaml"
+    sweep_file.write_text(OUTAGE_SWEEP.replace("MAX_STEPS", str(max_steps)))
+    exp_dir = tmp_path / "sweep_runs" / "outage"
+    args = [str(sweep_file), "--tracking-uri", mlflow_server.uri, "--experiment-dir", str(exp_dir)]
+    log1, log2 = tmp_path / "first.log", tmp_path / "resume.log"
+    received = lambda: [r for t in sorted((exp_dir / "tune").glob("*")) if t.is_dir()
+                        for r in _tune_results(exp_dir, t.name)] if (exp_dir / "tune").is_dir() else []
+    ledger_step = lambda: max([t.get("last_step", -1) for t in json.loads((exp_dir / "mlflow_state.json").read_text())
+                               .get("trials", {}).values()] or [-1]) if (exp_dir / "mlflow_state.json").is_file() else -1
+
+    # 1. the server dies for good after the first result: the sweep stops by itself, in bounded time
+    p = _sweep_process(args, tmp_path, log1, STLM_MLFLOW_OUTAGE_S=str(limit_s))
+    try:
+        _wait_until("a first result logged", lambda: ledger_step() >= 2, 240, log1, p)
+        mlflow_server.kill()
+        t_kill = time.monotonic()
+        rc = p.wait(timeout=limit_s + 120)
+        stop_s = time.monotonic() - t_kill
+    finally:
+        _kill_group(p)
+    out = log1.read_text()
+    assert rc == 2, out[-4000:]
+    assert "Stopped: the MLflow tracking server at " + mlflow_server.uri in out, out[-3000:]
+    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+    step_a = max(r["step"] for r in received())
+
+    # 2. the server is back: --resume writes what was kept; then an outage of 30 s mid-trial
+    mlflow_server.start()
+    p = _sweep_process([*args, "--resume"], tmp_path, log2)
+    try:
+        _wait_until("a new result logged after the resume", lambda: ledger_step() > step_a, 240, log2, p)
+        mlflow_server.kill()
+        at_kill = len(received())
+        time.sleep(30)
+        during = len(received()) - at_kill  # results the driver's Tune loop took in meanwhile
+        restart_s = mlflow_server.start()
+        rc = p.wait(timeout=300)
+    finally:
+        _kill_group(p)
+    out = log2.read_text()
+    print(f"outage: stopped {stop_s:.0f}s after the server died for good (limit {limit_s}s), at step {step_a}; "
+          f"{during} results reached the driver during a 30 s outage; server back {restart_s:.1f}s after that")
+    assert rc == 0, out[-4000:]
+    assert during >= 5, f"the Tune loop stalled during the outage ({during} results in 30 s):\n{out[-3000:]}"
+    assert (exp_dir / "report" / "report.md").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)  # read back through the server's REST API
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert run.data.tags["stlm.status"] == "finished" and run.info.status == "FINISHED"
+    assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
+    lost, duplicated = _lost_and_duplicated(client, run.info.run_id, _tune_results(exp_dir, run.data.tags["stlm.trial_id"]))
+    print(f"outage: lost {len(lost)} points, duplicated {duplicated}")
+    assert not lost and duplicated == 0, (sorted(lost)[:20], duplicated)
+    assert _points(client, run.info.run_id)["val_bpb"] == list(range(2, max_steps + 1, 2))
+    assert "report" in {a.path for a in client.list_artifacts(info["parent_run_id"])}

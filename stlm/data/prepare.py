@@ -355,3 +355,22 @@ def prepare(cfg: "Config") -> PreparedData:
             if manifest is None:
                 manifest = _build(cfg, source, tokenizer, content, key, final)
     return _open(final, manifest, tokenizer)
+
+
+# --------------------------------------------------------------------------- for copies made elsewhere
+
+
+def cache_location(cfg: "Config") -> tuple[Path, dict, str]:
+    """(the directory prepare(cfg) reads and writes, the content fields its manifest must repeat, their
+    key), building nothing: for copying a finished cache between machines (stlm.sweep.cluster_data)."""
+    source = get_source(cfg.data)
+    tokenizer = load_tokenizer(cfg.model, cfg.data)
+    dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
+    content = _content(cfg, source, tokenizer, dtype)
+    key = _key(content)
+    return cache_root(cfg.data) / "data" / f"{_label(source)}-{tokenizer.name}-{key}", content, key
+
+
+def trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
+    """The manifest of the complete cache for `content` at `path`, or None (see prepare())."""
+    return _trusted_manifest(path, content, key)

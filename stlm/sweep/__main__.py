@@ -531,15 +531,23 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None,
         return _run_trials(sweep, space, exp_dir, args, t_start, client=client, uri=uri, experiment=experiment,
                            parent=parent, address=address, guard=guard, resume_cmd=resume_cmd)
     except KeyboardInterrupt:
-        repair_runs(client, exp_dir)
-        end_parent(client, parent, "interrupted")
+        _end_runs(client, exp_dir, parent, "interrupted")
         print(f"\nsweep {sweep.name} interrupted after {time.time() - t_start:.0f}s, before its trials ran to the "
               f"end. Continue it with:\n  {resume_cmd}", flush=True)
         return 130
     except BaseException:
-        repair_runs(client, exp_dir)
-        end_parent(client, parent, "failed")
+        _end_runs(client, exp_dir, parent, "failed")
         raise
+
+
+def _end_runs(client, exp_dir: Path, parent: str, status: str) -> None:
+    """Leave no run RUNNING on the way out, as far as the tracking server lets us: with the server away,
+    the error that ends the sweep (and the --resume that repairs the runs) matters more than this."""
+    try:
+        repair_runs(client, exp_dir)
+        end_parent(client, parent, status)
+    except Exception as e:  # noqa: BLE001 - an unreachable tracking server
+        print(f"note: the MLflow runs could not be ended now ({type(e).__name__}); --resume repairs them.", flush=True)
 
 
 def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, client, uri, experiment, parent,
@@ -552,6 +560,10 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
 
     if not address:
         runner.prepare_data_locally(sweep)
+    else:  # a cluster: each corpus is tokenized once, here, and copied to the nodes (cluster_data.py)
+        from stlm.sweep import cluster_data
+
+        cluster_data.publish(sweep, str(exp_dir / cluster_data.STORE))
     import ray
 
     t_ray = time.time()
@@ -576,9 +588,12 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
     with guard.tune_running() if guard is not None else contextlib.nullcontext():
         results = tuner.fit()
     if results.num_terminated + results.num_errors < sweep.num_trials or (guard is not None and guard.signals):
-        # SIGINT / SIGTERM (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost
-        repair_runs(client, exp_dir, None)
-        end_parent(client, parent, "interrupted")
+        # SIGINT / SIGTERM (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost.
+        # The queued MLflow writes go first (raises, naming --resume, when the server stays away).
+        callback.finish("interrupted")
+        if callback.outbox.pending() == 0:
+            repair_runs(client, exp_dir, None)
+            end_parent(client, parent, "interrupted")
         done = Ledger(exp_dir).trials.values()
         n_fin = sum(1 for t in done if t.get("status") == "finished")
         n_fail = sum(1 for t in done if t.get("status") == "failed")
@@ -586,13 +601,13 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
               f"({n_fin} of {sweep.num_trials} trials finished" + (f", {n_fail} failed" if n_fail else "")
               + f"). Continue it with:\n  {resume_cmd}", flush=True)
         return 130
+    callback.finish("finished")  # every queued MLflow write is made (or a bounded wait ends the sweep)
     repair_runs(client, exp_dir, results)  # a trial Tune finished while a killed driver owned its run
     ledger = Ledger(exp_dir)  # re-read: the callback wrote it
     table, rows = summarize(sweep, results, ledger.data, exp_dir, space)
     wall = time.time() - t_start
     feasible = count_feasible(sweep, space, results)
     n_failed = sum(1 for r in rows if r["status"] == "failed")
-    callback.finish("finished")
     extra = {"wall_s": wall, "trials": rows, "feasible_fraction": feasible / max(1, len(rows)),
              "resumed": bool(args.resume)}
     extra["comparison"] = comparison_of(sweep, rows)

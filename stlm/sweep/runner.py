@@ -45,6 +45,7 @@ from stlm.sweep.spec import Sweep, count
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
             "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR")
+HEAD_RESOURCE = "node:__internal_head__"  # every Ray head advertises 1 of it
 HEALTH_CHECK_S = "0.5"  # Ray Train's controller polls its workers (and collects reports) this often; default 2 s
 
 
@@ -80,6 +81,9 @@ def worker_loop(lc: dict) -> None:
     # start-up: from the Tune trial starting to this worker running (Tune actor, Train controller,
     # placement group, worker actor, torch.distributed); logged with every report
     cfg = build_config(lc["config"])
+    from stlm.sweep.cluster_data import STORE, localize
+
+    localize(cfg, str(Path(lc["trial_dir"]).parents[1] / STORE))  # on a cluster: this node's copy of the corpus
     extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
              "startup_s": time.time() - lc["t_start"], "max_steps": cfg.train.max_steps}
     ctx = ray.train.get_context()
@@ -587,7 +591,10 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
 
     sweep, space = ctx.sweep, ctx.space
     spec = sweep.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": 1})
+    # On the head: a trial's process runs its Ray Train controller, which restarts the workers from the
+    # last checkpoint when their node is lost (a spot preemption); on a preemptible node it would die with them.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": 0, "memory": 1, HEAD_RESOURCE: 0.001})
     tune_dir = Path(ctx.exp_dir) / "tune"
     run_config = tune.RunConfig(
         name="tune", storage_path=str(Path(ctx.exp_dir)), callbacks=callbacks, progress_reporter=reporter, verbose=1,

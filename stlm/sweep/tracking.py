@@ -12,6 +12,11 @@ from the run's own `step` metric history (what MLflow really stored, even if the
 between a write and the ledger update). A result whose `step` is not past `last_step` logs
 nothing but its eval/* metrics, once.
 
+The callback's Tune hooks only queue what to write; one background thread writes it (outbox.py),
+so trials keep training and reporting while the tracking server is away or restarting. What is
+queued is also in <exp>/mlflow_outbox.jsonl until written, and `--resume` writes what a stopped
+driver could not.
+
 Child run: tags mlflow.parentRunId, stlm.sweep, stlm.arm, stlm.seed, stlm.trial_id, stlm.status
 (running/finished/failed/stopped), stlm.git_commit (+ stlm.error on failure); params: the
 flattened resolved config, params.total, flops_per_token; metrics: every reported number at
@@ -21,16 +26,21 @@ step=`step`; artifacts: config.yaml, eval item JSONL files, optionally the final
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from stlm import tracking as T
-from stlm.config import flatten, to_dict
+from stlm.config import dump_yaml, flatten, to_dict
+from stlm.errors import StlmError
 
 STATE_FILE = "mlflow_state.json"
+log = logging.getLogger("stlm.sweep")
 # keys Ray Tune adds to every result; not training metrics
 TUNE_KEYS = {
     "done", "training_iteration", "trial_id", "timestamp", "date", "time_this_iter_s", "time_total_s",
@@ -98,6 +108,12 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
 
 
 class MLflowSweepCallback(Callback):
+    """Tune events -> MLflow, through an Outbox (outbox.py): the hooks only queue what to write, one
+    background thread writes it, so a slow or restarting tracking server never holds up the Tune
+    loop. Each op is applied once: its effect and its seq go into the ledger in one save, and a
+    metric point keeps the time Tune received it (MLflow's SQL store drops an exact duplicate, so a
+    write repeated after a lost reply adds no point)."""
+
     def __init__(self, *, tracking_uri: str, experiment: str, sweep, space, exp_dir: Path, prepare_trial):
         self.uri = tracking_uri
         self.experiment = experiment
@@ -105,149 +121,242 @@ class MLflowSweepCallback(Callback):
         self.space = space
         self.exp_dir = Path(exp_dir)
         self.prepare_trial = prepare_trial  # (config, trial_id) -> (Config, ParamCount, trial_dir)
-        self._max_steps: dict[str, int] = {}
         self._open()
 
     def _open(self):
         self.ledger = Ledger(self.exp_dir)
-        self.client = T.mlflow_client(self.uri)
+        self.client = None  # made in the drainer thread, the only one that writes
         self.parent_run_id = self.ledger.data.get("parent_run_id")
+        self._outbox = None
 
-    # Tune pickles its callbacks with the experiment (tuner.pkl); the client and ledger are rebuilt
+    # Tune pickles its callbacks with the experiment (tuner.pkl); client, ledger and outbox are rebuilt
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("client", None)
-        state.pop("ledger", None)
+        for key in ("client", "ledger", "_outbox"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._open()
 
-    # -------------------------------------------------------------- Tune hooks
+    @property
+    def outbox(self):
+        if self._outbox is None:
+            from stlm.sweep.outbox import OUTBOX_FILE, Outbox
+
+            # MLflow's own retries (7, up to ~4 min inside one call) would hide an outage from the
+            # outbox's clock and keep a write waiting long after the server is back: the outbox retries
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            self._outbox = Outbox.shared(self.exp_dir / OUTBOX_FILE, self._apply,
+                                         done_seq=int(self.ledger.data.get("outbox_done", 0)), where=self.uri)
+        return self._outbox
+
+    # -------------------------------------------------------------- Tune hooks (they only queue)
 
     def setup(self, **info):
-        self._open()
-        self.ledger.remove_leftovers()
-        # resumed sweep: trust MLflow's own record of the last step of every trial run
-        for tid, t in self.ledger.trials.items():
-            try:
-                hist = self.client.get_metric_history(t["run_id"], "step")
-            except Exception:
-                continue
-            t["last_step"] = max([int(m.step) for m in hist], default=-1)
+        self.ledger.remove_leftovers()  # temp files of a ledger write a full disk cut short
+        # starting the outbox replays what an earlier driver queued but never wrote; then, on a
+        # resumed sweep, trust MLflow's own record of the last step of every trial run
         if self.ledger.trials:
-            self.ledger.save()
+            self.outbox.put({"kind": "resync"})
+        self.outbox  # noqa: B018
+
+    def on_step_begin(self, iteration, trials, **info):
+        why = self.outbox.overdue()
+        if why:
+            stop_tune_like_ctrl_c(self.outbox, why)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         tid = trial.trial_id
         entry = self.ledger.trials.get(tid)
         if entry is not None and entry.get("status") == "finished":  # run_trial reports it again; nothing reruns
-            self._remember_max_steps(trial)
-            return
-        if entry is not None and T.reopen_run(self.client, entry["run_id"]):
-            self.client.set_tag(entry["run_id"], "stlm.status", "running")
-            entry["status"] = "running"
-            self.ledger.save()
-            self._remember_max_steps(trial)
             return
         arm, seed = trial.config["arm"], trial.config["seed"]
-        tags = {
-            "stlm.sweep": self.sweep.name, "stlm.arm": arm, "stlm.seed": seed, "stlm.trial_id": tid,
-            "stlm.status": "running", "stlm.kind": "trial",
-        }
-        run_id = T.create_run(self.client, self.experiment, run_name=f"{arm}-s{seed}-{tid}", tags=tags,
-                              parent_run_id=self.parent_run_id)
-        self.ledger.trials[tid] = {"run_id": run_id, "last_step": -1, "eval_logged": False, "status": "running",
-                                   "arm": arm, "seed": seed}
-        self.ledger.save()
+        op = {"kind": "start", "trial": tid, "arm": arm, "seed": seed}
         try:
             cfg, counted, _ = self.prepare_trial(trial.config, tid)
         except Exception as e:  # an unresolvable trial config: the trial itself will fail with this error
-            self.client.set_tag(run_id, "stlm.error", str(e)[:4000])
-            return
-        self._max_steps[tid] = cfg.train.max_steps
-        knobs = {f"search.{k}": v for k, v in trial.config.items() if k not in ("arm", "seed")}
-        T.log_config(self.client, run_id, cfg, extra={
-            "params.total": counted.total, "flops_per_token": counted.flops_per_token,
-            "sweep.arm": arm, "sweep.seed": seed, **knobs,
-        })
+            op["error"] = str(e)[:4000]
+        else:
+            knobs = {f"search.{k}": v for k, v in trial.config.items() if k not in ("arm", "seed")}
+            op.update(max_steps=cfg.train.max_steps, config_yaml=dump_yaml(cfg), params={
+                **flat_config(cfg), "params.total": counted.total, "flops_per_token": counted.flops_per_token,
+                "sweep.arm": arm, "sweep.seed": seed, **knobs})
+        self.outbox.put(op)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        entry = self.ledger.trials.get(trial.trial_id)
-        if entry is None or "step" not in result:
+        if "step" not in result:
             return
-        step = int(result["step"])
         numbers = {k: v for k, v in result.items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        curves = {k: v for k, v in numbers.items() if not k.startswith("eval/")}
-        evals = {k: v for k, v in numbers.items() if k.startswith("eval/")}
-        changed = False
-        if step > entry["last_step"] and curves:
-            T.log_metrics(self.client, entry["run_id"], curves, step=step)
-            entry["last_step"] = step
-            changed = True
-        if evals and not entry.get("eval_logged"):
-            T.log_metrics(self.client, entry["run_id"], evals, step=step)
-            entry["eval_logged"] = True
-            changed = True
-        if changed:
-            self.ledger.save()
+        self.outbox.put({"kind": "metrics", "trial": trial.trial_id, "step": int(result["step"]),
+                         "ms": int(time.time() * 1000), "metrics": numbers})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        entry = self.ledger.trials.get(trial.trial_id)
-        if entry is None:
-            return
-        max_steps = self._max_steps.get(trial.trial_id)
-        stopped = max_steps is not None and entry["last_step"] < max_steps
-        status = "stopped" if stopped else "finished"
-        self._log_artifacts(trial, entry)
-        self.client.set_tag(entry["run_id"], "stlm.status", status)
-        T.end_run(self.client, entry["run_id"], "KILLED" if stopped else "FINISHED")
-        entry["status"] = status
-        self.ledger.save()
+        self.outbox.put({"kind": "complete", "trial": trial.trial_id})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        entry = self.ledger.trials.get(trial.trial_id)
-        if entry is None:
-            return
-        self.client.set_tag(entry["run_id"], "stlm.status", "failed")
-        self.client.set_tag(entry["run_id"], "stlm.error", error_text(trial)[:4000])
-        T.end_run(self.client, entry["run_id"], "FAILED")
-        entry["status"] = "failed"
+        self.outbox.put({"kind": "error", "trial": trial.trial_id, "error": error_text(trial)[:4000]})
+
+    def on_experiment_end(self, trials, **info):
+        # the driver reads the ledger's statuses next (the summary table): let the writes land first
+        self.outbox.wait()
+
+    # -------------------------------------------------------------- the drainer thread
+
+    def _apply(self, op: dict) -> None:
+        if self.client is None:
+            self.client = T.mlflow_client(self.uri)
+        kind = op["kind"]
+        entry = self.ledger.trials.get(op.get("trial"))
+        if kind == "resync":
+            self._resync()
+        elif kind == "start":
+            self._start_run(op, entry)
+        elif kind == "parent_end":
+            if self.parent_run_id:
+                self.client.set_tag(self.parent_run_id, "stlm.status", op["status"])
+                T.end_run(self.client, self.parent_run_id,
+                          {"finished": "FINISHED", "interrupted": "KILLED"}.get(op["status"], "FAILED"))
+        elif entry is None:
+            pass  # a trial whose run MLflow refused to make (the outbox logged it as skipped)
+        elif kind == "metrics":
+            self._log_points(op, entry)
+        elif kind == "complete":
+            max_steps = entry.get("max_steps")
+            stopped = max_steps is not None and entry["last_step"] < max_steps
+            status = "stopped" if stopped else "finished"
+            self._log_artifacts(op["trial"], entry)
+            self.client.set_tag(entry["run_id"], "stlm.status", status)
+            T.end_run(self.client, entry["run_id"], "KILLED" if stopped else "FINISHED")
+            entry["status"] = status
+        elif kind == "error":
+            self.client.set_tag(entry["run_id"], "stlm.status", "failed")
+            self.client.set_tag(entry["run_id"], "stlm.error", op["error"])
+            T.end_run(self.client, entry["run_id"], "FAILED")
+            entry["status"] = "failed"
+        self.ledger.data["outbox_done"] = op["seq"]
         self.ledger.save()
 
-    # -------------------------------------------------------------- helpers
+    def _resync(self) -> None:
+        from stlm.sweep.outbox import is_transient
 
-    def _remember_max_steps(self, trial):
-        try:
-            cfg, _, _ = self.prepare_trial(trial.config, trial.trial_id)
-            self._max_steps[trial.trial_id] = cfg.train.max_steps
-        except Exception:
-            pass
+        for t in self.ledger.trials.values():
+            try:
+                hist = self.client.get_metric_history(t["run_id"], "step")
+            except Exception as e:
+                if is_transient(e):
+                    raise
+                continue  # a run deleted meanwhile: nothing to correct
+            t["last_step"] = max([int(m.step) for m in hist], default=-1)
 
-    def _log_artifacts(self, trial, entry):
-        trial_dir = self.exp_dir / "trials" / trial.trial_id
+    def _start_run(self, op: dict, entry: dict | None) -> None:
+        tid = op["trial"]
+        if entry is not None and T.reopen_run(self.client, entry["run_id"]):
+            self.client.set_tag(entry["run_id"], "stlm.status", "running")
+            entry["status"] = "running"
+            entry.setdefault("max_steps", op.get("max_steps"))
+            return
+        run_id = self._existing_run(tid)  # made by a driver that died before its ledger save
+        if run_id is None:
+            tags = {"stlm.sweep": self.sweep.name, "stlm.arm": op["arm"], "stlm.seed": op["seed"],
+                    "stlm.trial_id": tid, "stlm.status": "running", "stlm.kind": "trial"}
+            run_id = T.create_run(self.client, self.experiment, run_name=f"{op['arm']}-s{op['seed']}-{tid}",
+                                  tags=tags, parent_run_id=self.parent_run_id)
+        if op.get("error"):
+            self.client.set_tag(run_id, "stlm.error", op["error"])
+        else:
+            T.log_params(self.client, run_id, op["params"])
+            self.client.log_text(run_id, op["config_yaml"], "config.yaml")
+        self.ledger.trials[tid] = {"run_id": run_id, "last_step": -1, "eval_logged": False, "status": "running",
+                                   "arm": op["arm"], "seed": op["seed"], "max_steps": op.get("max_steps")}
+
+    def _existing_run(self, tid: str) -> str | None:
+        if not self.parent_run_id:
+            return None
+        exp = self.client.get_run(self.parent_run_id).info.experiment_id
+        runs = self.client.search_runs([exp], max_results=1, filter_string=(
+            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.stlm.trial_id = '{tid}'"))
+        return runs[0].info.run_id if runs else None
+
+    def _log_points(self, op: dict, entry: dict) -> None:
+        """A result's curves once per step (a restored trial re-reports its earlier steps) and its eval/*
+        numbers once, each point with the time Tune received it."""
+        from mlflow.entities import Metric
+
+        step, ms = op["step"], op["ms"]
+        is_eval = lambda k: k.startswith("eval/") or k == "eval_s"  # only in the final report, at the last step again
+        curves = {k: v for k, v in op["metrics"].items() if not is_eval(k)}
+        evals = {k: v for k, v in op["metrics"].items() if is_eval(k)}
+        new_step = step > entry["last_step"] and bool(curves)
+        points = [Metric(k, float(v), ms, step) for k, v in curves.items()] if new_step else []
+        if evals and not entry.get("eval_logged"):
+            points += [Metric(k, float(v), ms, step) for k, v in evals.items()]
+        for i in range(0, len(points), T.METRICS_PER_CALL):
+            self.client.log_batch(entry["run_id"], metrics=points[i:i + T.METRICS_PER_CALL])
+        if new_step:
+            entry["last_step"] = step
+        if evals:
+            entry["eval_logged"] = True
+
+    def _log_artifacts(self, tid: str, entry: dict) -> None:
+        trial_dir = self.exp_dir / "trials" / tid
         items = trial_dir / "eval"
         try:
             if items.is_dir() and any(items.iterdir()):
                 self.client.log_artifacts(entry["run_id"], str(items), "eval")
             from stlm.train.checkpoint import latest_checkpoint
 
-            run_dir = self.exp_dir / "train" / trial.trial_id  # Ray Train's copies are the only ones
+            run_dir = self.exp_dir / "train" / tid  # Ray Train's copies are the only ones
             last = latest_checkpoint(run_dir)
             if last is not None:  # `stlm eval RUN_ID` loads the newest intact checkpoint of this directory
                 self.client.set_tag(entry["run_id"], "stlm.checkpoint", str(run_dir))
                 if self.sweep.spec.log_checkpoint:
                     self.client.log_artifacts(entry["run_id"], str(last), "checkpoint")
-        except Exception as e:  # artifacts are a convenience; never fail the sweep over them
+        except Exception as e:
+            from stlm.sweep.outbox import is_transient
+
+            if is_transient(e):  # the server went away mid-upload: the outbox tries the whole op again
+                raise
+            # artifacts are a convenience; never fail the sweep over them
             self.client.set_tag(entry["run_id"], "stlm.artifact_error", str(e)[:500])
 
+    # -------------------------------------------------------------- the end (the driver's main thread)
+
     def finish(self, status: str = "finished"):
-        if self.parent_run_id:
-            self.client.set_tag(self.parent_run_id, "stlm.status", status)
-            T.end_run(self.client, self.parent_run_id,
-                      {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+        """End the parent run once every queued write is in MLflow (waiting at most the outage limit
+        for a finished sweep, 30 s otherwise). A sweep stopped or finished while the server stays away
+        raises; its writes are kept in the outbox file for --resume."""
+        from stlm.sweep.outbox import OUTAGE_ENV
+
+        box = self.outbox
+        box.put({"kind": "parent_end", "status": status})
+        if box.wait(None if status == "finished" else 30.0):
+            return
+        if status == "finished" or box.stop_reason:
+            raise StlmError(
+                f"Stopped: {box.stop_reason or box.overdue() or 'MLflow writes are still waiting'}. Nothing "
+                f"trained is lost: {box.pending()} MLflow writes are kept in {box.path}. Once the server answers "
+                f"again, run `python -m stlm.sweep {self.sweep.path} --resume --experiment-dir {self.exp_dir}` "
+                f"to write them and finish the sweep ({OUTAGE_ENV} sets how long a sweep waits for the server).")
+        print(f"note: {box.pending()} MLflow writes not made yet ({box.last_error}); `--resume` makes them.",
+              flush=True)
+
+
+def stop_tune_like_ctrl_c(box, why: str) -> None:
+    """Stop the Tune run as Ctrl-C does: Tune's own SIGINT/SIGUSR1 handler sets its 'interrupted' event,
+    the loop ends, the experiment state is saved for --resume, and the driver then reports `why`."""
+    import signal
+
+    if box.stop_reason:
+        return
+    box.stop_reason = why
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):  # Tune runs outside the main thread: there is no handler to ask
+        raise StlmError(why)
+    log.warning("stopping the sweep: %s", why)
+    handler(signal.SIGUSR1, None)
 
 
 def log_comparison(client, parent_run_id: str, metrics: dict[str, float]) -> None:
