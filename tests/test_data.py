@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -153,10 +154,13 @@ def test_source_names_resolve_without_network(tmp_path):
     s = get_source(DataConfig(source="someone/their-corpus", revision="abc123", text_column="content"))
     assert s.identity() == {"kind": "hub", "path": "someone/their-corpus", "subset": None, "revision": "abc123",
                             "text_column": "content", "train_split": "train", "val_split": None}
-    for bad in ("tinystorys", "./missing.txt", str(tmp_path / "nope.jsonl")):
-        with pytest.raises(StlmError, match="tinystories") as e:
+    with pytest.raises(StlmError, match="tinystories") as e:  # a typo of a built-in name lists the built-ins
+        get_source(DataConfig(source="tinystorys"))
+    assert "tinystorys" in str(e.value)
+    for bad in ("./missing.txt", str(tmp_path / "nope.jsonl")):  # a path says which absolute path is missing
+        with pytest.raises(StlmError, match="does not exist") as e:
             get_source(DataConfig(source=bad))
-        assert bad in str(e.value)
+        assert bad in str(e.value) and str(Path(bad).absolute()) in str(e.value)
 
 
 # --------------------------------------------------------------------------- prepare

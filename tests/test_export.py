@@ -313,9 +313,9 @@ def test_gpt2_checkpoint_exports_as_gpt2_with_the_gpt2_tokenizer(shared_data, tm
     tok = load_gpt2(cfg.data.gpt2_vocab_file)
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    path = ck.save_checkpoint(tmp_path / "run" / "step_000005", model_state=model.state_dict(), trainer_state={},
-                              cfg=cfg, meta={"step": 5, "tokens": 320,
-                                             "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    ck.save_checkpoint(tmp_path / "run" / "step_000005", model_state=model.state_dict(), trainer_state={},
+                       cfg=cfg, meta={"step": 5, "tokens": 320,
+                                      "tokenizer": {"name": tok.name, "identity": tok.identity}})
     r = export_checkpoint(tmp_path / "run", tmp_path / "out")
     assert r.target.hf_class == "GPT2LMHeadModel" and r.max_abs_diff < 1e-4
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= set(r.files)

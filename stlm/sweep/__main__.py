@@ -161,7 +161,6 @@ def absolutize(sweep: Sweep) -> None:
 def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None) -> tuple[str, list[dict]]:
     """The end-of-sweep table (one row per trial) and the rows themselves (for sweep.json)."""
     spec = sweep.spec
-    metric = spec.metrics[0]
     tasks = sweep.arms[0].cfg.eval.tasks  # the requested tasks (groups such as blimp, not their members)
     rows = []
     for r in result_grid:

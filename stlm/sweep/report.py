@@ -574,7 +574,7 @@ def plot_scale(a: Analysis, path: Path) -> Path | None:
 
 
 def scale_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["arm", "power law", "exponent 95% CI", f"slope of diff vs log(params)", "slope 95% CI", "pairs", "trend"]
+    head = ["arm", "power law", "exponent 95% CI", "slope of diff vs log(params)", "slope 95% CI", "pairs", "trend"]
     rows = []
     for base, r in (a.record.get("scale") or {}).items():
         law = f"{r['prefactor']:.4g} × N^{r['exponent']:+.4f}" if "exponent" in r else "n/a"
