@@ -88,3 +88,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, then: str | None
         raise
     with contextlib.suppress(OSError):  # the rename itself durable (best effort: some filesystems refuse)
         fsync_dir(path.parent)
+
+
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished directory `tmp` to `path`, replacing what is there: the old one is first
+    renamed aside, so a reader sees the old or the new directory, never a mix."""
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

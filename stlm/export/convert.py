@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from stlm.atomic import replace_dir
 from stlm.errors import StlmError
 from stlm.export.targets import Target, choose_target
 
@@ -127,13 +128,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                           exported_params=exported_params(hf), tokenizer=tokenizer, record=record, license=license,
                           max_abs_diff=diff)
         (tmp / "README.md").write_text(card)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)  # --force: the old directory is swapped out whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -74,14 +74,11 @@ def _bpe_files(cfg, tokenizer) -> list[Path]:
 def publish(sweep, store: str, log=print) -> list[str]:
     """Prepare every distinct corpus of the sweep here (once) and copy it to `store`; the names copied."""
     from stlm.data import prepare
+    from stlm.sweep.runner import distinct_corpora
 
     fs, base = _filesystem(store)
-    seen, names = set(), []
-    for arm in sweep.arms:
-        key = (repr(arm.cfg.data), arm.cfg.model.tokenizer, arm.cfg.model.vocab_size)
-        if key in seen:
-            continue
-        seen.add(key)
+    names = []
+    for arm in distinct_corpora(sweep):
         t0 = time.time()
         data = prepare(arm.cfg)
         dest = f"{base}/{data.cache_path.name}"

@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from stlm.config import Config, build_config, dump_yaml
-from stlm.atomic import disk_full_guard, fsync_dir
+from stlm.atomic import disk_full_guard, fsync_dir, replace_dir
 from stlm.errors import StlmError
 
 STEP_NAME = re.compile(r"^step_(\d+)(?:-[0-9a-f]+)?$")  # step_000040, or a sweep trial's step_000040-3fa2c1d0
@@ -111,13 +111,7 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: dict, trainer_state
             body = json.dumps({**meta, "written_at": time.time(), "files": files}, indent=2).encode()
             _write_file(tmp / "meta.json", lambda f: f.write(body))
             fsync_dir(tmp)
-            if path.exists():  # re-writing the same step (e.g. a resumed run): swap the old one out first
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            replace_dir(tmp, path)  # re-writing the same step (e.g. a resumed run) swaps the old one out
             fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
