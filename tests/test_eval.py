@@ -462,6 +462,29 @@ def test_stlm_eval_cli_on_a_checkpoint(bench, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing"), "--tasks", "arc_easy"]) == 2
 
 
+def test_stlm_eval_without_data_and_hub_fails_at_once(tmp_path, monkeypatch, capsys):
+    """No benchmark directory and a hub that does not answer: exit 2 within seconds, naming the offline
+    alternatives, instead of datasets' ~30 s of retries (issue 21, item 8)."""
+    import time
+
+    from stlm import offline
+    from stlm.cli import main
+
+    path = _save_tiny_checkpoint(tmp_path)
+    monkeypatch.delenv("STLM_BENCHMARKS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    offline.unreachable.cache_clear()
+    t0 = time.monotonic()
+    rc = main(["eval", str(path.parent), "--tasks", "arc_easy", "--limit", "2", "--device", "cpu"])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 2 and took < 15, (rc, took)
+    assert "127.0.0.1:9 cannot be reached" in err and "--data-dir" in err and "STLM_BENCHMARKS" in err
+    assert "Traceback" not in err
+
+
 def test_bpb_task_uses_the_prepared_val_split(tmp_path):
     pytest.importorskip("stlm.data.prepare")
     from stlm.config import build_config

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from stlm.errors import StlmError
+from stlm.offline import OFFLINE_HINT, hub_offline, hub_unreachable
 
 if TYPE_CHECKING:
     from stlm.config import DataConfig
@@ -206,6 +207,10 @@ class HubSource(Source):
         import datasets
 
         hub_split = self.spec.val_split if split == "val" else self.spec.train_split
+        why = None if hub_offline() else hub_unreachable()  # at once, not after datasets' 30 s of retries
+        if why:
+            raise StlmError(f"data.source={self.name!r}: hub dataset {self.spec.path!r} cannot be streamed: {why}. "
+                            + OFFLINE_HINT)
         try:
             ds = datasets.load_dataset(self.spec.path, self.subset, revision=self.revision, split=hub_split,
                                        streaming=True)

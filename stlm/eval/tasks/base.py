@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stlm.errors import StlmError
+from stlm.offline import OFFLINE_HINT, hub_offline, hub_unreachable
 
 # The harness's default target_delimiter: the continuation is " " + choice.
 TARGET_DELIMITER = " "
@@ -91,7 +92,18 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_hub(task: str, path: str, name: str | None, split: str) -> list[dict]:
-    """datasets.load_dataset, turned into a plain list; offline failures become StlmError."""
+    """datasets.load_dataset, turned into a plain list; offline failures become StlmError.
+
+    An unreachable hub fails at once (one quick probe, stlm.offline) instead of after datasets'
+    ~30 s of retries; with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, datasets reads its cache only."""
+    where = f"{path}{'/' + name if name else ''} [{split}]"
+    why = None if hub_offline() else hub_unreachable()
+    if why:
+        raise StlmError(
+            f"Task {task!r}: no local benchmark directory is set (eval.data_dir / --data-dir / $STLM_BENCHMARKS) "
+            f"and the Hugging Face hub cannot be reached to load {where}: {why}. {OFFLINE_HINT} "
+            f"With HF_DATASETS_OFFLINE=1 an earlier download in the datasets cache is read."
+        )
     try:
         import datasets
 
@@ -99,7 +111,7 @@ def load_hub(task: str, path: str, name: str | None, split: str) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - any hub failure means the same thing to the user
         raise StlmError(
             f"Task {task!r}: no local benchmark directory is set (eval.data_dir / --data-dir / $STLM_BENCHMARKS) "
-            f"and loading {path}{'/' + name if name else ''} [{split}] from the Hugging Face hub failed: "
+            f"and loading {where} from the Hugging Face hub failed: "
             f"{type(e).__name__}: {e}"
         ) from None
     return [dict(row) for row in ds]
