@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -224,6 +225,13 @@ def two_node_cluster(env_extra: dict[str, str] | None = None):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _node_pids(home: Path) -> list[int]:
     """The processes of one node of two_node_cluster: its raylet, agents and workers (HOME=home)."""
     marker = f"HOME={home}\0".encode()
@@ -270,7 +278,9 @@ def _manifests(*roots: Path) -> dict[Path, dict]:
 def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
     """`ray job submit` of a small sweep to a real two-node cluster, logging over HTTP to a real MLflow
     server started as cluster/l40.yaml starts it. The corpus is tokenized once for the cluster and
-    copied to each node. Everything is read back through the REST API."""
+    copied to each node. Mid-trial the worker node is killed, as a spot preemption would: its trial
+    resumes from its last checkpoint on the head and finishes. Everything is read back through the
+    REST API."""
     max_steps = 30
     spec = yaml.safe_load(TINY_SWEEP)
     eval_on = (REPO.parent / "shared" / "data" / "benchmarks" / "blimp").is_dir()
@@ -291,6 +301,18 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
                                env=dict(cluster["env"], STLM_QUIET="1"), cwd=tmp_path, stdout=open(log, "w"),
                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            # a spot preemption: once both trials have a persisted checkpoint, the worker node (its raylet,
+            # agents and the Ray Train worker on it) is killed; its trial must resume on the head
+            persisted = lambda: [t for t in (exp_dir / "train").glob("*") if any(t.glob("step_*"))] \
+                if (exp_dir / "train").is_dir() else []
+            on_worker = lambda: [p for p in _node_pids(cluster["homes"]["worker"]) if b"RayTrainWorker" in _cmdline(p)]
+            _wait_until("a checkpoint of each trial while one trains on the worker node",
+                        lambda: len(persisted()) == 2 and on_worker(), 300, log, job)
+            lost_node = _node_pids(cluster["homes"]["worker"])
+            for pid in lost_node:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            kill_s = time.monotonic() - t0
             rc = job.wait(timeout=420)
         finally:
             _kill_group(job)
@@ -303,7 +325,8 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
         assert len(train_nodes) == 2, f"Ray Train workers ran on {len(train_nodes)} node(s), expected both"
         # data: one tokenization for the cluster (the driver's, on the head), copied to the worker node
         manifests = _manifests(exp_dir / "data", *(h / ".cache" / "stlm" for h in cluster["homes"].values()))
-    print(f"cluster start {cluster['timings']}, job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}")
+    print(f"cluster start {cluster['timings']}, worker node killed at {kill_s:.1f}s ({len(lost_node)} processes), "
+          f"job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}")
     builds = {m["build_id"] for m in manifests.values()}
     assert len(builds) == 1, f"the corpus was tokenized {len(builds)} times: {list(manifests)}"
     homes = {h for p in manifests for h in cluster["homes"].values() if h in p.parents}
@@ -323,6 +346,11 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["stlm.arm"] for c in children) == ["gelu", "swiglu"]
+    # the lost node's trial went on from its last checkpoint (not from step 0), on the head
+    resumed = {c.data.tags["stlm.trial_id"]: max(r.get("resumed_from_step", 0) for r in
+                                                  _tune_results(exp_dir, c.data.tags["stlm.trial_id"]))
+               for c in children}
+    assert sorted(v > 0 for v in resumed.values()) == [False, True], resumed
     for c in children:
         tid = c.data.tags["stlm.trial_id"]
         assert c.data.tags["stlm.status"] == "finished" and c.info.status == "FINISHED", c.data.tags

@@ -1,7 +1,7 @@
 """End to end: the quickstart sweep, reduced, through Ray Tune + Ray Train + Optuna + MLflow for real.
 
-One combined test (start-up dominates on 2 cores): start the sweep, SIGKILL the driver as soon as
-the first results are in, continue it with --resume, then read the MLflow sqlite store back and
+One combined test (start-up dominates on 2 cores): start the sweep, SIGTERM the driver as soon as
+the first results are in (it must end within 15 s with its parent run KILLED), continue it with --resume, then read the MLflow sqlite store back and
 check that every trial finished exactly once, with its config, params, an unbroken val_bpb history
 without repeated steps, and the eval metrics.
 """
@@ -52,6 +52,23 @@ def _kill_group(p: subprocess.Popen) -> None:
     p.wait(timeout=60)
 
 
+def _wait_group_empty(pgid: int, timeout: float) -> list[str]:
+    """The command lines of the live (not zombie) processes still in a process group after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for d in Path("/proc").iterdir():
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if d.name.isdigit() and int(stat[2]) == pgid and stat[0] != "Z":
+                    left.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
+            except (OSError, IndexError, ValueError):
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def _wait_for_step(p: subprocess.Popen, exp_dir: Path, step: int, log: Path) -> None:
     """Until the driver has a trial's result at `step` or later (its MLflow ledger says so); fails
     if the sweep ends or 240 s pass first."""
@@ -90,12 +107,27 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
     exp_dir = tmp_path / "sweep_runs" / "quickstart"
     args = [str(sweep_file), *OVERRIDES]
 
-    # 1. start, and kill the driver (SIGKILL, whole process group) once the first results are logged
+    # 1. start, and stop the driver with SIGTERM (what `kill` and schedulers send) once the first results
+    #    are logged: it ends within 15 s, says how to continue, and leaves its parent run KILLED
     p = _start(args, tmp_path, tmp_path / "first.log")
     try:
         _wait_for_step(p, exp_dir, 10, tmp_path / "first.log")
+        os.kill(p.pid, signal.SIGTERM)  # the driver alone, not its process group
+        t_term = time.monotonic()
+        rc = p.wait(timeout=60)
+        stop_s = time.monotonic() - t_term
+        left = _wait_group_empty(p.pid, 20)  # the local Ray it started goes with it
     finally:
         _kill_group(p)
+    out = (tmp_path / "first.log").read_text()
+    assert not left, f"processes left behind by the stopped driver: {left}"
+    print(f"SIGTERM: the driver exited {stop_s:.1f}s after the signal, status {rc}")
+    assert stop_s < 15 and rc == 130, (stop_s, rc, out[-3000:])
+    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=info["tracking_uri"]).get_run(info["parent_run_id"]).info.status == "KILLED"
     before = json.loads((exp_dir / "mlflow_state.json").read_text())["trials"]
 
     # 2. resume: finished trials stay, unfinished continue from their Train checkpoints
