@@ -39,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "wsd", "constant"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
+    "data.split": ("hashed", "contiguous"),
 }
 
 
@@ -158,6 +159,9 @@ class DataConfig:
     max_chars: int | None = 4_000_000  # cap on training text read (None = all); the generated corpus is infinite
     val_fraction: float = 0.01  # share of documents held out (the generated corpus has its own fixed split)
     split_seed: int = 0
+    # How val is taken out of a source without its own val split: hashed = each document by the hash of
+    # (split_seed, text); contiguous = the last val_fraction of the text, as nanoGPT (local files only)
+    split: str = "hashed"
     cache_dir: str | None = None  # default: $STLM_CACHE or ~/.cache/stlm
     num_proc: int = 2  # tokenization processes
     gpt2_vocab_file: str | None = None  # local gpt2.tiktoken for offline GPT-2 (or $STLM_GPT2_VOCAB)

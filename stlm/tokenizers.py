@@ -6,7 +6,8 @@
     tok.byte_lengths[ids].sum() == len("Once upon a time".encode())
 
 `byte_lengths[i]` is the number of UTF-8 bytes token i stands for (0 for end-of-text), so
-bits-per-byte = sum(-log2 p(token)) / sum(byte_lengths[targets]) is exact and comparable
+bits-per-byte = sum(-log2 p(token)) / sum(byte_lengths[targets]) over the text targets
+(byte length > 0; end-of-text is left out, see stlm.eval.bpb) is exact and comparable
 across tokenizers: every tokenizer here is byte-level, so the bytes of the tokens of a text
 are exactly the bytes of the text.
 
@@ -71,7 +72,7 @@ class Tokenizer:
 
     @cached_property
     def byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes per token id (int32[vocab_size]); 0 for end-of-text so bpb never counts it."""
+        """UTF-8 bytes per token id (int32[vocab_size]); 0 for end-of-text, which bpb leaves out."""
         return np.array([len(self.token_bytes(i)) for i in range(self.vocab_size)], dtype=np.int32)
 
     @cached_property

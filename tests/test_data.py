@@ -126,6 +126,45 @@ def test_hashed_split_is_read_once_with_the_same_documents(shared_data, tmp_path
     assert streams["n"] == 1
 
 
+def test_contiguous_split_holds_out_the_last_paragraphs_of_tiny_shakespeare(shared_data, tmp_path):
+    # data.split=contiguous is nanoGPT's split: the last val_fraction of the text is val
+    path = shared_data / "corpora" / "tinyshakespeare.txt"
+    paragraphs = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    total = sum(map(len, paragraphs))
+    cfg = DataConfig(source=str(path), val_fraction=0.1, split="contiguous")
+    src = get_source(cfg)
+    train, val = list(src.documents("train")), list(src.documents("val"))
+    assert train + val == paragraphs  # val is the suffix, starting at the document after the last train one
+    assert val[0].startswith("BAPTISTA:\nWhat, in my sight?")
+    assert 0.095 < sum(map(len, val)) / total <= 0.1  # cut at the first document boundary after 90%
+    # prepare() reads it through Source.splits: train capped from the start, val from the cut
+    capped_train, capped_val = src.splits(100_000, 30_000, spill=tmp_path / "val.jsonl")
+    capped_train, capped_val = list(capped_train), list(capped_val)
+    assert capped_train == train[: len(capped_train)] and 100_000 <= sum(map(len, capped_train)) < 101_000
+    assert capped_val == val[: len(capped_val)] and 30_000 <= sum(map(len, capped_val)) < 31_000
+    data = prepare(_cfg(tmp_path, source=str(path), val_fraction=0.1, split="contiguous", max_chars=100_000))
+    assert data.tokenizer.decode(data.val[: int(np.argmax(data.val == data.tokenizer.eot_id))]) == val[0]
+
+    hashed = get_source(dataclasses.replace(cfg, split="hashed"))
+    assert set(hashed.documents("val")) != set(val)
+    keys = {split: prep_mod.cache_location(_cfg(tmp_path, source=str(path), split=split))[0]
+            for split in ("hashed", "contiguous")}
+    assert keys["hashed"] != keys["contiguous"] and data.cache_path == prep_mod.cache_location(
+        _cfg(tmp_path, source=str(path), val_fraction=0.1, split="contiguous", max_chars=100_000))[0]
+
+
+def test_contiguous_split_is_refused_where_it_cannot_apply():
+    from stlm.config import build_config
+
+    with pytest.raises(StlmError, match="data.split: 'contigous' is not one of hashed, contiguous"):
+        build_config({"data": {"split": "contigous"}})
+    with pytest.raises(StlmError, match="data.split=contiguous does not apply to data.source='tinystories'"):
+        get_source(DataConfig(source="tinystories", split="contiguous"))  # its own validation split
+    with pytest.raises(StlmError, match="data.split=contiguous cannot be used with data.source='someone/corpus'"
+                                        ".*length of a streamed corpus is not known"):
+        get_source(DataConfig(source="someone/corpus", split="contiguous"))
+
+
 def test_local_jsonl_parquet_and_directories(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -503,6 +503,41 @@ def test_bpb_task_uses_the_prepared_val_split(tmp_path):
         evaluate(model, tok, ["bpb"])
 
 
+@pytest.mark.parametrize("embedder", ["token", "byte_pooled"])
+def test_val_bpb_scores_only_text_targets_and_val_loss_every_target(request, embedder):
+    """The end-of-text after each document stands for no byte: val_bpb leaves its bits out (as
+    lm-evaluation-harness's bits_per_byte scores a document's text only); val_loss keeps it."""
+    from stlm.data.loader import val_windows
+    from stlm.eval.bpb import evaluate_bpb
+    from stlm.models import build_model
+
+    if embedder == "token":
+        model, tok, _ = tiny_model(context_length=32)
+    else:  # byte-level: still one log-prob per BPE target, so the same rule
+        from stlm.config import ByteLevelConfig
+
+        tok = request.getfixturevalue("gpt2_tok")
+        cfg = ModelConfig(tokenizer="gpt2", embedder="byte_pooled", context_length=32, n_layers=1, d_model=32,
+                          n_heads=2, byte_level=ByteLevelConfig(byte_dim=16, chunk_len=8, encoder_layers=1,
+                                                                decoder_layers=1, n_heads=2))
+        torch.manual_seed(0)
+        model = build_model(cfg, tok).eval()
+    docs = ["To be, or not to be: that is the question.", "Ay, there's the rub.", "Words, words, words."] * 8
+    windows = val_windows(tok.encode_documents(docs), 32, 3)
+    x = torch.cat([w[0].reshape(-1, 32) for w in windows])
+    y = torch.cat([w[1].reshape(-1, 32) for w in windows])
+    with torch.no_grad():
+        nll = -model.token_logprobs(x, y).double()
+    text = y != tok.eot_id
+    n_bytes = int(tok.byte_lengths[y[text].numpy()].sum())
+    assert (~text).sum() >= 3 and n_bytes == len(tok.decode(y[text].tolist()).encode())  # EOT targets are scored
+
+    got = evaluate_bpb(model, windows, tok.byte_lengths, "cpu", batch_size=2)
+    assert got["val_bpb"] == pytest.approx(float(nll[text].sum()) / (math.log(2) * n_bytes), rel=1e-9)
+    assert got["val_loss"] == pytest.approx(float(nll.mean()), rel=1e-9)  # EOT included
+    assert got["val_bpb"] < float(nll.sum()) / (math.log(2) * n_bytes)  # the old rule counted EOT's bits
+
+
 def test_hf_wrapper_without_transformers_says_which_extra_to_install(monkeypatch):
     """(Scoring through transformers is tested in test_hf.py.)"""
     from stlm.eval.hf import HFLM

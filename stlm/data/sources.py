@@ -7,11 +7,18 @@
 
 A Source yields documents (str) for the "train" and "val" splits:
 
-- Sources with their own validation split (generated, tinystories) use it.
-- The others are split by document: a document is held out for val when the hash of
-  (data.split_seed, its text) falls below data.val_fraction. The split is therefore fixed
-  per document, independent of reading order, of max_chars and of the machine. prepare()
-  reads such a corpus once for both splits (Source.splits).
+- Sources with their own validation split (generated, tinystories) use it; data.split does
+  not apply to them and `contiguous` is refused.
+- The others are split by document, as data.split says:
+  hashed (default)  a document is held out for val when the hash of (data.split_seed, its
+                    text) falls below data.val_fraction. The split is therefore fixed per
+                    document, independent of reading order, of max_chars and of the machine.
+  contiguous        nanoGPT's split: the documents that start in the last data.val_fraction of
+                    the corpus's characters are val, everything before them is train (the cut
+                    falls on a document boundary). Needs the corpus's length first, so only
+                    local files (one extra reading pass); a streamed hub corpus is refused.
+  prepare() reads such a corpus once for both splits (Source.splits); data.split is part of
+  the cache key (source_key).
 
 Caps: train reads documents until data.max_chars characters; val until
 val_chars(data) = max(VAL_MIN_CHARS, max_chars * val_fraction), at least 250k characters so
@@ -23,7 +30,9 @@ cut); max_chars=None reads everything (refused for the infinite generated corpus
 Hub datasets are streamed (datasets.load_dataset(..., streaming=True)), so only what is read
 is downloaded. Pin data.revision for reproducibility: it is part of the cache key.
 Local .txt files are split into documents at blank lines (paragraphs), or at newlines when
-the file has no blank line at all.
+the file has no blank line at all. The separators are dropped: they are not part of any
+document, not counted in max_chars or val_fraction and not tokenized; prepare() puts an
+end-of-text token after each document instead, which val_bpb does not score (stlm.eval.bpb).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from stlm.config import CHOICES
 from stlm.errors import StlmError
 from stlm.offline import OFFLINE_HINT, hub_offline, hub_unreachable
 
@@ -52,7 +62,7 @@ class HubSpec:
     path: str
     subset: str | None = None
     train_split: str = "train"
-    val_split: str | None = None  # None: hashed split of train
+    val_split: str | None = None  # None: val is split out of train (data.split)
 
 
 # Short names. babylm_100m is nilq/babylm-100M: a parquet export of the BabyLM 100M-word (strict track)
@@ -81,6 +91,10 @@ def val_chars(data_cfg: "DataConfig") -> int | None:
     return max(VAL_MIN_CHARS, int(data_cfg.max_chars * data_cfg.val_fraction))
 
 
+def _blank(d: str) -> bool:
+    return not d or d.isspace()
+
+
 class _Budget:
     """The cap of one split: it takes documents until it holds >= max_chars characters (None: no cap);
     blank documents are skipped and do not count."""
@@ -93,7 +107,7 @@ class _Budget:
         return self.left is not None and self.left <= 0
 
     def take(self, d: str) -> bool:
-        if not d or d.isspace():
+        if _blank(d):
             return False
         if self.left is not None:
             self.left -= len(d)
@@ -119,6 +133,7 @@ class Source:
         self.name = name
         self.split_seed = data_cfg.split_seed
         self.val_fraction = data_cfg.val_fraction
+        self.split = data_cfg.split
 
     def identity(self) -> dict:
         raise NotImplementedError
@@ -131,6 +146,21 @@ class Source:
         h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(self.split_seed).encode())
         return int.from_bytes(h.digest(), "little") / 2**64 < self.val_fraction
 
+    def _labelled(self) -> Iterator[tuple[bool, str]]:
+        """(is_val, document) over the one stream of a source without its own val split."""
+        if self.split == "hashed":
+            for d in self._stream("train"):
+                yield self.is_val(d), d
+            return
+        # contiguous: val = the documents starting at or after the cut. Blank documents are skipped by
+        # the caps (_Budget), so they do not count here either.
+        cut = (1 - self.val_fraction) * sum(len(d) for d in self._stream("train") if not _blank(d))
+        seen = 0
+        for d in self._stream("train"):
+            yield seen >= cut, d
+            if not _blank(d):
+                seen += len(d)
+
     def documents(self, split: str, max_chars: int | None = None) -> Iterator[str]:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -138,22 +168,23 @@ class Source:
             docs = self._stream(split)
         else:
             want_val = split == "val"
-            docs = (d for d in self._stream("train") if self.is_val(d) == want_val)
+            docs = (d for is_val, d in self._labelled() if is_val == want_val)
         return _capped(docs, max_chars)
 
     def splits(self, train_chars: int | None, val_chars: int | None, spill: Path) -> tuple[Iterator[str], Iterator[str]]:
         """(train, val) documents, the same as documents("train", train_chars) and documents("val",
         val_chars), to be read in that order. A hashed split reads its stream once, not twice (a
         streamed hub corpus is not downloaded again for its 1% of val): train documents are yielded,
-        val documents are written to `spill` (JSON lines) on the way and read back afterwards."""
+        val documents are written to `spill` (JSON lines) on the way and read back afterwards. A
+        contiguous split (local files only) reads it once more before, to count its characters."""
         if self.native_val:
             return self.documents("train", train_chars), self.documents("val", val_chars)
 
         def train() -> Iterator[str]:
             budgets = {"train": _Budget(train_chars), "val": _Budget(val_chars)}
             with open(spill, "w", encoding="utf-8") as out:
-                for d in self._stream("train"):
-                    split = "val" if self.is_val(d) else "train"
+                for is_val, d in self._labelled():
+                    split = "val" if is_val else "train"
                     if budgets[split].full:
                         if all(b.full for b in budgets.values()):
                             return
@@ -272,7 +303,31 @@ def _local_files(path: Path) -> list[Path]:
 
 
 def get_source(data_cfg: "DataConfig") -> Source:
-    """The Source data.source names (see the module docstring for the lookup order)."""
+    """The Source data.source names (see the module docstring for the lookup order), checked against
+    data.split."""
+    splits = CHOICES["data.split"]  # checked here too: a DataConfig built in code skips build_config's check
+    if data_cfg.split not in splits:
+        raise StlmError(f"data.split: {data_cfg.split!r} is not one of {', '.join(splits)}.")
+    source = _resolve(data_cfg)
+    if data_cfg.split == "contiguous":
+        name = data_cfg.source
+        if source.native_val:
+            raise StlmError(
+                f"data.split=contiguous does not apply to data.source={name!r}: it has its own validation "
+                "split, which is used as it is. Remove data.split (or set it to hashed), or use a source "
+                "without a validation split, such as a local file."
+            )
+        if not isinstance(source, LocalSource):
+            raise StlmError(
+                f"data.split=contiguous cannot be used with data.source={name!r}, a hub dataset streamed "
+                "without a validation split: the length of a streamed corpus is not known until all of it "
+                "is read, so its last data.val_fraction cannot be found without downloading it whole. Use "
+                "data.split=hashed, or save the corpus as local files and point data.source at them."
+            )
+    return source
+
+
+def _resolve(data_cfg: "DataConfig") -> Source:
     name = data_cfg.source
     if name == "generated":
         return GeneratedSource(name, data_cfg)
@@ -299,4 +354,6 @@ def source_key(source: Source, data_cfg: "DataConfig") -> dict:
     key = {"identity": source.identity()}
     if not source.native_val:
         key.update(split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction)
+        if data_cfg.split != "hashed":  # absent for hashed: caches made before data.split existed stay valid
+            key["split"] = data_cfg.split
     return key
