@@ -320,3 +320,70 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(1)
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs of the direct children of `pid` (a driver's spawned tokenization workers, among others)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path):
+    """Issue 20, case 4: kill -9 of the driver while its tokenization workers run (before Tune's first
+    save). The workers exit with it, and running the same command again (what a user would do, and
+    what stlm then suggests) prepares the data afresh and completes the sweep: one run per cell, no
+    run left RUNNING, a report."""
+    import yaml
+    from test_sweep_e2e import _child_runs, _kill_group, _start
+
+    path = _fault_sweep(tmp_path, "early", [{"name": "ok", "set": {}}])
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [0]
+    spec["config"]["data"].update(max_chars=3_000_000, num_proc=2, cache_dir=str(tmp_path / "cache"))
+    spec["config"]["train"].update(max_steps=20)
+    path.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "early"
+
+    p = _start([str(path)], tmp_path, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 180
+        workers: list[int] = []
+        while time.monotonic() < deadline and p.poll() is None and len(workers) < 2:
+            workers = [c for c in _children(p.pid) if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            time.sleep(0.2)
+        assert len(workers) == 2, "no tokenization workers seen:\n" + (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(p.pid, signal.SIGKILL)  # the driver alone: its workers are not killed with it
+        p.wait(timeout=30)
+        t_kill = time.monotonic()
+        while any(_alive(w) for w in workers) and time.monotonic() - t_kill < 10:
+            time.sleep(0.2)
+        gone_s = time.monotonic() - t_kill
+        assert not any(_alive(w) for w in workers), "the killed driver's tokenization workers live on"
+    finally:
+        _kill_group(p)
+    assert not (exp_dir / "tune").exists()  # killed before Tune's first save, as in the issue
+
+    again = subprocess.run([sys.executable, "-m", "stlm.sweep", str(path)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=400, env=dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE="disabled"))
+    print(f"tokenization workers gone {gone_s:.1f}s after the driver's kill -9")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "--resume" not in again.stdout.split("experiment dir:")[0], again.stdout[-2000:]  # no dead-end advice
+    client, runs = _child_runs(exp_dir)
+    assert [(r.data.tags["stlm.arm"], r.info.status) for r in runs] == [("ok", "FINISHED")]
+    experiment = client.get_run(runs[0].info.run_id).info.experiment_id
+    assert not client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
+    assert (exp_dir / "report" / "report.md").is_file()
