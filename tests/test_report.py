@@ -96,7 +96,8 @@ def _val_bpb(arm: str, seed: int) -> float:
     return {"A": base, "B": base + B_EFFECT + B_NOISE[seed], "C": base + C_NOISE[seed], "D": base - 0.1}[arm]
 
 
-def _log_trial(client, exp_id, parent_id, sweep, arm, seed, final_bpb, status="finished", params_total=10_000_000, evals=True):
+def _log_trial(client, exp_id, parent_id, sweep, arm, seed, final_bpb, status="finished", params_total=10_000_000, evals=True,
+               extra_params=None):
     from mlflow.entities import Metric, Param, RunTag
 
     run = client.create_run(
@@ -130,6 +131,7 @@ def _log_trial(client, exp_id, parent_id, sweep, arm, seed, final_bpb, status="f
             Metric("eval/arc_easy/acc_stderr", 0.02, 0, 100),
         ]
     params = [Param("params.total", str(params_total)), Param("flops_per_token", str(6 * params_total)), Param("model.d_model", "256")]
+    params += [Param(k, str(v)) for k, v in (extra_params or {}).items()]
     client.log_batch(rid, metrics=metrics, params=params, tags=[RunTag("stlm.git_commit", "abc")])
     if status == "failed":
         client.set_tag(rid, "stlm.error", "RuntimeError: CUDA out of memory")
@@ -341,3 +343,121 @@ def test_terminal_sweep_json_and_report_use_one_rule():
     assert rec["arms"]["rope"]["mean"] == pytest.approx((1.10 + 1.25) / 2)  # best of each cell, not all 4 trials
     assert rec["arms"]["learned"]["diff"] == pytest.approx(((1.20 - 1.10) + (1.29 - 1.25)) / 2)
     assert [r["trial_id"] for r in rows if r["chosen"]] == ["rope01", "rope10", "learned00", "learned11"]
+
+
+# --------------------------------------------------------------------------- a search: the knobs
+
+
+def _searched_bpb(arm: str, seed: int, lr: float) -> float:
+    """val_bpb of a searched trial: a bowl in log10(lr) around 10^-2.5, plus seed and arm effects;
+    weight decay has no effect at all."""
+    return 1.5 + 0.2 * seed + (0.03 if arm == "learned" else 0.0) + 0.4 * (math.log10(lr) + 2.5) ** 2
+
+
+@pytest.fixture(scope="module")
+def searched(store, tmp_path_factory):
+    """A search laid out as a sweep writes it: the parent run made by tracking.start_parent for a real
+    sweep file (2 arms x 2 seeds x 4 samples of train.lr, loguniform over 3 decades, and
+    train.weight_decay, which does not matter), and the trials' sampled values as search.<knob> params."""
+    import random
+
+    import yaml
+
+    from stlm.sweep.report import build_report
+    from stlm.sweep.space import SearchSpace
+    from stlm.sweep.spec import load_sweep
+    from stlm.sweep.tracking import Ledger, start_parent
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path_factory.mktemp("search")
+    spec = yaml.safe_load((repo / "sweeps" / "quickstart.yaml").read_text())
+    spec.update(name="lrsearch", base=str(repo / "configs" / "quickstart.yaml"), tracking={"experiment": "stlm-test"})
+    spec["search"].update(samples=4, params={"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+                                             "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.2}})
+    (root / "lrsearch.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(root / "lrsearch.yaml")
+    client = store["client"]
+    parent = start_parent(client, Ledger(root), sweep, "stlm-test", root, SearchSpace(sweep))
+    rng = random.Random(0)
+    for arm, seed in [(a, s) for _ in range(4) for a, s in sweep.cells]:
+        lr, wd = 10 ** rng.uniform(-4, -1), rng.uniform(0.0, 0.2)
+        _log_trial(client, store["exp_id"], parent, "lrsearch", arm, seed, _searched_bpb(arm, seed, lr), evals=False,
+                   extra_params={"search.train.lr": lr, "search.train.weight_decay": wd, "train.lr": lr})
+    client.set_terminated(parent, "FINISHED")
+    md = build_report(store["uri"], parent, root / "report", metric=None, mode=None)
+    return {"md": md, "parent": parent, "sweep": sweep}
+
+
+def test_search_report_plots_each_knob_and_ranks_the_one_that_matters(searched):
+    md = searched["md"]
+    text, page = md.read_text(), (md.parent / "report.html").read_text()
+    png = (md.parent / "knobs.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 5000
+    assert "](knobs.png)" in text and 'src="knobs.png"' in page and "Search: knob importances" in page
+    lr = _row(text, "Search: knob importances", "train.lr")
+    wd = _row(text, "Search: knob importances", "train.weight_decay")
+    assert float(lr[1]) > 0.5 > float(wd[1])  # val_bpb depends on lr only
+    assert float(lr[1]) + float(wd[1]) == pytest.approx(1.0, abs=2e-3)  # 3 decimals each
+    assert lr[3].startswith("loguniform 0.0001..0.1") and wd[3].startswith("uniform 0..0.2")
+    # the value at each arm's best trial is near the bowl's bottom, 10^-2.5
+    best = dict(cell.split(": ") for cell in lr[2].split(", "))
+    assert set(best) == {"rope", "learned"} and all(abs(math.log10(float(v)) + 2.5) < 0.5 for v in best.values())
+
+
+def test_search_importances_on_the_parent_run(searched, store):
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=store["uri"]).get_run(searched["parent"])  # read back from the sqlite store
+    space = json.loads(run.data.params["sweep.search"])  # what start_parent recorded for the sweep file
+    assert space["train.lr"]["attributes"] == {"low": 1e-4, "high": 0.1, "log": True, "step": None}
+    imp = {k: v for k, v in run.data.metrics.items() if k.startswith("importance/")}
+    assert set(imp) == {"importance/train.lr", "importance/train.weight_decay"}
+    assert sum(imp.values()) == pytest.approx(1.0) and imp["importance/train.lr"] > imp["importance/train.weight_decay"]
+    row = _row(searched["md"].read_text(), "Search: knob importances", "train.lr")
+    assert float(row[1]) == pytest.approx(imp["importance/train.lr"], abs=5e-4)
+
+
+def test_sweep_without_search_says_why_importances_are_absent(report):
+    part = report.read_text().split("## Search: knob importances", 1)[1].split("\n## ", 1)[0]
+    assert "Knob importances are absent because the sweep searched no knob" in part
+    assert not (report.parent / "knobs.png").exists()
+
+
+def test_knob_importances_need_two_trials_that_differ():
+    """Too few finished trials, or a knob that took one value: the section says why, nothing fails."""
+    from stlm.sweep import search_report
+    from stlm.sweep.report import Trial, analyse
+
+    space = json.dumps({"train.lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 0.1, "log": True,
+                                                                                  "step": None}}})
+
+    def analysis(*lrs, status="finished"):
+        trials = [Trial(run_id=f"r{i}", run_name="", arm="A", seed=i, status=status if i else "finished",
+                        params={"search.train.lr": str(lr)}, metrics={"val_bpb": 2.0 + i}) for i, lr in enumerate(lrs)]
+        a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
+        return search_report.analyse_knobs(a, space)
+
+    assert "fewer than 2 finished trials" in analysis(1e-3, 2e-3, status="failed").absent
+    one = analysis(1e-3, 1e-3)
+    assert "no searched knob varies" in one.absent and one.constant == ["train.lr"]
+    two = analysis(1e-3, 1e-2)
+    assert not two.absent and two.importances == {"train.lr": 1.0} and two.knobs[0].log_axis
+
+
+def test_knobs_of_a_sweep_that_recorded_no_space_are_inferred_and_importances_are_seeded():
+    """An older sweep (no sweep.search on its parent run): the knobs are its trials' search.* params, the
+    ranges those seen; fANOVA is seeded, so the same trials give the report the same numbers."""
+    from stlm.sweep import search_report
+    from stlm.sweep.report import Trial, analyse
+
+    trials = [Trial(run_id=f"r{i}", run_name="", arm="AB"[i % 2], seed=i // 2, status="finished",
+                    params={"search.train.lr": str(10 ** (-4 + 0.3 * i)), "search.model.n_layers": str(2 + i % 3),
+                            "search.arch.kv_index": "0", "train.seed": str(i // 2)},
+                    metrics={"val_bpb": 2.0 + (-4 + 0.3 * i + 2.5) ** 2}) for i in range(10)]
+    a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
+    runs = [search_report.analyse_knobs(a, None) for _ in range(2)]
+    r = runs[0]
+    assert [k.name for k in r.knobs] == ["model.n_layers", "train.lr"] and not r.declared  # arch.*, seeds: not knobs
+    assert r.importances == runs[1].importances and r.importances["train.lr"] > r.importances["model.n_layers"]
+    lr = next(k for k in r.knobs if k.name == "train.lr")
+    assert lr.log_axis and lr.searched_range() == "seen 0.0001..0.05012"  # 2.7 decades: log x

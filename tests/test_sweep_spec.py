@@ -262,6 +262,18 @@ def test_every_cell_runs_and_optuna_samples_the_knobs(tmp_path):
     cfg = space.resolve(configs[5])
     assert cfg.train.lr == configs[5]["train.lr"] and cfg.train.seed == configs[5]["seed"]
     assert cfg.model.positional == configs[5]["arm"]
+    _recorded_space_holds(space, configs, ["model.dropout.residual", "train.lr", "train.warmup_steps"])
+
+
+def _recorded_space_holds(space: SearchSpace, configs: list[dict], knobs: list[str]) -> None:
+    """The distributions the parent run records (sweep.search, for the report's importances) name the
+    searched knobs, not the cell, and hold every sampled point (Optuna's create_trial checks it)."""
+    import optuna
+
+    dists = space.distributions()
+    assert sorted(dists) == knobs
+    for c in configs:
+        optuna.trial.create_trial(params={k: c[k] for k in dists}, distributions=dists, value=0.0)
 
 
 def test_architecture_search_never_leaves_the_budget(tmp_path):
@@ -287,6 +299,8 @@ def test_architecture_search_never_leaves_the_budget(tmp_path):
         shapes.add((cfg.model.n_layers, cfg.model.n_heads, cfg.model.kv_heads))
     assert len(shapes) > 5  # the shape really is searched
     assert space.stats["infeasible"] == 0 and space.stats["points"] == 40
+    _recorded_space_holds(space, configs, ["model.ffn_multiple", "model.n_heads", "model.n_kv_heads", "model.n_layers",
+                                           "train.lr"])
 
 
 def test_architecture_bounds_that_cannot_meet_the_budget_are_refused(tmp_path):

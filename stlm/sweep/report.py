@@ -16,6 +16,9 @@ eval/<task>/acc metrics). This module turns them into:
   params.png                final metric against parameter count, one point per trial
   benchmarks.png            benchmark accuracy per arm and task with error bars
   pareto.png                multi-objective sweeps: the Pareto front (metric vs params)
+  knobs.png                 a search: the metric against each searched knob, and the knobs'
+                            importances (Optuna's fANOVA) as a table and parent-run metrics
+                            importance/<knob> (search_report.py)
 
 and logs them to the parent run as artifacts under report/. The statistics live in
 stlm.stats (Student t and power from scipy.stats).
@@ -37,7 +40,7 @@ from typing import Any, Sequence
 
 from stlm import stats
 from stlm.errors import StlmError
-from stlm.sweep import compare
+from stlm.sweep import compare, search_report
 from stlm.sweep.spec import split_sized
 
 CURVE_METRICS = ("val_bpb", "val_loss", "train_loss")  # histories plotted per arm
@@ -181,6 +184,7 @@ class Analysis:
     control_of: dict[str, str] = field(default_factory=dict)  # arm -> its control (the control arm at its size)
     sizes: list[str] = field(default_factory=list)  # size labels of a sized sweep (arm names end in @label)
     record: dict = field(default_factory=dict)  # compare.record of the primary metric: what MLflow and sweep.json get
+    knobs: search_report.KnobReport | None = None  # the searched knobs and their importances (build_report sets it)
 
     def is_control(self, arm: str) -> bool:
         return self.control_of.get(arm, self.control) == arm
@@ -684,6 +688,7 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
         blocks.append(("p", "", "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope is "
                                 "of the paired difference (arm − control, same size and seed) against log(parameters), "
                                 "with its 95% t interval (scipy.stats.linregress)."))
+    blocks += search_report.sections(a)
     blocks.append(("table", "Final metrics per arm (mean, sd, 95% interval across seeds)", metrics_table(a)))
     if len(a.arms) > 1:
         blocks.append(("table", "Paired differences against the control arm at the same size" if a.sizes else
@@ -779,6 +784,7 @@ def build_report(
     trials = load_trials(client, parent, tracking_uri)
     a = analyse(trials, name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri, metrics=metrics, modes=modes,
                 control=control, order=_tag_list(params.get("sweep.arms")), sizes=_tag_list(params.get("sweep.sizes")))
+    a.knobs = search_report.analyse_knobs(a, params.get(search_report.SPACE_PARAM))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -791,6 +797,8 @@ def build_report(
         (plot_scale, "scale.png", f"{a.primary} vs parameters per arm with power-law fits"),
         (plot_benchmarks, "benchmarks.png", "Benchmark accuracy per arm and task"),
         (plot_pareto, "pareto.png", "Pareto front"),
+        (search_report.plot_knobs, "knobs.png", f"{a.primary} against each searched knob, one point per trial "
+                                                "(ringed: each arm's best)"),
     ):
         if fn(a, out / file) is not None:
             images.append((file, cap))
@@ -806,7 +814,7 @@ def build_report(
             client.log_artifact(parent_run_id, str(f), artifact_path="report")
         from stlm.sweep.tracking import log_comparison
 
-        log_comparison(client, parent_run_id, compare.mlflow_metrics(a.record))
+        log_comparison(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()})
     return md
 
 

@@ -82,6 +82,25 @@ class SearchSpace:
             return None
         return self._suggest_arch(trial, arm)
 
+    def distributions(self) -> dict:
+        """knob -> the Optuna distribution it is searched over, named as the trials' configs (and their
+        MLflow params search.<knob>) name it: what the report's importances are computed over. Arm and
+        seed are the cells, not knobs; the architecture's kv index is reported as model.n_kv_heads."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        out = {key: distribution(p) for key, p in self.params.items()}
+        b = self.arch
+        if b is not None:
+            out["model.n_layers"] = IntDistribution(*b.n_layers)
+            out["model.n_heads"] = CategoricalDistribution(b.n_heads)
+            if b.kv_heads:
+                out["model.n_kv_heads"] = CategoricalDistribution(
+                    sorted({kv for h in b.n_heads for kv in self._kv_options(h, True)}))
+            out["model.ffn_multiple"] = FloatDistribution(*b.ffn_multiple)
+            if b.lr is not None:
+                out["train.lr"] = FloatDistribution(*b.lr, log=True)
+        return out
+
     def sampler(self):
         import optuna
 
@@ -282,11 +301,23 @@ class SearchSpace:
         return good, n
 
 
-def _suggest(trial, key: str, p: ParamSpec):
+def distribution(p: ParamSpec):
+    """A searched knob as the Optuna distribution the sweep samples it from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if p.type == "loguniform":
-        return trial.suggest_float(key, p.low, p.high, log=True)
+        return FloatDistribution(p.low, p.high, log=True)
     if p.type == "uniform":
-        return trial.suggest_float(key, p.low, p.high, step=p.step)
+        return FloatDistribution(p.low, p.high, step=p.step)
     if p.type == "int":
-        return trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1))
-    return trial.suggest_categorical(key, p.choices)
+        return IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+    return CategoricalDistribution(p.choices)
+
+
+def _suggest(trial, key: str, p: ParamSpec):
+    d = distribution(p)
+    if p.type in ("loguniform", "uniform"):
+        return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+    if p.type == "int":
+        return trial.suggest_int(key, d.low, d.high, step=d.step)
+    return trial.suggest_categorical(key, d.choices)

@@ -17,6 +17,9 @@ so trials keep training and reporting while the tracking server is away or resta
 queued is also in <exp>/mlflow_outbox.jsonl until written, and `--resume` writes what a stopped
 driver could not.
 
+Parent run: tags stlm.sweep, stlm.control_arm, stlm.metric, stlm.status; params sweep.* (sweep.search:
+the searched knobs as Optuna distributions, JSON, for the report's importances); the sweep file.
+
 Child run: tags mlflow.parentRunId, stlm.sweep, stlm.arm, stlm.seed, stlm.trial_id, stlm.status
 (running/finished/failed/stopped), stlm.git_commit (+ stlm.error on failure); params: the
 flattened resolved config, params.total, flops_per_token; metrics: every reported number at
@@ -82,6 +85,8 @@ class Ledger:
 
 def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, space) -> str:
     """The sweep's parent run (reused on resume)."""
+    from stlm.sweep import search_report
+
     run_id = ledger.data.get("parent_run_id")
     if run_id and T.reopen_run(client, run_id):
         client.set_tag(run_id, "stlm.status", "running")
@@ -100,6 +105,7 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
         "sweep.budget": spec.budget.target if spec.budget else None, "sweep.experiment_dir": str(exp_dir),
         **({"sweep.sizes": ",".join(str(a.name).rpartition("@")[2] for a in sweep.arms if a.base == sweep.arms[0].base)}
            if spec.budget is not None and spec.budget.sized else {}),  # arm names end in @size; the report pairs within one
+        **search_report.parent_params(space),  # sweep.search: the searched knobs' distributions, for their importances
     })
     client.log_text(run_id, sweep.path.read_text(), "sweep.yaml")
     ledger.data["parent_run_id"] = run_id

@@ -1,0 +1,343 @@
+"""The search part of `stlm report`: the metric against each searched knob, and the knobs' importances.
+
+  knobs.png     the primary metric against each searched knob, one point per finished trial,
+                coloured by arm (log x for a log-scale knob or one spanning >= 2 decades;
+                categorical knobs as categories); each arm's best trial is ringed
+  a table       "Search: knob importances": Optuna's own fANOVA importances
+                (optuna.importance.get_param_importances, seeded) over an in-memory study of
+                the finished trials, the best value found per arm and the range searched
+  metrics       importance/<knob> on the sweep's parent run
+
+Which knobs were searched, and over what: the sweep records its space on the parent run as the
+param `sweep.search` (Optuna distributions as JSON, see parent_params). A trial's sampled values
+are its params `search.<knob>`. For a sweep that recorded no space the knobs are the `search.*`
+params, else the params that vary between the trials of one arm, with ranges from the values seen.
+Arm and seed are the cells of the sweep, never knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stlm.sweep.report import Analysis, Trial
+
+SPACE_PARAM = "sweep.search"  # parent-run param: {knob: optuna distribution JSON}
+VALUE_PREFIX = "search."  # child-run params: search.<knob> = the value the trial used
+# never knobs: the cell, and what the sweep derives from a trial's config
+NOT_KNOBS = {"arm", "seed", "train.seed", "sweep.arm", "sweep.seed", "flops_per_token"}
+NOT_KNOB_PREFIXES = ("params.", "sweep.", "arch.")
+IMPORTANCE_SEED = 0  # fANOVA's random forest: the same trials give the same importances
+
+
+# --------------------------------------------------------------------------- the recorded space
+
+
+def parent_params(space) -> dict[str, str]:
+    """{'sweep.search': JSON} for the sweep's parent run: the searched knobs as Optuna distributions
+    (SearchSpace.distributions). Nothing when nothing is searched or the JSON would not fit a param."""
+    from optuna.distributions import distribution_to_json
+
+    from stlm.tracking import MAX_PARAM_CHARS
+
+    dists = space.distributions()
+    if not dists:
+        return {}
+    try:
+        text = json.dumps({k: json.loads(distribution_to_json(d)) for k, d in dists.items()}, sort_keys=True)
+    except (TypeError, ValueError):  # categorical choices JSON cannot hold: the report infers the space instead
+        return {}
+    return {SPACE_PARAM: text} if len(text) <= MAX_PARAM_CHARS else {}
+
+
+def decode_space(text: str | None) -> dict | None:
+    """The parent run's `sweep.search` back as {knob: distribution}; None when absent or unreadable."""
+    if not text:
+        return None
+    from optuna.distributions import json_to_distribution
+
+    try:
+        return {k: json_to_distribution(json.dumps(v)) for k, v in json.loads(text).items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # an old or truncated record: the knobs are inferred from the trials instead
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+@dataclass
+class Knob:
+    name: str
+    dist: Any  # optuna BaseDistribution (declared, or inferred from the values)
+    declared: bool
+    values: dict[str, Any] = field(default_factory=dict)  # run_id -> the value the trial used
+
+    @property
+    def categorical(self) -> bool:
+        from optuna.distributions import CategoricalDistribution
+
+        return isinstance(self.dist, CategoricalDistribution)
+
+    @property
+    def log_axis(self) -> bool:
+        """Log x: searched on a log scale, or positive values spanning two decades or more."""
+        if self.categorical:
+            return False
+        if getattr(self.dist, "log", False):
+            return True
+        xs = [float(v) for v in self.values.values()]
+        return bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 100
+
+    def searched_range(self) -> str:
+        seen = [self.values[k] for k in self.values]
+        observed = ("seen " + ", ".join(dict.fromkeys(map(str, seen))) if self.categorical
+                    else f"seen {_num(min(seen))}..{_num(max(seen))}")
+        if not self.declared:
+            return observed
+        d = self.dist
+        if self.categorical:
+            return f"categorical [{', '.join(map(str, d.choices))}]"
+        kind = "int" if type(d).__name__ == "IntDistribution" else "loguniform" if d.log else "uniform"
+        step = f" step {_num(d.step)}" if getattr(d, "step", None) not in (None, 1) else ""
+        return f"{kind} {_num(d.low)}..{_num(d.high)}{step} ({observed})"
+
+
+@dataclass
+class KnobReport:
+    knobs: list[Knob]  # the searched knobs that vary across the finished trials
+    importances: dict[str, float]  # knob -> fANOVA importance (sums to 1); empty when absent
+    n_trials: int  # finished trials the importances are computed over
+    absent: str = ""  # why there are no importances
+    constant: list[str] = field(default_factory=list)  # searched, but one value in every trial
+    declared: bool = True  # the space came from the parent run (else inferred from the trials)
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        from stlm.sweep.compare import mlflow_key
+
+        return {mlflow_key("importance", k): float(v) for k, v in self.importances.items()}
+
+
+def analyse_knobs(a: Analysis, space_text: str | None) -> KnobReport:
+    """The searched knobs of the finished trials and Optuna's importances of them for a.primary."""
+    space = decode_space(space_text)
+    trials = [t for t in a.finished if _finite(t.value(a.primary))]
+    names = list(space) if space is not None else _inferred_names(a.finished)
+    if not names:
+        why = ("the sweep searched no knob (its parent run records no search space and no param varies "
+               "between the trials of an arm)" if space is None else "the sweep searched no knob")
+        return KnobReport([], {}, 0, absent=why, declared=space is not None)
+
+    knobs, constant = [], []
+    for name in names:
+        raw = {t.run_id: _param(t, name) for t in trials}
+        raw = {k: v for k, v in raw.items() if v is not None}
+        if not raw:
+            constant.append(name)
+            continue
+        dist = space[name] if space is not None else _infer(list(raw.values()))
+        knob = Knob(name, dist, space is not None)
+        for rid, text in raw.items():
+            knob.values[rid] = _parse(knob, text)
+        knob.dist = _fit(knob.dist, list(knob.values.values()))  # a value outside the record (a changed range)
+        if len({repr(v) for v in knob.values.values()}) > 1:
+            knobs.append(knob)
+        else:
+            constant.append(name)
+    report = KnobReport(knobs, {}, 0, constant=constant, declared=space is not None)
+    usable = [t for t in trials if all(t.run_id in k.values for k in knobs)]
+    report.n_trials = len(usable)
+    if len(trials) < 2:
+        report.absent = f"fewer than 2 finished trials have {a.primary} ({len(trials)} of {len(a.finished)} finished)"
+    elif not knobs:
+        report.absent = (f"no searched knob varies across the finished trials ({', '.join(constant)}: "
+                         "one value, or none recorded)")
+    elif len(usable) < 2:
+        report.absent = (f"fewer than 2 finished trials have {a.primary} and every knob's value "
+                         f"({len(usable)} of {len(a.finished)} finished)")
+    elif len({t.value(a.primary) for t in usable}) < 2:
+        report.absent = f"every finished trial has the same {a.primary}: there is no variance to attribute"
+    else:
+        report.importances = importances(usable, knobs, a.primary, a.modes[0])
+    return report
+
+
+def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) -> dict[str, float]:
+    """optuna.importance.get_param_importances (fANOVA, seeded) over an in-memory study of the trials."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    dists = {k.name: k.dist for k in knobs}
+    study.add_trials([optuna.trial.create_trial(params={k.name: k.values[t.run_id] for k in knobs},
+                                                distributions=dists, value=t.value(metric)) for t in trials])
+    got = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED))
+    return {k: float(v) for k, v in got.items()}
+
+
+def best_per_arm(a: Analysis) -> dict[str, Trial]:
+    """Each arm's best finished trial on the primary metric, over all its seeds and samples."""
+    sign = 1.0 if a.modes[0] == "min" else -1.0
+    out: dict[str, Trial] = {}
+    for t in a.finished:
+        v = t.value(a.primary)
+        if _finite(v) and (t.arm not in out or sign * v < sign * out[t.arm].value(a.primary)):
+            out[t.arm] = t
+    return out
+
+
+# --------------------------------------------------------------------------- report blocks and plot
+
+
+TITLE = "Search: knob importances"
+
+
+def sections(a: Analysis) -> list[tuple[str, str, Any]]:
+    """The report's blocks (report._sections' format): the importance table, or why it is absent."""
+    r: KnobReport | None = getattr(a, "knobs", None)
+    if r is None:
+        return []
+    if r.absent:
+        return [("p", TITLE, f"Knob importances are absent because {r.absent}.")]
+    best = best_per_arm(a)
+    word = "lowest" if a.modes[0] == "min" else "highest"
+    head = ["knob", "importance", f"value at the {word} {a.primary}" + (" per arm" if len(a.arms) > 1 else ""),
+            "range searched"]
+    rows = []
+    for k in sorted(r.knobs, key=lambda k: -r.importances.get(k.name, 0.0)):
+        at = [(arm, best[arm].run_id) for arm in a.arms if arm in best and best[arm].run_id in k.values]
+        cell = ", ".join(f"{arm}: {_num(k.values[rid])}" if len(a.arms) > 1 else _num(k.values[rid]) for arm, rid in at)
+        rows.append([k.name, f"{r.importances.get(k.name, 0.0):.3f}", cell or "n/a", k.searched_range()])
+    note = (f"fANOVA importances of the searched knobs for {a.primary} (optuna.importance.get_param_importances, "
+            f"FanovaImportanceEvaluator(seed={IMPORTANCE_SEED})) over an in-memory Optuna study of {r.n_trials} "
+            f"finished trials, all arms and seeds together: the share of {a.primary}'s variance each knob explains, "
+            "summing to 1; arm and seed are not knobs, so their effects count as noise."
+            + ("" if r.declared else " The sweep recorded no search space (parent param sweep.search): the knobs "
+               "and their ranges are inferred from the trials' params.")
+            + (f" Searched but without two values among the finished trials: {', '.join(r.constant)}."
+               if r.constant else "")
+            + (" With this few trials the importances are rough." if r.n_trials < 10 else ""))
+    return [("table", TITLE, (head, rows)), ("p", "", note)]
+
+
+def plot_knobs(a: Analysis, path: Path) -> Path | None:
+    """The primary metric against each searched knob, one point per finished trial, coloured by arm."""
+    r: KnobReport | None = getattr(a, "knobs", None)
+    if r is None or not r.knobs:
+        return None
+    from stlm.sweep.report import _colors, _plt, _save
+
+    plt, colors, best = _plt(), _colors(a.arms), best_per_arm(a)
+    ncol = min(3, len(r.knobs))
+    nrow = math.ceil(len(r.knobs) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
+    for ax, k in zip(axes.flat, r.knobs):
+        cats = [c for c in k.dist.choices if any(v == c for v in k.values.values())] if k.categorical else []
+        pos = {repr(c): i for i, c in enumerate(cats)}
+        for j, arm in enumerate(a.arms):
+            shift = (j - (len(a.arms) - 1) / 2) * min(0.12, 0.6 / len(a.arms))  # arms side by side in a category
+            pts = [(t, k.values[t.run_id]) for t in a.finished if t.arm == arm and t.run_id in k.values
+                   and _finite(t.value(a.primary))]
+            if not pts:
+                continue
+            xs = [pos[repr(v)] + shift if k.categorical else float(v) for _, v in pts]
+            ys = [t.value(a.primary) for t, _ in pts]
+            ax.scatter(xs, ys, color=colors[arm], s=26, alpha=0.85, label=arm)
+            top = [(x, y) for (t, _), x, y in zip(pts, xs, ys) if best.get(arm) is t]
+            if top:  # the arm's best trial
+                ax.scatter(*zip(*top), facecolors="none", edgecolors="black", s=90, lw=1.0)
+        if k.categorical:
+            ax.set_xticks(range(len(cats)), [str(c) for c in cats])
+        elif k.log_axis:
+            ax.set_xscale("log")
+        imp = r.importances.get(k.name)
+        ax.set_title(k.name + (f" (importance {imp:.2f})" if imp is not None else ""), fontsize=9)
+        ax.set_xlabel(k.name)
+        ax.set_ylabel(a.primary)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(r.knobs):]:
+        ax.set_visible(False)
+    axes[0][0].legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _finite(v) -> bool:
+    return v is not None and not math.isnan(v)
+
+
+def _num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _param(t: Trial, name: str) -> str | None:
+    """The value a trial used: its search.<knob> param, else the knob in its flattened config."""
+    return t.params.get(VALUE_PREFIX + name, t.params.get(name))
+
+
+def _inferred_names(trials: list[Trial]) -> list[str]:
+    """A sweep that recorded no space: its search.* params, else the params varying within an arm."""
+    names = sorted({k[len(VALUE_PREFIX):] for t in trials for k in t.params if k.startswith(VALUE_PREFIX)})
+    if not names:
+        by_arm: dict[str, dict[str, set]] = {}
+        for t in trials:
+            for k, v in t.params.items():
+                by_arm.setdefault(t.arm, {}).setdefault(k, set()).add(v)
+        names = sorted({k for seen in by_arm.values() for k, vs in seen.items() if len(vs) > 1})
+    return [n for n in names if n not in NOT_KNOBS and not n.startswith(NOT_KNOB_PREFIXES)]
+
+
+def _number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _infer(texts: list[str]):
+    """A distribution for values seen as param strings: ints, floats (log when >= 2 decades) or categories."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    nums = [_number(s) for s in texts]
+    if texts and all(x is not None for x in nums):
+        if all(float(x).is_integer() and "." not in s and "e" not in s.lower() for x, s in zip(nums, texts)):
+            return IntDistribution(int(min(nums)), int(max(nums)))
+        lo, hi = min(nums), max(nums)
+        return FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100) if lo < hi else FloatDistribution(lo, lo)
+    return CategoricalDistribution(sorted(set(texts)))
+
+
+def _parse(knob: Knob, text: str) -> Any:
+    """A param string back as the distribution's value (MLflow keeps params as text)."""
+    from stlm.tracking import _param_value
+
+    if knob.categorical:
+        return next((c for c in knob.dist.choices if _param_value(c) == text or str(c) == text), text)
+    x = _number(text)
+    if x is None:
+        return text
+    return int(x) if type(knob.dist).__name__ == "IntDistribution" else x
+
+
+def _fit(dist, values: list):
+    """`dist` widened to hold every value the trials used (Optuna refuses a trial outside its distribution)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not values:
+        return dist
+    if isinstance(dist, CategoricalDistribution) or any(isinstance(v, str) for v in values):
+        choices = list(dist.choices) if isinstance(dist, CategoricalDistribution) else []
+        return CategoricalDistribution(choices + [v for v in dict.fromkeys(values) if v not in choices])
+    if all(dist._contains(dist.to_internal_repr(v)) for v in values):
+        return dist
+    lo, hi = min(dist.low, *values), max(dist.high, *values)
+    if isinstance(dist, IntDistribution):
+        return IntDistribution(int(lo), int(hi), log=dist.log and lo > 0)
+    return FloatDistribution(lo, hi, log=dist.log and lo > 0)
