@@ -68,6 +68,20 @@ def test_unreachable_address_fails_in_bounded_time(tmp_path):
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_tracking_server_that_does_not_answer_is_named_before_anything_starts(tmp_path):
+    """Without this check MLflow's client retried a dead server for 4 min 16 s, then a traceback (exit 1)."""
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    p = _stlm("sweep", REPO / "sweeps/quickstart.yaml", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    assert time.monotonic() - t0 < 60
+    _refused(p, f"MLflow tracking server http://127.0.0.1:{port}", "does not answer", "sqlite:///")
+    assert sorted(x.name for x in tmp_path.iterdir()) == []  # no sweep_runs/, no mlflow.db
+
+
 def test_small_refusals(tmp_path):
     (tmp_path / "empty.yaml").write_text("# nothing yet\n")
     _refused(_stlm("train", tmp_path / "empty.yaml", cwd=tmp_path), "is empty", "section")

@@ -134,6 +134,15 @@ def resolve_tracking_uri(cli: str | None, sweep: Sweep) -> str:
     return tracking_uri(cli or sweep.arms[0].cfg.tracking.uri)
 
 
+def sweep_tracking_uri(args, exp_dir: Path, sweep: Sweep) -> str:
+    """--tracking-uri, else (on --resume) the one the sweep started with, else the config's / $MLFLOW_TRACKING_URI."""
+    from stlm.tracking import tracking_uri
+
+    old = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
+    return tracking_uri(args.tracking_uri or (old.get("tracking_uri") if args.resume else None)
+                        or resolve_tracking_uri(None, sweep))
+
+
 def absolutize(sweep: Sweep) -> None:
     """Relative paths in the config are relative to the driver's cwd; workers run elsewhere."""
     import dataclasses
@@ -370,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(sweep, space), flush=True)
     from stlm.sweep import preflight
 
-    preflight.check(sweep, attached=bool(address))  # every problem at once; nothing written yet
+    preflight.check(sweep, attached=bool(address), tracking_uri=sweep_tracking_uri(args, exp_dir, sweep))
     where = (f"the cluster at {address} is checked once connected" if address
              else "each trial's request fits this machine")
     print(f"pre-flight: data, tokenizers and eval data found; {where}.")
@@ -507,9 +516,7 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None,
     from stlm import tracking as T
     from stlm.sweep.tracking import Ledger, start_parent
 
-    old = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
-    uri = args.tracking_uri or (old.get("tracking_uri") if args.resume else None) or resolve_tracking_uri(None, sweep)
-    uri = T.tracking_uri(uri)
+    uri = sweep_tracking_uri(args, exp_dir, sweep)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     experiment = sweep.arms[0].cfg.tracking.experiment
     client = T.mlflow_client(uri)

@@ -32,17 +32,18 @@ GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vo
              "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
 
 
-def check(sweep, *, attached: bool = False) -> None:
-    found = problems(sweep, attached=attached)
+def check(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> None:
+    found = problems(sweep, attached=attached, tracking_uri=tracking_uri)
     if found:
         lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(found, 1))
         raise StlmError(f"pre-flight found {len(found)} problem{'s' if len(found) > 1 else ''} in sweep "
                         f"{sweep.name!r}; nothing was started or written:\n{lines}")
 
 
-def problems(sweep, *, attached: bool = False) -> list[str]:
-    """Every problem found, in order: data, tokenizer, eval (each distinct setting once), resources."""
-    found: list[str] = []
+def problems(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> list[str]:
+    """Every problem found, in order: tracking server, data, tokenizer, eval (each distinct setting once),
+    resources."""
+    found: list[str] = _tracking(tracking_uri)
     checks = (("data", lambda c: repr(c.data), _data),
               ("tokenizer", lambda c: (c.model.tokenizer, c.data.gpt2_vocab_file), _tokenizer),
               ("eval", lambda c: repr(c.eval), _eval))
@@ -56,6 +57,22 @@ def problems(sweep, *, attached: bool = False) -> list[str]:
     if not attached:
         found += _local_resources(sweep)
     return found
+
+
+# --------------------------------------------------------------------------- tracking server
+
+
+def _tracking(uri: str | None) -> list[str]:
+    """An http(s) tracking server must answer now: MLflow's client would retry a dead one for about
+    4 minutes and then fail with a traceback."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return []
+    why = unreachable(uri)
+    if why is None:
+        return []
+    return [f"the MLflow tracking server {uri} (--tracking-uri / tracking.uri / $MLFLOW_TRACKING_URI) does not "
+            f"answer: {why}. Start it (cluster/l40.yaml starts `mlflow server` on the head), or log to a local "
+            f"file with --tracking-uri sqlite:///mlflow.db."]
 
 
 # --------------------------------------------------------------------------- data and tokenizer
