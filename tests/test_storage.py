@@ -163,6 +163,22 @@ def test_the_mirror_follows_the_last_session(s3_server, tmp_path, monkeypatch):
     assert not [k for k in s3_server.keys("sweeps/") if ".stlm-probe" in k]  # the probe leaves nothing
 
 
+def test_stlm_eval_finds_a_checkpoint_in_the_bucket(s3_server, tmp_path):
+    """A sweep's trial run tags its checkpoints' s3:// URI; `stlm eval RUN_ID` downloads them."""
+    from mlflow.tracking import MlflowClient
+
+    from stlm.eval.__main__ import resolve_run
+
+    for name in ("step_000010-0a1b2c3d/model.pt", "step_000010-0a1b2c3d/meta.json", "checkpoint_manager_snapshot.json"):
+        s3_server.client().put_object(Bucket=BUCKET, Key=f"sweeps/e/train/t1/{name}", Body=b"x")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("e"), tags={"stlm.checkpoint": f"s3://{BUCKET}/sweeps/e/train/t1"})
+    local = resolve_run(run.info.run_id, uri)
+    assert (local / "step_000010-0a1b2c3d" / "model.pt").read_bytes() == b"x"
+    assert resolve_run(run.info.run_id, uri) == local  # downloaded once
+
+
 SWEEP_STEPS = 40
 
 
@@ -181,6 +197,10 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
     point Tune received, none twice."""
     spec = yaml.safe_load(TINY_SWEEP)
     spec["config"]["train"]["max_steps"] = SWEEP_STEPS
+    benchmarks = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+    eval_on = (benchmarks / "blimp").is_dir()
+    if eval_on:  # items written on the worker node, uploaded, logged to MLflow by the driver
+        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(benchmarks)}
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     prefix = "sweeps/two_node"
@@ -237,6 +257,8 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
         ckpts = {k.split("/")[4] for k in keys if k.startswith(f"{prefix}/train/{tid}/step_")}
         assert 1 <= len(ckpts) <= 2 and any(c.startswith(f"step_{SWEEP_STEPS:06d}") for c in ckpts), ckpts
         assert f"{prefix}/trials/{tid}/config.yaml" in keys
+        if eval_on:
+            assert keys.get(f"{prefix}/trials/{tid}/eval/items.jsonl", 0) > 0, sorted(keys)
     assert any(k.startswith(f"{prefix}/data/") and k.endswith("/manifest.json") for k in keys)
     total_bytes = sum(keys.values())
 
@@ -258,6 +280,9 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
         assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
         assert _points(client, c.info.run_id)["val_bpb"] == list(range(2, SWEEP_STEPS + 1, 2))
         assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
+        if eval_on:
+            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+            assert [a.path for a in client.list_artifacts(c.info.run_id, "eval")] == ["eval/items.jsonl"]
         resumed_from[tid] = int(c.data.metrics.get("resumed_from_step", -1))
     print(f"s3 sweep: {total_s:.0f}s in all; resumed from the bucket and finished {resume_s:.0f}s after the kill; "
           f"steps at the kill {steps_at_kill}, resumed from {resumed_from}; {len(keys)} objects, "

@@ -189,10 +189,12 @@ def worker_loop(lc: dict) -> None:
         if world_size > 1 and not isinstance(e, NonFiniteLossError):
             raise
     finally:
-        if st.remote:
+        if st.remote:  # the downloaded checkpoints and rank 0's staged ones: the bucket keeps them
             import shutil
 
-            shutil.rmtree(storage, ignore_errors=True)  # the downloaded checkpoints (the bucket keeps them)
+            shutil.rmtree(storage, ignore_errors=True)
+            if rank == 0:
+                shutil.rmtree(Path(cfg.train.out_dir), ignore_errors=True)
 
 
 HISTORY_FILE = "stlm_reports.jsonl"
