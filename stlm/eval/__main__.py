@@ -53,7 +53,15 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     tag = run.data.tags.get("stlm.checkpoint")
     if tag:
         tried.append(f"tag stlm.checkpoint={tag}")
-        if Path(tag).exists():
+        from stlm.sweep import storage
+
+        if storage.is_remote(tag):  # a sweep's run in an object store: its checkpoints, downloaded once
+            import hashlib
+
+            local = storage.cache_root() / "downloads" / hashlib.sha1(tag.encode()).hexdigest()[:12]
+            if local.is_dir() or storage.Storage(tag, bucket_ok=True).download("", local) is not None:
+                return local
+        elif Path(tag).exists():
             return Path(tag)
     for art in client.list_artifacts(run_id):
         if not art.is_dir:

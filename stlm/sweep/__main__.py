@@ -295,13 +295,14 @@ def _fmt(v, spec: str = ".3g") -> str:
 
 
 def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment: str, parent_run_id: str | None,
-                     extra: dict | None = None) -> Path:
+                     extra: dict | None = None, *, where: str | None = None) -> Path:
+    """<exp>/sweep.json (`where`: the experiment directory as the user named it, an s3:// URI included)."""
     data = {
         "name": sweep.name, "tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent_run_id,
         "metric": sweep.spec.metrics[0] if not sweep.spec.multi_objective else sweep.spec.metrics,
         "mode": sweep.spec.modes[0] if not sweep.spec.multi_objective else sweep.spec.modes,
         "control_arm": sweep.control_arm, "arms": [a.name for a in sweep.arms], "seeds": list(sweep.spec.seeds),
-        "spec_path": str(sweep.path), "overrides": list(sweep.overrides), "experiment_dir": str(exp_dir),
+        "spec_path": str(sweep.path), "overrides": list(sweep.overrides), "experiment_dir": where or str(exp_dir),
         "num_trials": sweep.num_trials,
         "arm_settings": {a.name: a.settings for a in sweep.arms},
         "arm_params": {a.name: a.count.total for a in sweep.arms},
@@ -315,14 +316,29 @@ def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
+    from stlm.sweep import storage
+
+    storage.changed(path)  # an object-store experiment dir: uploaded within seconds (and at the end)
     return path
 
 
 # --------------------------------------------------------------------------- main
 
 
-def sweep_state(exp_dir: Path) -> str:
-    """empty | planned (plan written, Tune never saved a state: nothing to continue) | started | other."""
+def sweep_state(exp_dir: Path, store=None) -> str:
+    """empty | planned (plan written, Tune never saved a state: nothing to continue) | started | other.
+    With `store` in an object store, the bucket is asked (exp_dir is only its mirror)."""
+    if store is not None and store.remote:
+        import fnmatch
+
+        from stlm.sweep.storage import SESSION_FILE
+
+        names = [n for n in store.names() if n != SESSION_FILE]
+        if not names:
+            return "empty"
+        if fnmatch.filter(store.names("tune"), "experiment_state-*.json"):
+            return "started"
+        return "planned" if PLAN_FILE in names else "other"
     if not exp_dir.is_dir():
         return "empty"
     entries = [p for p in exp_dir.iterdir() if not p.name.endswith(".lock")]  # a driver's lock is not a sweep
@@ -349,26 +365,33 @@ def main(argv: list[str] | None = None) -> int:
     guard = Interrupts.install()  # SIGINT and SIGTERM: a clean stop at any phase, bounded in time
 
     sweep = load_sweep(args.sweep, args.overrides)
-    exp_dir = Path(args.experiment_dir or Path("sweep_runs") / sweep.name).expanduser().resolve()
-    state = sweep_state(exp_dir)
+    from stlm.sweep import storage
+
+    store = storage.open(args.experiment_dir or Path("sweep_runs") / sweep.name)
+    if store.remote:  # the bucket answers (bounded), before its state is read
+        from stlm.sweep import preflight
+
+        preflight.check_storage(store)
+    exp_dir = store.local  # the directory itself, or this machine's mirror of an object store's
+    state = sweep_state(exp_dir, store)
     address = args.address or os.environ.get("RAY_ADDRESS")
 
     if args.resume:
         if state in ("empty", "other"):
-            raise StlmError(f"--resume: {exp_dir} holds no sweep to continue (no {PLAN_FILE}). Start it with: "
-                            f"{rerun_command(sweep, exp_dir)}")
+            raise StlmError(f"--resume: {store} holds no sweep to continue (no {PLAN_FILE}). Start it with: "
+                            f"{rerun_command(sweep, store)}")
         if args.overrides:
             print("note: --resume continues the sweep as it was planned; the overrides given now are ignored.")
-        sweep = pickle.loads((exp_dir / PLAN_FILE).read_bytes())
+        sweep = pickle.loads(store.read_bytes(PLAN_FILE) if store.remote else (exp_dir / PLAN_FILE).read_bytes())
     else:
         absolutize(sweep)
         if not (args.dry_run or args.overwrite):
             if state == "started":
-                raise StlmError(f"The experiment directory {exp_dir} already holds a sweep that has started. Continue "
-                                f"it with: {rerun_command(sweep, exp_dir, '--resume', overrides=False)} ; or start "
+                raise StlmError(f"The experiment directory {store} already holds a sweep that has started. Continue "
+                                f"it with: {rerun_command(sweep, store, '--resume', overrides=False)} ; or start "
                                 "afresh with --overwrite, or choose another --experiment-dir.")
             if state == "other":
-                raise StlmError(f"The experiment directory {exp_dir} holds files that are not a sweep's; choose another "
+                raise StlmError(f"The experiment directory {store} holds files that are not a sweep's; choose another "
                                 "--experiment-dir, or pass --overwrite to delete them.")
     for note in getattr(sweep, "notes", []):
         print(f"note: {note}")
@@ -391,21 +414,32 @@ def main(argv: list[str] | None = None) -> int:
         _start_ray(address, exp_dir, args, sweep)
     from stlm.sweep.lock import hold
 
-    hold(exp_dir)  # one driver per experiment directory: taken before --overwrite deletes anything
+    hold(exp_dir, store)  # one driver per experiment directory: taken before --overwrite deletes anything
+    store.start_session(resume=args.resume or state != "empty")  # an object store: its driver files, here
     restart = args.resume and state == "planned"
     if restart:
-        print(f"note: {exp_dir} holds a sweep that was stopped before its first saved state; it starts again "
+        print(f"note: {store} holds a sweep that was stopped before its first saved state; it starts again "
               "from its plan (no trial had finished).")
     if not args.resume and state != "empty":
         if state == "planned" and not args.overwrite:
-            print(f"note: {exp_dir} holds a sweep that was stopped before its first saved state; starting afresh.")
+            print(f"note: {store} holds a sweep that was stopped before its first saved state; starting afresh.")
         supersede(exp_dir, delete_runs=state == "planned")
-        shutil.rmtree(exp_dir)
+        if store.remote:
+            for name in store.names():
+                store.delete(name)
+            store.clear_mirror()
+            store.start_session(resume=False)
+        else:
+            shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (exp_dir / PLAN_FILE).write_bytes(pickle.dumps(sweep))
+        store.upload(PLAN_FILE)
 
-    return run(sweep, space, exp_dir, args, t_start, guard=guard, restart=restart, address=address)
+    try:
+        return run(sweep, space, exp_dir, args, t_start, guard=guard, restart=restart, address=address, store=store)
+    finally:
+        storage.flush_all()  # the driver's last writes reach the bucket (no-op for a local directory)
 
 
 def _start_ray(address: str | None, exp_dir: Path, args, sweep: Sweep) -> tuple[bool, dict]:
@@ -493,7 +527,7 @@ def repair_runs(client, exp_dir: Path, results=None) -> int:
     return fixed
 
 
-def restart_from_plan(client, exp_dir: Path) -> None:
+def restart_from_plan(client, exp_dir: Path, store=None) -> None:
     """--resume of a sweep stopped before Tune's first save: its trial runs are deleted (the trials start
     again under new ids, so keeping them would give each cell two runs), Tune's and Train's partial
     state is removed; the parent run is kept."""
@@ -509,10 +543,15 @@ def restart_from_plan(client, exp_dir: Path) -> None:
     ledger.save()
     for sub in ("tune", "train", "trials"):
         shutil.rmtree(exp_dir / sub, ignore_errors=True)
+        if store is not None and store.remote:
+            store.delete(sub)
 
 
 def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None, restart: bool = False,
-        address: str | None = None) -> int:
+        address: str | None = None, store=None) -> int:
+    from stlm.sweep import storage
+
+    store = store or storage.open(exp_dir)
     from stlm import tracking as T
     from stlm.sweep.tracking import Ledger, start_parent
 
@@ -521,21 +560,22 @@ def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None,
     experiment = sweep.arms[0].cfg.tracking.experiment
     client = T.mlflow_client(uri)
     if restart:
-        restart_from_plan(client, exp_dir)
+        restart_from_plan(client, exp_dir, store)
     if args.resume:
         n = repair_runs(client, exp_dir)  # runs a kill -9'd driver left RUNNING; the trials reopen them
         if n:
             print(f"note: {n} trial run(s) left RUNNING by the previous driver were marked KILLED until they resume.")
     ledger = Ledger(exp_dir)
-    parent = start_parent(client, ledger, sweep, experiment, exp_dir, space)
-    write_sweep_json(exp_dir, sweep, uri, experiment, parent)
-    print(f"\nexperiment dir: {exp_dir}\nMLflow: {uri} (experiment {experiment!r}, parent run {parent})", flush=True)
+    parent = start_parent(client, ledger, sweep, experiment, store.uri, space)
+    write_sweep_json(exp_dir, sweep, uri, experiment, parent, where=store.uri)
+    print(f"\nexperiment dir: {store}" + (f" (driver files mirrored in {exp_dir})" if store.remote else "")
+          + f"\nMLflow: {uri} (experiment {experiment!r}, parent run {parent})", flush=True)
     if guard is not None:  # a driver forced out by the watchdog still ends its runs
         guard.on_force_exit(lambda: (repair_runs(client, exp_dir), end_parent(client, parent, "interrupted")))
-    resume_cmd = rerun_command(sweep, exp_dir, "--resume", overrides=False)
+    resume_cmd = rerun_command(sweep, store, "--resume", overrides=False)
     try:
         return _run_trials(sweep, space, exp_dir, args, t_start, client=client, uri=uri, experiment=experiment,
-                           parent=parent, address=address, guard=guard, resume_cmd=resume_cmd)
+                           parent=parent, address=address, guard=guard, resume_cmd=resume_cmd, store=store)
     except KeyboardInterrupt:
         _end_runs(client, exp_dir, parent, "interrupted")
         print(f"\nsweep {sweep.name} interrupted after {time.time() - t_start:.0f}s, before its trials ran to the "
@@ -557,7 +597,7 @@ def _end_runs(client, exp_dir: Path, parent: str, status: str) -> None:
 
 
 def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, client, uri, experiment, parent,
-                address, guard, resume_cmd) -> int:
+                address, guard, resume_cmd, store) -> int:
     import contextlib
 
     from stlm.sweep import runner
@@ -569,7 +609,7 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
     else:  # a cluster: each corpus is tokenized once, here, and copied to the nodes (cluster_data.py)
         from stlm.sweep import cluster_data
 
-        cluster_data.publish(sweep, str(exp_dir / cluster_data.STORE))
+        cluster_data.publish(sweep, store.ray(cluster_data.STORE))
     import ray
 
     t_ray = time.time()
@@ -582,13 +622,15 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
           f"{sweep.num_trials} trials, up to {concurrency} at a time"
           + ("" if address or dashboard else "; Ray dashboard off (--ray-dashboard turns it on)"), flush=True)
 
-    ctx = runner.Context(sweep=sweep, space=space, exp_dir=str(exp_dir))
+    ctx = runner.Context(sweep=sweep, space=space, exp_dir=store.uri)
     callback = MLflowSweepCallback(tracking_uri=uri, experiment=experiment, sweep=sweep, space=space, exp_dir=exp_dir,
+                                   exp_uri=store.uri,
                                    prepare_trial=lambda config, tid: runner.prepare_trial(ctx, config, tid))
     from stlm.sweep.disk import DiskGuard  # ends the sweep cleanly before a full disk truncates Tune's state
 
-    tuner = runner.build_tuner(ctx, resume=args.resume and sweep_state(exp_dir) == "started",
-                               callbacks=[callback, FreeDeadTrialsPlacementGroups(), DiskGuard(exp_dir, sweep)],
+    tuner = runner.build_tuner(ctx, resume=args.resume and sweep_state(exp_dir, store) == "started",
+                               callbacks=[callback, FreeDeadTrialsPlacementGroups(),
+                                          DiskGuard(exp_dir, sweep, where=store.uri)],
                                concurrency=concurrency,
                                reporter=runner.make_reporter(sweep))
     with guard.tune_running() if guard is not None else contextlib.nullcontext():
@@ -619,7 +661,7 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
     extra["comparison"] = comparison_of(sweep, rows)
     if sweep.spec.multi_objective:
         extra["pareto"] = [r["trial_id"] for r in rows if r.get("pareto")]
-    write_sweep_json(exp_dir, sweep, uri, experiment, parent, extra)
+    write_sweep_json(exp_dir, sweep, uri, experiment, parent, extra, where=store.uri)
 
     print("\n" + table)
     if space.arch is not None:
@@ -635,9 +677,10 @@ def _run_trials(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, cli
                               metric=list(sweep.spec.metrics) if multi else sweep.spec.metrics[0],
                               mode=list(sweep.spec.modes) if multi else sweep.spec.modes[0],
                               control_arm=sweep.control_arm)
+        store.upload("report")
     except (Exception, KeyboardInterrupt) as e:  # the report is a bonus; the results are in MLflow either way
-        print(f"\n(report not written: {type(e).__name__}: {e}; write it with: stlm report {exp_dir})")
-    print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {exp_dir}")
+        print(f"\n(report not written: {type(e).__name__}: {e}; write it with: stlm report {store})")
+    print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {store}")
     if report:
         print(f"report: {report}")
     print(f"browse the runs:  mlflow ui --backend-store-uri {uri}")

@@ -23,10 +23,10 @@ BYTES_PER_PARAM = 16  # a checkpoint: fp32 weights (4) + Adam's two moments (8),
 
 
 class DiskGuard(tune.Callback):
-    def __init__(self, exp_dir: Path, sweep, every_s: float = 1.0):
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp_dir: Path, sweep, every_s: float = 1.0, where: str | None = None):
+        self.exp_dir = Path(exp_dir)  # (an object store's: the mirror, where Tune stages its state)
         self.checkpoint_bytes = max(a.count.total for a in sweep.arms) * BYTES_PER_PARAM + 2**20
-        self.resume = f"python -m stlm.sweep {sweep.path} --resume --experiment-dir {self.exp_dir}"
+        self.resume = f"python -m stlm.sweep {sweep.path} --resume --experiment-dir {where or self.exp_dir}"
         self.every_s = every_s
         self._due = 0.0
 

@@ -15,6 +15,11 @@ behind; its successor takes it over once it is sure the owner is gone:
   (a reused pid is not mistaken for it); on another host, if the file's heartbeat (its mtime,
   touched every HEARTBEAT_S) is younger than STALE_S.
 A take-over rewrites the content and reads it back: of two successors racing, one wins.
+
+An experiment directory in an object store (s3://bucket/prefix) has no record locks at all: its lock
+is the object `<prefix>.lock` with the same content, its heartbeat a rewrite of the object every
+HEARTBEAT_S (ObjectLock). Best effort: two drivers starting within the same fraction of a second on
+different hosts could both believe they won; one after the other, the second is refused.
 """
 
 from __future__ import annotations
@@ -172,10 +177,71 @@ class DriverLock:
         _held.pop(str(self.path), None)
 
 
-def hold(exp_dir: str | os.PathLike) -> DriverLock:
+class ObjectLock:
+    """The lock of an experiment directory in an object store: `<prefix>.lock`, whose content says who
+    holds it and when it last beat (see the module doc)."""
+
+    def __init__(self, store):
+        from stlm.sweep import storage
+
+        prefix, _, name = store.uri.rpartition("/")
+        self.uri = store.uri
+        self.store = storage.Storage(prefix, bucket_ok=True)  # beside the directory: --overwrite deletes that
+        self.rel = f"{name}.lock"
+        self._stop = threading.Event()
+
+    def _read(self) -> tuple[dict, float]:
+        from stlm.sweep.storage import read_json
+
+        owner = read_json(self.store, self.rel) or {}
+        return owner, float(owner.get("heartbeat", 0.0))
+
+    def _write(self, data: dict) -> None:
+        self.store.write_bytes(self.rel, json.dumps({**data, "heartbeat": time.time()}).encode() if data else b"")
+
+    def acquire(self) -> "ObjectLock":
+        owner, beat = self._read()
+        if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
+                and owner_alive(owner, beat):
+            raise self._refuse(owner)
+        mine = me()
+        self._write(mine)
+        time.sleep(0.5)
+        now = self._read()[0]
+        if (now.get("host"), now.get("pid")) != (mine["host"], mine["pid"]):
+            raise self._refuse(now)  # another successor took it over at the same moment
+        self.mine = mine
+        threading.Thread(target=self._heartbeat, name="stlm-lock-heartbeat", daemon=True).start()
+        atexit.register(self.release)
+        return self
+
+    def _refuse(self, owner: dict) -> StlmError:
+        return StlmError(
+            f"The experiment directory {self.uri} is in use by another sweep driver: {describe(owner)}. Only one "
+            f"driver may run a sweep at a time (the lock is {self.store.uri}/{self.rel}, which that driver rewrites "
+            f"every {HEARTBEAT_S:g} s; it counts as gone {STALE_S:g} s after its last beat). Wait for it to finish, "
+            "stop it (then continue with --resume), or choose another --experiment-dir.")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                self._write(self.mine)
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self._write({})
+
+
+def hold(exp_dir: str | os.PathLike, store=None) -> DriverLock:
     """Take the experiment directory's lock for the rest of this process (idempotent), or raise a
-    StlmError naming the driver that holds it."""
+    StlmError naming the driver that holds it. With `store` in an object store, exp_dir is its mirror
+    (locked as a local directory) and the bucket's lock object is taken too."""
     path = str(lock_path(exp_dir))
     if path not in _held:
         _held[path] = DriverLock(exp_dir).acquire()
+    if store is not None and store.remote and store.uri not in _held:
+        _held[store.uri] = ObjectLock(store).acquire()
     return _held[path]

@@ -126,6 +126,9 @@ class Outbox:
             self._file.flush()  # survives a killed driver (not a lost machine); no fsync in the Tune loop
             self._ops.append(op)
             self._cv.notify_all()
+        from stlm.sweep import storage
+
+        storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
 
     def pending(self) -> int:
         with self._cv:
@@ -199,6 +202,9 @@ class Outbox:
                 self.applied += 1
                 if not self._ops:  # everything is in MLflow (and its seq in the ledger): start the file afresh
                     self._file.truncate(0)
+                    from stlm.sweep import storage
+
+                    storage.changed(self.path)
                 self._cv.notify_all()
 
 

@@ -75,6 +75,20 @@ def _tracking(uri: str | None) -> list[str]:
             f"file with --tracking-uri sqlite:///mlflow.db."]
 
 
+def check_storage(store, timeout: float = 10.0) -> None:
+    """An object-store experiment directory (s3://bucket/prefix) can be listed and written within
+    `timeout` seconds, else one paragraph naming the URI (exit 2). Checked before anything is read."""
+    from stlm.sweep.storage import endpoint, probe
+
+    why = probe(store.uri, timeout=timeout)
+    if why:
+        raise StlmError(
+            f"pre-flight: the experiment directory {store.uri} (--experiment-dir) cannot be used: {why} "
+            f"(endpoint: {endpoint()}). Check the bucket name, the endpoint (AWS_ENDPOINT_URL for an S3-compatible "
+            "server), the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance "
+            "profile) and that this machine can reach it; or use a local or NFS path. Nothing was started or written.")
+
+
 # --------------------------------------------------------------------------- data and tokenizer
 
 

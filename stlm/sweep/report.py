@@ -836,9 +836,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = p.parse_args(argv)
 
+    from stlm.sweep import storage
+
     target = Path(args.target)
     sweep: dict = {}
-    if target.is_dir():
+    store = None
+    if storage.is_remote(args.target):  # an s3:// experiment dir: its sweep.json, the report written back
+        store = storage.open(args.target)
+        sweep = storage.read_json(store, "sweep.json") or {}
+        if not sweep.get("parent_run_id"):
+            raise StlmError(f"{args.target} holds no readable sweep.json with a parent_run_id; pass a sweep dir "
+                            "written by `stlm sweep` or a parent run id.")
+        run_id = sweep["parent_run_id"]
+        out_dir = Path(args.out) if args.out else store.local / "report"
+    elif target.is_dir():
         sj = target / "sweep.json"
         if not sj.is_file():
             raise StlmError(f"{str(target)!r} is a directory but holds no sweep.json; pass a sweep dir written by `stlm sweep` or a parent run id.")
@@ -869,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"{sweep['spec_path']} --resume --experiment-dir {sweep.get('experiment_dir', target)}") from None
         raise
 
+    if store is not None and not args.out:
+        store.upload("report")
     print((md.parent / "summary.txt").read_text(), end="")
     print(f"\nReport: {md}\n        {md.parent / 'report.html'}")
     if not args.no_log:

@@ -19,6 +19,12 @@ Experiment directory (absolute, default ./sweep_runs/<name>):
     sweep.json            what stlm report reads (contract)   plan.pkl       the resolved sweep (resume)
     mlflow_state.json     trial -> MLflow run ledger            tune/          Tune's experiment state
     train/<trial id>/     Ray Train checkpoints (the only copies) trials/<trial id>/  config.yaml, eval items, fatal_error.json
+    data/                 a cluster's prepared corpora (cluster_data.py)
+
+The experiment directory may be an object-store URI (s3://bucket/prefix, storage.py): Tune and Train
+then keep their state and checkpoints in the bucket themselves (Ray Train uploads each checkpoint,
+and a resumed worker downloads the one it continues from); trials/<id>/ is written on the node and
+uploaded; the driver works in a local mirror of its own files, uploaded as they change.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from stlm.sweep.spec import Sweep, count
 
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
-            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR")
+            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR",
+            # where an s3:// experiment dir is (not the credentials: each node has its own, see storage.py)
+            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 HEAD_RESOURCE = "node:__internal_head__"  # every Ray head advertises 1 of it
 HEALTH_CHECK_S = "0.5"  # Ray Train's controller polls its workers (and collects reports) this often; default 2 s
 
@@ -55,13 +63,15 @@ class Context:
 
     sweep: Sweep
     space: SearchSpace
-    exp_dir: str
+    exp_dir: str  # the experiment directory: an absolute path, or an object-store URI (storage.py)
 
 
 def prepare_trial(ctx: Context, config: dict, trial_id: str):
     """(Config, ParamCount, trial dir) of a trial: arm + seed + knobs, budget-solved, absolute paths."""
+    from stlm.sweep import storage
+
     cfg = ctx.space.resolve(config)
-    trial_dir = Path(ctx.exp_dir) / "trials" / trial_id
+    trial_dir = storage.open(ctx.exp_dir).local / "trials" / trial_id  # (an object store's: this machine's copy)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"),
                                                              run_name="run"))
     return cfg, count(cfg), trial_dir
@@ -81,14 +91,23 @@ def worker_loop(lc: dict) -> None:
     # start-up: from the Tune trial starting to this worker running (Tune actor, Train controller,
     # placement group, worker actor, torch.distributed); logged with every report
     cfg = build_config(lc["config"])
+    from stlm.sweep import storage as storage_mod
     from stlm.sweep.cluster_data import STORE, localize
 
-    localize(cfg, str(Path(lc["trial_dir"]).parents[1] / STORE))  # on a cluster: this node's copy of the corpus
+    st = storage_mod.open(lc.get("exp") or Path(lc["trial_dir"]).parents[1])
+    tid = lc.get("trial_id") or Path(lc["trial_dir"]).name
+    trial_dir = st.local / "trials" / tid  # an object store's: this node's copy, uploaded
+    if st.remote:  # train() stages its checkpoints on this node; Ray Train uploads them
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints")))
+    localize(cfg, st.ray(STORE))  # on a cluster: this node's copy of the corpus
     extra = {"params": lc["params"], "flops_per_token": lc["flops_per_token"],
              "startup_s": time.time() - lc["t_start"], "max_steps": cfg.train.max_steps}
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    storage = Path(lc["storage_dir"])  # this trial's Ray Train run: <exp>/train/<trial id>
+    # this trial's Ray Train run, <exp>/train/<trial id>; in an object store, a local directory that
+    # receives the registered checkpoints this worker resumes from (its own: ranks share no files)
+    storage = Path(lc["storage_dir"]) if not st.remote else st.local / "restore" / f"{tid}-{os.getpid()}"
+    run_rel = f"train/{tid}"
     last = {"ckpt": None}
     history: list[dict] = []  # every training report of this run, carried inside each checkpoint
 
@@ -111,8 +130,10 @@ def worker_loop(lc: dict) -> None:
             write_atomic(Path(checkpoint_dir) / HISTORY_FILE, "".join(json.dumps(m) + "\n" for m in history))
             ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir)
         t0 = time.time()
-        ray.train.report({**metrics, **extra}, checkpoint=ckpt, checkpoint_upload_fn=move_into_storage,
-                         checkpoint_dir_name=persisted_name(metrics["step"]) if ckpt else None)
+        if ckpt is not None and st.remote:  # Ray Train's own upload; the local copy stays for the eval
+            last["ckpt"] = checkpoint_dir  # (train() prunes the older local ones itself)
+        ray.train.report({**metrics, **extra}, checkpoint=ckpt, checkpoint_dir_name=persisted_name(metrics["step"]) if ckpt else None,
+                         **({} if st.remote else {"checkpoint_upload_fn": move_into_storage}))
         extra["report_s"] = time.time() - t0  # what the previous report cost the loop (logged with the next)
 
     try:
@@ -121,9 +142,19 @@ def worker_loop(lc: dict) -> None:
         # persisted after the last registered one) is discarded, never resumed from or pruned into.
         restored = ray.train.get_checkpoint()
         latest = restored.path if restored is not None else None
-        start = resume_point(storage, latest, say=_say)
+        fetch = None
+        if st.remote:  # the registered checkpoints, downloaded into `storage` as they are tried
+            import shutil
+
+            shutil.rmtree(storage, ignore_errors=True)
+            storage.mkdir(parents=True)
+            st.download(f"{run_rel}/{SNAPSHOT_FILE}", storage / SNAPSHOT_FILE)
+            latest = str(storage / Path(latest).name) if latest else None
+            fetch = lambda p: p if p.exists() else st.download(f"{run_rel}/{p.name}", p) or p  # noqa: E731
+        start = resume_point(storage, latest, say=_say, fetch=fetch)
         if rank == 0:
-            discard_unregistered(storage, latest, staging=Path(cfg.train.out_dir) / cfg.train.run_name, say=_say)
+            discard_unregistered(storage, latest, staging=Path(cfg.train.out_dir) / cfg.train.run_name, say=_say,
+                                 remote=(st, run_rel) if st.remote else None)
         if start is None:
             extra["resumed_from_step"] = 0
             final = train(cfg, report=report)
@@ -145,20 +176,30 @@ def worker_loop(lc: dict) -> None:
         if cfg.eval.tasks:
             evals = {}
             if rank == 0:
-                evals = run_eval(cfg, last["ckpt"], Path(lc["trial_dir"]))
+                evals = run_eval(cfg, last["ckpt"], trial_dir)
+                st.upload(f"trials/{tid}/eval")  # an object store: the items the driver logs to MLflow
             ray.train.report({**final, **extra, **evals})  # a barrier: every rank reports
     except StlmError as e:
         # A user-fixable error (a diverging loss, a bad setting, damaged data) fails the same way on every
         # retry: record it for run_trial, which fails the trial with it, and spend no Ray Train retry on it.
         # (With several workers only a diverging loss is known to stop every rank at once.)
         if rank == 0:
-            write_fatal(Path(lc["trial_dir"]), e)  # on a full disk this raises: Ray Train's error then says it
+            write_fatal(trial_dir, e)  # on a full disk this raises: Ray Train's error then says it
+            st.upload(f"trials/{tid}/{FATAL_FILE}")
         if world_size > 1 and not isinstance(e, NonFiniteLossError):
             raise
+    finally:
+        if st.remote:  # the downloaded checkpoints and rank 0's staged ones: the bucket keeps them
+            import shutil
+
+            shutil.rmtree(storage, ignore_errors=True)
+            if rank == 0:
+                shutil.rmtree(Path(cfg.train.out_dir), ignore_errors=True)
 
 
 HISTORY_FILE = "stlm_reports.jsonl"
 FATAL_FILE = "fatal_error.json"  # in trials/<id>/: a trial error no retry can fix
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's registered checkpoints
 
 
 def _say(msg: str) -> None:
@@ -213,7 +254,7 @@ def registered_checkpoints(storage: Path, latest: str | None) -> list[Path]:
         return []
     names = {Path(latest).name}
     try:
-        names |= set(re.findall(r"step_\d+-[0-9a-f]+", (storage / "checkpoint_manager_snapshot.json").read_text()))
+        names |= set(re.findall(r"step_\d+-[0-9a-f]+", (storage / SNAPSHOT_FILE).read_text()))
     except OSError:
         pass
     top = step_of(latest)
@@ -221,29 +262,39 @@ def registered_checkpoints(storage: Path, latest: str | None) -> list[Path]:
     return sorted(found, key=lambda p: (step_of(p) or 0, p == Path(latest)))
 
 
-def resume_point(storage: Path, latest: str | None, say=None) -> Path | None:
+def resume_point(storage: Path, latest: str | None, say=None, fetch=None) -> Path | None:
     """The registered checkpoint to continue from: the newest intact one (a damaged one is named and
-    skipped); None for a fresh run. No intact one left is a CorruptCheckpointError."""
+    skipped); None for a fresh run. No intact one left is a CorruptCheckpointError. `fetch(path)`
+    brings a candidate here before it is checked (an object store's checkpoint)."""
     from stlm.train.checkpoint import CorruptCheckpointError, intact, newest_intact
 
     candidates = registered_checkpoints(storage, latest)
     if not candidates:
         return None
-    start = newest_intact(candidates, say=say)
+    start = newest_intact(candidates, say=say, fetch=fetch)
     if start is None:
         raise CorruptCheckpointError(f"Every checkpoint Ray Train registered for this trial is damaged, so it "
                                      f"cannot continue: {intact(candidates[-1])}")
     return start
 
 
-def discard_unregistered(storage: Path, latest: str | None, staging: Path, say=None) -> None:
+def discard_unregistered(storage: Path, latest: str | None, staging: Path, say=None, remote=None) -> None:
     """Delete this run's checkpoints that Ray Train never registered (persisted after its latest one by
     an attempt whose driver had stopped listening, or left in the local staging directory by a killed
-    worker) and half-copied temp directories."""
+    worker) and half-copied temp directories. remote=(Storage, run dir): the run is in an object store
+    (storage is then the local directory its snapshot was downloaded to)."""
     import shutil
 
     registered = set(registered_checkpoints(storage, latest))
-    stale = [p for p in storage.glob("step_*") if p not in registered] + list(storage.glob(".step_*"))
+    if remote is not None:  # the bucket's step_* "directories" (an upload cut short is one too)
+        st, rel = remote
+        names = {p.name for p in registered}
+        gone = [n for n in st.names(rel) if (n.startswith("step_") and n not in names) or n.startswith(".step_")]
+        for n in gone:
+            st.delete(f"{rel}/{n}")
+        stale = [Path(st.uri) / rel / n for n in gone]
+    else:
+        stale = [p for p in storage.glob("step_*") if p not in registered] + list(storage.glob(".step_*"))
     if staging.is_dir():
         stale += list(staging.glob("step_*")) + list(staging.glob(".step_*"))
     for p in stale:
@@ -260,7 +311,12 @@ def write_fatal(trial_dir: Path, e: Exception) -> None:
     write_atomic(trial_dir / FATAL_FILE, json.dumps({"type": type(e).__name__, "message": str(e)}))
 
 
-def read_fatal(trial_dir: Path) -> dict | None:
+def read_fatal(trial_dir: Path, st=None) -> dict | None:
+    """The fatal error a worker recorded (st in an object store: the bucket's copy, written on a node)."""
+    if st is not None and st.remote:
+        from stlm.sweep.storage import read_json
+
+        return read_json(st, f"trials/{trial_dir.name}/{FATAL_FILE}")
     try:
         return json.loads((trial_dir / FATAL_FILE).read_text())
     except (OSError, ValueError):
@@ -330,30 +386,37 @@ def run_trial(config: dict, ctx: Context) -> None:
 
     from stlm.sweep.train_run import trainer_class
 
+    from stlm.sweep import storage as storage_mod
+
     trial_id = tune.get_context().get_trial_id()
     if config.get("arch.infeasible"):
         raise StlmError(f"trial {trial_id}: the sampled shape {config} cannot meet the budget (not launched).")
     cfg, counted, trial_dir = prepare_trial(ctx, config, trial_id)
     if report_finished(ctx, trial_id):  # --resume after a kill that came before Tune saved this trial's end
         return
-    fatal = read_fatal(trial_dir)
+    st = storage_mod.open(ctx.exp_dir)
+    fatal = read_fatal(trial_dir, st)
     if fatal and fatal["type"] == "NonFiniteLossError":  # the same config diverges the same way again
         raise StlmError(fatal["message"])
     (trial_dir / FATAL_FILE).unlink(missing_ok=True)  # any other error may be gone now: try again
+    if st.remote:
+        st.delete(f"trials/{trial_id}/{FATAL_FILE}")
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.yaml").write_text(dump_yaml(cfg))
+    st.upload(f"trials/{trial_id}/config.yaml")
     r = ctx.sweep.spec.resources
     use_gpu = r.gpus_per_worker > 0
     per_worker = {"CPU": r.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = r.gpus_per_worker
     Trainer, report_callbacks = trainer_class(r.workers)
-    storage_path = Path(ctx.exp_dir) / "train"
+    storage_path = st.ray("train")  # a path, or the bucket's URI: Ray Train uploads the checkpoints there
     trainer = Trainer(
         worker_loop,
         train_loop_config={
             "config": dataclasses.asdict(cfg), "params": counted.total, "flops_per_token": counted.flops_per_token,
-            "trial_dir": str(trial_dir), "t_start": time.time(), "storage_dir": str(storage_path / trial_id),
+            "trial_dir": str(trial_dir), "t_start": time.time(), "storage_dir": f"{storage_path}/{trial_id}",
+            "exp": ctx.exp_dir, "trial_id": trial_id,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -367,7 +430,7 @@ def run_trial(config: dict, ctx: Context) -> None:
         ),
     )
     trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
-    fatal = read_fatal(trial_dir)
+    fatal = read_fatal(trial_dir, st)
     if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
         from stlm.atomic import DiskFullError
 
@@ -383,7 +446,14 @@ def report_finished(ctx: Context, trial_id: str) -> bool:
     from stlm import tracking as T
     from stlm.sweep.tracking import Ledger
 
-    entry = Ledger(Path(ctx.exp_dir)).trials.get(trial_id) or {}
+    from stlm.sweep import storage
+    from stlm.sweep.tracking import STATE_FILE
+
+    st = storage.open(ctx.exp_dir)
+    if st.remote:  # the driver's ledger, as last uploaded (the driver may run on another machine)
+        entry = ((storage.read_json(st, STATE_FILE) or {}).get("trials") or {}).get(trial_id) or {}
+    else:
+        entry = Ledger(Path(ctx.exp_dir)).trials.get(trial_id) or {}
     if entry.get("status") != "finished":
         return False
     try:
@@ -595,9 +665,11 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     # last checkpoint when their node is lost (a spot preemption); on a preemptible node it would die with them.
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": 0, "memory": 1, HEAD_RESOURCE: 0.001})
-    tune_dir = Path(ctx.exp_dir) / "tune"
+    from stlm.sweep import storage
+
+    tune_dir = storage.open(ctx.exp_dir).ray("tune")  # a path, or the bucket's URI (Tune uploads its state)
     run_config = tune.RunConfig(
-        name="tune", storage_path=str(Path(ctx.exp_dir)), callbacks=callbacks, progress_reporter=reporter, verbose=1,
+        name="tune", storage_path=ctx.exp_dir, callbacks=callbacks, progress_reporter=reporter, verbose=1,
         failure_config=tune.FailureConfig(max_failures=0),  # retries happen inside Ray Train (spec.max_failures)
     )
     if resume:
@@ -605,7 +677,7 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
         # checkpoints (same Train run name and storage path); the Optuna study comes back with the
         # searcher state, so the cells not yet started are still pinned
         try:
-            return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as e:  # state missing or unreadable: say what to do instead of Tune's traceback
             raise StlmError(f"--resume: Tune could not restore {tune_dir} ({type(e).__name__}: "
                             f"{(str(e).strip().splitlines() or [''])[0][:300]}). The sweep was probably stopped before "

@@ -72,6 +72,9 @@ class Ledger:
 
     def save(self) -> None:
         _write_json(self.path, self.data)
+        from stlm.sweep import storage
+
+        storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
 
     def remove_leftovers(self) -> None:
         """Temp files of a writer killed mid-write (or stopped by a full disk); call from the one writer."""
@@ -120,12 +123,14 @@ class MLflowSweepCallback(Callback):
     metric point keeps the time Tune received it (MLflow's SQL store drops an exact duplicate, so a
     write repeated after a lost reply adds no point)."""
 
-    def __init__(self, *, tracking_uri: str, experiment: str, sweep, space, exp_dir: Path, prepare_trial):
+    def __init__(self, *, tracking_uri: str, experiment: str, sweep, space, exp_dir: Path, prepare_trial,
+                 exp_uri: str | None = None):
         self.uri = tracking_uri
         self.experiment = experiment
         self.sweep = sweep
         self.space = space
-        self.exp_dir = Path(exp_dir)
+        self.exp_dir = Path(exp_dir)  # an object store's: this machine's mirror of it
+        self.exp_uri = exp_uri or str(self.exp_dir)
         self.prepare_trial = prepare_trial  # (config, trial_id) -> (Config, ParamCount, trial_dir)
         self._open()
 
@@ -144,6 +149,10 @@ class MLflowSweepCallback(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        from stlm.sweep import storage
+
+        if storage.is_remote(getattr(self, "exp_uri", "")):  # resumed elsewhere: this machine's mirror
+            self.exp_dir = storage.open(self.exp_uri).local
         self._open()
 
     @property
@@ -307,11 +316,19 @@ class MLflowSweepCallback(Callback):
             entry["eval_logged"] = True
 
     def _log_artifacts(self, tid: str, entry: dict) -> None:
+        from stlm.sweep import storage
+
+        st = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
         trial_dir = self.exp_dir / "trials" / tid
         items = trial_dir / "eval"
         try:
+            if st.remote:  # the eval items a worker node wrote to the bucket
+                st.download(f"trials/{tid}/eval")
             if items.is_dir() and any(items.iterdir()):
                 self.client.log_artifacts(entry["run_id"], str(items), "eval")
+            if st.remote:
+                self._log_remote_checkpoint(st, tid, entry)
+                return
             from stlm.train.checkpoint import latest_checkpoint
 
             run_dir = self.exp_dir / "train" / tid  # Ray Train's copies are the only ones
@@ -327,6 +344,22 @@ class MLflowSweepCallback(Callback):
                 raise
             # artifacts are a convenience; never fail the sweep over them
             self.client.set_tag(entry["run_id"], "stlm.artifact_error", str(e)[:500])
+
+    def _log_remote_checkpoint(self, st, tid: str, entry: dict) -> None:
+        """The trial's checkpoints are in the bucket: tag their URI; log the newest one (downloaded)."""
+        import tempfile
+
+        from stlm.train.checkpoint import step_of
+
+        steps = [n for n in st.names(f"train/{tid}") if n.startswith("step_") and step_of(n) is not None]
+        if not steps:
+            return
+        self.client.set_tag(entry["run_id"], "stlm.checkpoint", f"{st.uri}/train/{tid}")
+        if self.sweep.spec.log_checkpoint:
+            with tempfile.TemporaryDirectory(prefix="stlm-ckpt-") as tmp:
+                newest = max(steps, key=step_of)
+                local = st.download(f"train/{tid}/{newest}", Path(tmp) / newest)
+                self.client.log_artifacts(entry["run_id"], str(local), "checkpoint")
 
     # -------------------------------------------------------------- the end (the driver's main thread)
 

@@ -201,11 +201,13 @@ def intact(path: str | os.PathLike, *, full: bool = True) -> str | None:
         return str(e)
 
 
-def newest_intact(candidates: list[Path], say=None) -> Path | None:
+def newest_intact(candidates: list[Path], say=None, fetch=None) -> Path | None:
     """The newest checkpoint of `candidates` (oldest first) that verifies; each one skipped is named
-    through say(message)."""
+    through say(message). fetch(path) brings a candidate here first (downloaded from an object store)."""
     skipped = []
     for p in reversed(candidates):
+        if fetch is not None:
+            p = fetch(p)
         why = intact(p)
         if why is None:
             if skipped and say is not None:
