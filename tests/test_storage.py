@@ -8,19 +8,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+import test_cluster
 from test_cluster import TINY_SWEEP, VENV_PYTHON, _free_port, _lost_and_duplicated, _points, two_node_cluster
-from test_cluster import mlflow_server  # noqa: F401 - the fixture
 from test_sweep_e2e import _kill_group
 
 BUCKET = "stlm-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+mlflow_server = test_cluster.mlflow_server  # the fixture: a real `mlflow server` process, as l40.yaml starts it
 
 
 class S3Server:
