@@ -387,3 +387,43 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
     experiment = client.get_run(runs[0].info.run_id).info.experiment_id
     assert not client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
     assert (exp_dir / "report" / "report.md").is_file()
+
+
+def test_tunes_experiment_state_is_replaced_whole_or_not_at_all(tmp_path):
+    """Tune writes experiment_state-*.json in place; with stlm's version of that method a write that
+    fails half-way (here: a value JSON cannot encode) leaves the previous state intact, not truncated."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    from stlm.sweep import tune_state
+
+    assert tune_state.install(), "Tune's save_to_dir changed shape: review stlm/sweep/tune_state.py"
+    assert TuneController.save_to_dir is tune_state._save_to_dir
+
+    class Saved:  # the parts of a TuneController that save_to_dir reads
+        CKPT_FILE_TMPL = TuneController.CKPT_FILE_TMPL
+        experiment_state_file_name = TuneController.experiment_state_file_name
+        _session_str, _start_time = "s1", 0.0
+        _storage = type("Storage", (), {"experiment_driver_staging_path": str(tmp_path)})()
+        _search_alg = _callbacks = type("Saver", (), {"save_to_dir": lambda self, d, session_str: None})()
+
+        def __init__(self, trials):
+            self.trials = trials
+
+        def _get_trial_checkpoints(self):
+            return self.trials
+
+        def __getstate__(self):
+            return {"n": len(self.trials)}
+
+    tune_state._save_to_dir(Saved({"a": "trial a"}))
+    state = tmp_path / TuneController.CKPT_FILE_TMPL.format("s1")
+    good = state.read_text()
+    assert json.loads(good)["trial_data"] == ["trial a"]
+    class Unsavable:
+        def __reduce__(self):
+            raise RuntimeError("cannot be saved")
+
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        tune_state._save_to_dir(Saved({"a": "trial a", "b": Unsavable()}))  # fails mid-encoding
+    assert state.read_text() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [state.name]  # no temp file left

@@ -1,8 +1,9 @@
 """Stop a sweep before its disk is full, while every state file can still be written whole.
 
-Ray Tune writes its experiment state in place (not atomically): a full disk mid-write leaves a
-truncated experiment_state-*.json that --resume cannot read, and Tune then silently starts a new
-experiment. So the driver checks the free space of the experiment directory once a second and ends
+Ray Tune writes its experiment state in place (not atomically): a full disk mid-write left a
+truncated experiment_state-*.json that --resume could not read, and Tune then silently started a new
+experiment. stlm now makes that write atomic (tune_state.py), but Ray's own logs and staging files
+still need room, so the driver checks the free space of the experiment directory once a second and ends
 the sweep (a DiskFullError: one paragraph naming the directory, the space it needs and the command
 that continues it) while there is still room for every running trial's next checkpoint plus the
 small state files. A trial that meets a full disk anyway (another program filled it) stops the

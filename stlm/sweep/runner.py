@@ -657,6 +657,10 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from stlm.sweep import tune_state
+
+    tune_state.install()  # Tune's experiment state written whole or not at all (tune_state.py)
+
     FinishingASHA = _finishing_asha()
 
     sweep, space = ctx.sweep, ctx.space
