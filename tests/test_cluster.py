@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_sweep_e2e import _kill_group
+from test_sweep_e2e import _kill_group, live_pids
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
@@ -442,20 +442,9 @@ class MlflowServer:
             pass
         self.proc.wait(timeout=30)
         deadline = time.monotonic() + 10  # its workers are in the same session
-        while time.monotonic() < deadline and any(int(p) for p in _session_pids(self.proc.pid)):
+        while time.monotonic() < deadline and live_pids("session", self.proc.pid):
             time.sleep(0.1)
         self.proc = None
-
-
-def _session_pids(sid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[4]) == sid:
-                out.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
 
 
 @pytest.fixture

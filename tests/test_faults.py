@@ -322,21 +322,9 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs of the direct children of `pid` (a driver's spawned tokenization workers, among others)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 
@@ -348,7 +336,8 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
     what stlm then suggests) prepares the data afresh and completes the sweep: one run per cell, no
     run left RUNNING, a report."""
     import yaml
-    from test_sweep_e2e import _child_runs, _kill_group, _start
+    from test_cluster import _cmdline
+    from test_sweep_e2e import _child_runs, _kill_group, _start, live_pids
 
     path = _fault_sweep(tmp_path, "early", [{"name": "ok", "set": {}}])
     spec = yaml.safe_load(path.read_text())
@@ -363,7 +352,7 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
         deadline = time.monotonic() + 180
         workers: list[int] = []
         while time.monotonic() < deadline and p.poll() is None and len(workers) < 2:
-            workers = [c for c in _children(p.pid) if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            workers = [c for c in live_pids("ppid", p.pid) if b"multiprocessing" in _cmdline(c)]
             time.sleep(0.2)
         assert len(workers) == 2, "no tokenization workers seen:\n" + (tmp_path / "first.log").read_text()[-3000:]
         os.kill(p.pid, signal.SIGKILL)  # the driver alone: its workers are not killed with it

@@ -8,6 +8,7 @@ without repeated steps, and the eval metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,18 +53,30 @@ def _kill_group(p: subprocess.Popen) -> None:
     p.wait(timeout=60)
 
 
+STAT_FIELDS = {"state": 0, "ppid": 1, "pgrp": 2, "session": 3}  # /proc/<pid>/stat, after the ")" of the name
+
+
+def live_pids(field: str, value: int) -> list[int]:
+    """The live (not zombie) processes whose stat `field` (ppid, pgrp or session) is `value`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if d.name.isdigit() and int(stat[STAT_FIELDS[field]]) == value and stat[0] != "Z":
+                out.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def _wait_group_empty(pgid: int, timeout: float) -> list[str]:
-    """The command lines of the live (not zombie) processes still in a process group after `timeout`."""
+    """The command lines of the live processes still in a process group after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         left = []
-        for d in Path("/proc").iterdir():
-            try:
-                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                if d.name.isdigit() and int(stat[2]) == pgid and stat[0] != "Z":
-                    left.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
-            except (OSError, IndexError, ValueError):
-                continue
+        for pid in live_pids("pgrp", pgid):
+            with contextlib.suppress(OSError):
+                left.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)

@@ -97,6 +97,23 @@ def describe(owner: dict) -> str:
             + (f" ({owner['command']})" if owner.get("command") else ""))
 
 
+def take_over(lock, settle_s: float) -> dict:
+    """The content rule both locks share: refuse a live owner other than this process, else write
+    this process as the owner, wait `settle_s` and read it back (a successor that wrote at the same
+    moment wins or loses here, never both). `lock` has _read() -> (owner, last beat), _write, _refuse."""
+    owner, beat = lock._read()
+    if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
+            and owner_alive(owner, beat):
+        raise lock._refuse(owner)
+    mine = me()
+    lock._write(mine)
+    time.sleep(settle_s)
+    now = lock._read()[0]
+    if (now.get("host"), now.get("pid")) != (mine["host"], mine["pid"]):
+        raise lock._refuse(now)  # another successor took it over at the same moment
+    return mine
+
+
 class DriverLock:
     def __init__(self, exp_dir: str | os.PathLike):
         self.exp_dir = Path(exp_dir).resolve()
@@ -143,15 +160,7 @@ class DriverLock:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             # no shared record locks here (NFS mounted with nolock): the content alone decides
-        owner, mtime = self._read()
-        if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
-                and owner_alive(owner, mtime):
-            raise self._refuse(owner)
-        mine = me()
-        self._write(mine)
-        time.sleep(0.05)
-        if self._read()[0].get("pid") != mine["pid"] or self._read()[0].get("host") != mine["host"]:
-            raise self._refuse(self._read()[0])  # another successor took it over at the same moment
+        take_over(self, settle_s=0.05)
 
     def _write(self, data: dict) -> None:
         raw = json.dumps(data).encode()
@@ -200,17 +209,7 @@ class ObjectLock:
         self.store.write_bytes(self.rel, json.dumps({**data, "heartbeat": time.time()}).encode() if data else b"")
 
     def acquire(self) -> "ObjectLock":
-        owner, beat = self._read()
-        if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
-                and owner_alive(owner, beat):
-            raise self._refuse(owner)
-        mine = me()
-        self._write(mine)
-        time.sleep(0.5)
-        now = self._read()[0]
-        if (now.get("host"), now.get("pid")) != (mine["host"], mine["pid"]):
-            raise self._refuse(now)  # another successor took it over at the same moment
-        self.mine = mine
+        self.mine = take_over(self, settle_s=0.5)
         threading.Thread(target=self._heartbeat, name="stlm-lock-heartbeat", daemon=True).start()
         atexit.register(self.release)
         return self
