@@ -253,7 +253,15 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
         if k.categorical:
             ax.set_xticks(range(len(cats)), [str(c) for c in cats])
         elif k.log_axis:
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
             ax.set_xscale("log")
+            # 1-2-5 labels as plain numbers: matplotlib's default labels every minor tick of a short
+            # range in scientific notation, and they overlap
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
         imp = r.importances.get(k.name)
         ax.set_title(k.name + (f" (importance {imp:.2f})" if imp is not None else ""), fontsize=9)
         ax.set_xlabel(k.name)
