@@ -4,6 +4,7 @@ the newest train.keep_checkpoints kept, stale ones ahead of the resume point dis
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,47 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     assert points[2][2] == points[3][2]  # bit for bit the uninterrupted run's value
     assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step_000020", "step_000030"]
     assert ckpt.intact(run_dir / "step_000030") is None  # the damaged one was replaced
+
+
+def test_a_stopped_or_killed_stlm_train_leaves_no_run_running(tmp_path):
+    """A run killed with -9 before its first checkpoint is marked KILLED by the next `stlm train --resume`
+    of that directory, and SIGTERM ends `stlm train` like Ctrl-C: exit 130, its MLflow run KILLED."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    cfg = {"model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
+           "data": {"source": "generated", "max_chars": 100_000},
+           "train": {"max_steps": 100_000, "batch_size": 4, "eval_interval": 100_000, "log_interval": 10,
+                     "warmup_steps": 2, "out_dir": "runs"}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, STLM_QUIET="1", PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run_file = tmp_path / "runs" / "long" / "mlflow_run.json"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def start_and_wait() -> tuple[subprocess.Popen, str]:
+        """A `stlm train` that has made (or reopened) its MLflow run: the run file names its pid."""
+        p = subprocess.Popen([sys.executable, "-m", "stlm.cli", "train", "long.yaml", "--resume"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            saved = json.loads(run_file.read_text()) if run_file.is_file() else {}
+            if saved.get("pid") == p.pid:
+                time.sleep(1.0)  # into the run
+                return p, saved["run_id"]
+            time.sleep(0.1)
+        pytest.fail("stlm train made no MLflow run: " + p.communicate()[1][-2000:])
+
+    p, first = start_and_wait()
+    p.kill()  # -9: no chance to end its run
+    p.communicate(timeout=30)
+    assert client.get_run(first).info.status == "RUNNING"
+
+    p, second = start_and_wait()  # the next run of the directory repairs it ...
+    p.send_signal(signal.SIGTERM)  # ... and is itself stopped the way schedulers stop jobs
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert f"the earlier run {first} of this directory was killed" in err and "marked KILLED in MLflow" in err
+    assert (client.get_run(first).info.status, client.get_run(second).info.status) == ("KILLED", "KILLED")
