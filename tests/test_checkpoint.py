@@ -159,10 +159,13 @@ def test_a_stopped_or_killed_stlm_train_leaves_no_run_running(tmp_path):
     run_file = tmp_path / "runs" / "long" / "mlflow_run.json"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
+    started: list[subprocess.Popen] = []
+
     def start_and_wait() -> tuple[subprocess.Popen, str]:
         """A `stlm train` that has made (or reopened) its MLflow run: the run file names its pid."""
         p = subprocess.Popen([sys.executable, "-m", "stlm.cli", "train", "long.yaml", "--resume"], cwd=tmp_path,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(p)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
             saved = json.loads(run_file.read_text()) if run_file.is_file() else {}
@@ -172,14 +175,19 @@ def test_a_stopped_or_killed_stlm_train_leaves_no_run_running(tmp_path):
             time.sleep(0.1)
         pytest.fail("stlm train made no MLflow run: " + p.communicate()[1][-2000:])
 
-    p, first = start_and_wait()
-    p.kill()  # -9: no chance to end its run
-    p.communicate(timeout=30)
-    assert client.get_run(first).info.status == "RUNNING"
+    try:
+        p, first = start_and_wait()
+        p.kill()  # -9: no chance to end its run
+        p.communicate(timeout=30)
+        assert client.get_run(first).info.status == "RUNNING"
 
-    p, second = start_and_wait()  # the next run of the directory repairs it ...
-    p.send_signal(signal.SIGTERM)  # ... and is itself stopped the way schedulers stop jobs
-    _, err = p.communicate(timeout=30)
-    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert f"the earlier run {first} of this directory was killed" in err and "marked KILLED in MLflow" in err
-    assert (client.get_run(first).info.status, client.get_run(second).info.status) == ("KILLED", "KILLED")
+        p, second = start_and_wait()  # the next run of the directory repairs it ...
+        p.send_signal(signal.SIGTERM)  # ... and is itself stopped the way schedulers stop jobs
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+        assert f"the earlier run {first} of this directory was killed" in err and "marked KILLED in MLflow" in err
+        assert (client.get_run(first).info.status, client.get_run(second).info.status) == ("KILLED", "KILLED")
+    finally:
+        for p in started:  # a failed assertion must not leave a training process behind
+            p.kill()
+            p.communicate(timeout=30)
