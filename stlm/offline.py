@@ -44,6 +44,12 @@ def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         return f"{u.hostname}:{port} cannot be reached ({type(e).__name__}: {e})"
 
 
+def hub_down() -> str | None:
+    """Why the hub cannot be reached now; None when it answers, or when HF_HUB_OFFLINE /
+    HF_DATASETS_OFFLINE is set (datasets then reads its cache of an earlier download, at once)."""
+    return None if hub_offline() else unreachable(hub_endpoint())
+
+
 def hub_unreachable() -> str | None:
     """None when the hub can be used, else why not (offline by choice, or no connection)."""
     if hub_offline():

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from stlm.config import CHOICES
 from stlm.errors import StlmError
-from stlm.offline import OFFLINE_HINT, hub_offline, hub_unreachable
+from stlm.offline import OFFLINE_HINT, hub_down
 
 if TYPE_CHECKING:
     from stlm.config import DataConfig
@@ -238,7 +238,7 @@ class HubSource(Source):
         import datasets
 
         hub_split = self.spec.val_split if split == "val" else self.spec.train_split
-        why = None if hub_offline() else hub_unreachable()  # at once, not after datasets' 30 s of retries
+        why = hub_down()  # at once, not after datasets' 30 s of retries
         if why:
             raise StlmError(f"data.source={self.name!r}: hub dataset {self.spec.path!r} cannot be streamed: {why}. "
                             + OFFLINE_HINT)

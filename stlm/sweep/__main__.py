@@ -134,13 +134,15 @@ def resolve_tracking_uri(cli: str | None, sweep: Sweep) -> str:
     return tracking_uri(cli or sweep.arms[0].cfg.tracking.uri)
 
 
-def sweep_tracking_uri(args, exp_dir: Path, sweep: Sweep) -> str:
-    """--tracking-uri, else (on --resume) the one the sweep started with, else the config's / $MLFLOW_TRACKING_URI."""
+def sweep_tracking_uri(args, store, sweep: Sweep) -> str:
+    """--tracking-uri, else (on --resume) the one the sweep started with (its sweep.json, read from the
+    experiment directory itself: an object store's before this machine's mirror is restored), else the
+    config's / $MLFLOW_TRACKING_URI."""
+    from stlm.sweep.storage import read_json
     from stlm.tracking import tracking_uri
 
-    old = json.loads((exp_dir / "sweep.json").read_text()) if (exp_dir / "sweep.json").is_file() else {}
-    return tracking_uri(args.tracking_uri or (old.get("tracking_uri") if args.resume else None)
-                        or resolve_tracking_uri(None, sweep))
+    old = (read_json(store, "sweep.json") or {}) if args.resume and not args.tracking_uri else {}
+    return tracking_uri(args.tracking_uri or old.get("tracking_uri") or resolve_tracking_uri(None, sweep))
 
 
 def absolutize(sweep: Sweep) -> None:
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(sweep, space), flush=True)
     from stlm.sweep import preflight
 
-    preflight.check(sweep, attached=bool(address), tracking_uri=sweep_tracking_uri(args, exp_dir, sweep))
+    uri = sweep_tracking_uri(args, store, sweep)
+    preflight.check(sweep, attached=bool(address), tracking_uri=uri)  # every problem at once; nothing written yet
     where = (f"the cluster at {address} is checked once connected" if address
              else "each trial's request fits this machine")
     print(f"pre-flight: data, tokenizers and eval data found; {where}.")
@@ -437,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         store.upload(PLAN_FILE)
 
     try:
-        return run(sweep, space, exp_dir, args, t_start, guard=guard, restart=restart, address=address, store=store)
+        return run(sweep, space, exp_dir, args, t_start, uri=uri, store=store, guard=guard, restart=restart,
+                   address=address)
     finally:
         storage.flush_all()  # the driver's last writes reach the bucket (no-op for a local directory)
 
@@ -547,15 +551,11 @@ def restart_from_plan(client, exp_dir: Path, store=None) -> None:
             store.delete(sub)
 
 
-def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, guard=None, restart: bool = False,
-        address: str | None = None, store=None) -> int:
-    from stlm.sweep import storage
-
-    store = store or storage.open(exp_dir)
+def run(sweep: Sweep, space, exp_dir: Path, args, t_start: float, *, uri: str, store, guard=None,
+        restart: bool = False, address: str | None = None) -> int:
     from stlm import tracking as T
     from stlm.sweep.tracking import Ledger, start_parent
 
-    uri = sweep_tracking_uri(args, exp_dir, sweep)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     experiment = sweep.arms[0].cfg.tracking.experiment
     client = T.mlflow_client(uri)

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from stlm.errors import StlmError
-from stlm.offline import OFFLINE_HINT, hub_unreachable, unreachable
+from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable, unreachable
 
 GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
              "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
@@ -174,8 +174,8 @@ def _eval(cfg) -> list[str]:
     except StlmError as e:
         return [str(e)]
     if data_dir is None:
-        why = hub_unreachable()
-        if why and not os.environ.get("HF_DATASETS_OFFLINE") and not os.environ.get("HF_HUB_OFFLINE"):
+        why = hub_down()
+        if why:
             return [f"eval.tasks ({', '.join(names)}) are read from the Hugging Face hub, since no benchmark "
                     f"directory is set, and the hub cannot be reached now ({why}). Point eval.data_dir (or "
                     "$STLM_BENCHMARKS) at a benchmark directory laid out like shared/data/benchmarks, or set "

@@ -181,13 +181,10 @@ def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) 
 
 def best_per_arm(a: Analysis) -> dict[str, Trial]:
     """Each arm's best finished trial on the primary metric, over all its seeds and samples."""
-    sign = 1.0 if a.modes[0] == "min" else -1.0
-    out: dict[str, Trial] = {}
-    for t in a.finished:
-        v = t.value(a.primary)
-        if _finite(v) and (t.arm not in out or sign * v < sign * out[t.arm].value(a.primary)):
-            out[t.arm] = t
-    return out
+    from stlm.sweep import compare
+
+    scored = [t for t in a.finished if _finite(t.value(a.primary))]  # an arm without a value has no best
+    return {t.arm: t for t in compare.best_per_cell(scored, lambda t: t.arm, lambda t: t.value(a.primary), a.modes[0])}
 
 
 # --------------------------------------------------------------------------- report blocks and plot

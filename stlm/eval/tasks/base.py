@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stlm.errors import StlmError
-from stlm.offline import OFFLINE_HINT, hub_offline, hub_unreachable
+from stlm.offline import OFFLINE_HINT, hub_down
 
 # The harness's default target_delimiter: the continuation is " " + choice.
 TARGET_DELIMITER = " "
@@ -97,7 +97,7 @@ def load_hub(task: str, path: str, name: str | None, split: str) -> list[dict]:
     An unreachable hub fails at once (one quick probe, stlm.offline) instead of after datasets'
     ~30 s of retries; with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, datasets reads its cache only."""
     where = f"{path}{'/' + name if name else ''} [{split}]"
-    why = None if hub_offline() else hub_unreachable()
+    why = hub_down()
     if why:
         raise StlmError(
             f"Task {task!r}: no local benchmark directory is set (eval.data_dir / --data-dir / $STLM_BENCHMARKS) "
