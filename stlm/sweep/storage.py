@@ -284,15 +284,11 @@ def probe(uri: str, timeout: float = 10.0) -> str | None:
     box: dict = {}
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if custom and st.uri.startswith("s3://"):  # nothing listening is known at once (the SDK retries for 6 s)
-        import socket
-        from urllib.parse import urlsplit
+        from stlm.offline import unreachable
 
-        u = urlsplit(custom if "://" in custom else f"http://{custom}")
-        try:
-            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)),
-                                     timeout=min(3.0, timeout)).close()
-        except OSError as e:
-            return f"nothing accepts connections at {u.hostname}:{u.port} ({type(e).__name__}: {e})"
+        why = unreachable(custom if "://" in custom else f"http://{custom}", timeout=min(3.0, timeout))
+        if why:
+            return why
 
     def go():
         try:
