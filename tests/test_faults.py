@@ -342,7 +342,9 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
     path = _fault_sweep(tmp_path, "early", [{"name": "ok", "set": {}}])
     spec = yaml.safe_load(path.read_text())
     spec["seeds"] = [0]
-    spec["config"]["data"].update(max_chars=3_000_000, num_proc=2, cache_dir=str(tmp_path / "cache"))
+    # 30M characters: the first 2M are tokenized in the driver, the rest in its pool of two spawned
+    # workers for a few seconds (at 3M the pool had one batch and started one worker)
+    spec["config"]["data"].update(max_chars=30_000_000, num_proc=2, cache_dir=str(tmp_path / "cache"))
     spec["config"]["train"].update(max_steps=20)
     path.write_text(yaml.safe_dump(spec))
     exp_dir = tmp_path / "sweep_runs" / "early"
@@ -352,8 +354,8 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
         deadline = time.monotonic() + 180
         workers: list[int] = []
         while time.monotonic() < deadline and p.poll() is None and len(workers) < 2:
-            workers = [c for c in live_pids("ppid", p.pid) if b"multiprocessing" in _cmdline(c)]
-            time.sleep(0.2)
+            workers = [c for c in live_pids("ppid", p.pid) if b"spawn_main" in _cmdline(c)]  # not the resource tracker
+            time.sleep(0.05)
         assert len(workers) == 2, "no tokenization workers seen:\n" + (tmp_path / "first.log").read_text()[-3000:]
         os.kill(p.pid, signal.SIGKILL)  # the driver alone: its workers are not killed with it
         p.wait(timeout=30)

@@ -86,24 +86,27 @@ def _init_worker(tokenizer: Tokenizer, dtype: str) -> None:
     _worker_tok, _worker_dtype = tokenizer, np.dtype(dtype)
 
 
-def _init_worker_from_file(path: str, dtype: str) -> None:
-    _exit_with_parent()
+def _init_worker_from_file(path: str, dtype: str, parent: int) -> None:
+    _exit_with_parent(parent)
     with open(path, "rb") as f:
         _init_worker(pickle.load(f), dtype)
 
 
-def _exit_with_parent(poll_s: float = 1.0) -> None:
-    """A tokenization worker exits once the process that started it is gone. A spawned pool child holds
-    its own copy of the task queue's pipe, so it never sees EOF: after a kill -9 of the driver it waited
-    for tasks for ever (alive 3.5 minutes later, issue 20)."""
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """A tokenization worker exits once the process that started it (pid `parent`) is gone. A spawned
+    pool child holds its own copy of the task queue's pipe, so it never sees EOF: after a kill -9 of
+    the driver it waited for tasks for ever (alive 3.5 minutes later, issue 20). The parent's pid comes
+    from the parent: a child whose parent died while it was still importing (seconds, for a main
+    script that imports Ray) would otherwise take its new parent for its own."""
     import threading
 
-    parent = os.getppid()
+    if os.getppid() != parent:  # re-parented already: the parent died
+        os._exit(1)
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != parent:  # re-parented: the parent died
+            if os.getppid() != parent:
                 os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -167,7 +170,7 @@ class _Encoder:
                     pickle.dump(self.tokenizer, f)
                 self.pool = ProcessPoolExecutor(self.num_proc, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_init_worker_from_file,
-                                                initargs=(str(self.tok_file), self.dtype))
+                                                initargs=(str(self.tok_file), self.dtype, os.getpid()))
             if self.pool is not None:
                 yield from _ordered_map(self.pool, _encode_batch, itertools.chain([batch], batches),
                                         in_flight=2 * self.num_proc)
