@@ -11,13 +11,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Ray Train's controller takes a worker's report when it next polls (every 0.5 s in stlm, 2 s in Ray),
-# and a worker's second report waits for the first to be taken. The tests' sweeps evaluate every few
-# milliseconds, so each report waited about 0.45 s (8 s of a 30-step trial); polling every 0.1 s cut
-# a 1-trial sweep from 39 to 32 s with the same CPU time. A trial whose
-# reports come more than one poll apart (every real one) never waits.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
