@@ -100,14 +100,10 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     script that imports Ray) would otherwise take its new parent for its own."""
     import threading
 
-    if os.getppid() != parent:  # re-parented already: the parent died
-        os._exit(1)
-
     def watch() -> None:
-        while True:
+        while os.getppid() == parent:  # checked at once too: the parent may have died during start-up
             time.sleep(poll_s)
-            if os.getppid() != parent:
-                os._exit(1)
+        os._exit(1)  # re-parented: the parent died
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
