@@ -263,7 +263,7 @@ def health_check_interval() -> float | None:
     v = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
     if v is None:
         try:
-            from stlm.sweep.runner import HEALTH_CHECK_S as v
+            from stlm.sweep.run.ray_cluster import HEALTH_CHECK_S as v
         except ImportError:
             return None
     return float(v)

@@ -3,7 +3,7 @@
     stlm train CONFIG [key=value ...]      stlm.train.__main__
     stlm sweep SWEEP [--dry-run]           stlm.sweep.__main__
     stlm eval CHECKPOINT --tasks ...       stlm.eval.__main__
-    stlm report SWEEP_DIR_OR_PARENT_RUN    stlm.sweep.report
+    stlm report SWEEP_DIR_OR_PARENT_RUN    stlm.sweep.report.cli
     stlm count CONFIG [--json]             stlm.models.params
     stlm generate CHECKPOINT --prompt ...  stlm.eval.generate
     stlm export CHECKPOINT OUT_DIR         stlm.export.__main__
@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("stlm.train.__main__", "Train one model on one machine (logs to MLflow)."),
     "sweep": ("stlm.sweep.__main__", "Run a budget-matched ablation or Optuna search on Ray."),
     "eval": ("stlm.eval.__main__", "Score a checkpoint on bpb and benchmarks, as lm-evaluation-harness does."),
-    "report": ("stlm.sweep.report", "Write the statistics report of a finished sweep."),
+    "report": ("stlm.sweep.report.cli", "Write the statistics report of a finished sweep."),
     "count": ("stlm.models.params", "Exact parameter count and FLOPs of a config; solve a budget."),
     "generate": ("stlm.eval.generate", "Sample text from a checkpoint."),
     "export": ("stlm.export.__main__", "Write a checkpoint as a Hugging Face transformers model with a model card."),

@@ -471,7 +471,7 @@ def _tune_results(exp_dir: Path, trial_id: str) -> list[dict]:
 
 def _lost_and_duplicated(client, run_id: str, results: list[dict]) -> tuple[set, int]:
     """(the (metric, step) points Tune received but MLflow lacks, the points MLflow holds twice)."""
-    from stlm.sweep.tracking import TUNE_KEYS
+    from stlm.sweep.tracking.callback import TUNE_KEYS
 
     expected = {(k, int(r["step"])) for r in results if "step" in r for k, v in r.items()
                 if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}

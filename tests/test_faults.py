@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from stlm.errors import StlmError
-from stlm.sweep import lock
+from stlm.sweep.resilience import layout, lock
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = """
 import sys, time
-from stlm.sweep.lock import hold
+from stlm.sweep.resilience.lock import hold
 hold(sys.argv[1])
 print("held", flush=True)
 time.sleep(120)
@@ -52,14 +52,14 @@ def test_a_second_driver_is_refused_and_a_dead_drivers_successor_takes_over(tmp_
     finally:
         owner.send_signal(signal.SIGKILL)  # the driver dies without cleaning up: the file stays behind
         owner.wait()
-    assert json.loads(lock.lock_path(exp_dir).read_text())["pid"] == owner.pid
+    assert json.loads(layout.lock_path(exp_dir).read_text())["pid"] == owner.pid
     mine = lock.hold(exp_dir)  # its successor takes over
     try:
-        assert json.loads(lock.lock_path(exp_dir).read_text())["pid"] == os.getpid()
+        assert json.loads(layout.lock_path(exp_dir).read_text())["pid"] == os.getpid()
         assert lock.hold(exp_dir) is mine  # the same driver asking again
     finally:
         mine.release()
-    assert lock.lock_path(exp_dir).read_text() == ""  # released: the next driver starts without a question
+    assert layout.lock_path(exp_dir).read_text() == ""  # released: the next driver starts without a question
 
 
 def test_without_shared_locks_the_file_content_decides(tmp_path):
@@ -77,7 +77,7 @@ def test_without_shared_locks_the_file_content_decides(tmp_path):
         assert not lock.owner_alive(other, now - lock.STALE_S - 1, now=now)  # no heartbeat: dead
         # a live owner's file without any record lock on it (as on a nolock mount) still refuses
         exp_dir = tmp_path / "exp"
-        lock.lock_path(exp_dir).write_text(json.dumps(alive))
+        layout.lock_path(exp_dir).write_text(json.dumps(alive))
         with pytest.raises(StlmError, match=f"pid {sleeper.pid} on host"):
             lock.hold(exp_dir)
     finally:
@@ -88,7 +88,7 @@ def test_without_shared_locks_the_file_content_decides(tmp_path):
 
 def test_the_ledger_survives_a_full_disk(tmp_path, monkeypatch):
     from stlm.atomic import DiskFullError
-    from stlm.sweep.tracking import Ledger
+    from stlm.sweep.tracking.ledger import Ledger
 
     ledger = Ledger(tmp_path)
     ledger.trials["t1"] = {"run_id": "r1", "last_step": 10}
@@ -241,7 +241,7 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     p = _start([str(sweep), "--resume"], tmp_path, tmp_path / "resume.log")
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and f'"pid": {p.pid}' not in lock.lock_path(exp_dir).read_text():
+        while time.time() < deadline and f'"pid": {p.pid}' not in layout.lock_path(exp_dir).read_text():
             time.sleep(0.2)
         for extra in (["--resume"], ["--overwrite"]):
             second = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), *extra], cwd=tmp_path,
@@ -282,7 +282,7 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
     """Issue 20, case 3: the experiment directory on a small filesystem that fills up mid-sweep. The
     sweep ends with one paragraph naming the directory, the space needed and the command to continue;
     once space is freed, that command completes every trial with nothing lost or logged twice."""
-    from stlm.sweep.disk import DiskGuard
+    from stlm.sweep.resilience.disk import DiskGuard
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -291,7 +291,7 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
     try:
         sweep = _fault_sweep(tmp_path, "fulldisk", [{"name": "ok", "set": {}}])
         exp_dir = disk / "exp"
-        from stlm.sweep.spec import load_sweep
+        from stlm.sweep.plan.sweep import load_sweep
 
         needed = DiskGuard(exp_dir, load_sweep(str(sweep))).needed(2)
         ballast = disk / "ballast"
@@ -385,7 +385,7 @@ def test_tunes_experiment_state_is_replaced_whole_or_not_at_all(tmp_path):
     fails half-way (here: a value JSON cannot encode) leaves the previous state intact, not truncated."""
     from ray.tune.execution.tune_controller import TuneController
 
-    from stlm.sweep import tune_state
+    from stlm.sweep.resilience import tune_state
 
     assert tune_state.install(), "Tune's save_to_dir changed shape: review stlm/sweep/tune_state.py"
     assert TuneController.save_to_dir is tune_state._save_to_dir

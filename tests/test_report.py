@@ -160,7 +160,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory):
-    from stlm.sweep.report import build_report
+    from stlm.sweep.report.document import build_report
 
     out = tmp_path_factory.mktemp("report")
     md = build_report(store["uri"], store["parent"], out, control_arm="A")
@@ -272,7 +272,8 @@ def test_cli_prints_table(store, tmp_path):
 
 
 def test_errors_are_clear(store, tmp_path):
-    from stlm.sweep.report import build_report, main
+    from stlm.sweep.report.document import build_report
+    from stlm.sweep.report.cli import main
 
     with pytest.raises(StlmError, match="neither a sweep dir"):
         main([str(tmp_path / "nope")])
@@ -291,7 +292,7 @@ def test_errors_are_clear(store, tmp_path):
 
 def test_multi_objective_pareto(store, tmp_path):
     """An NSGA-II sweep (parent tag stlm.metric is a list): the Pareto front of bpb vs params is drawn and listed."""
-    from stlm.sweep.report import build_report
+    from stlm.sweep.report.document import build_report
 
     client = store["client"]
     parent = client.create_run(store["exp_id"], tags={"stlm.sweep": "nas", "stlm.metric": '["val_bpb", "params"]'}).info.run_id
@@ -309,7 +310,8 @@ def test_multi_objective_pareto(store, tmp_path):
 
 def test_search_cells_keep_their_best_trial():
     """An Optuna search runs several trials per (arm, seed): the arm comparison uses the best of each cell."""
-    from stlm.sweep.report import Trial, best_per_cell
+    from stlm.sweep.analysis.trials import Trial
+    from stlm.sweep.analysis.arms import best_per_cell
 
     def trial(arm, seed, bpb):
         return Trial(run_id=f"{arm}{seed}{bpb}", run_name="", arm=arm, seed=seed, status="finished", params={},
@@ -324,9 +326,10 @@ def test_search_cells_keep_their_best_trial():
 def test_terminal_sweep_json_and_report_use_one_rule():
     """The quickstart's shape (2 arms x 2 seeds x 2 samples): the terminal/sweep.json comparison (from
     Tune's rows) and the report's (from MLflow trials) pick the same trial per cell and agree to the digit."""
-    from stlm.sweep.__main__ import comparison_of
-    from stlm.sweep.report import Trial, analyse
-    from stlm.sweep.spec import load_sweep
+    from stlm.sweep.analysis.summary import comparison_of
+    from stlm.sweep.analysis.trials import Trial
+    from stlm.sweep.analysis.arms import analyse
+    from stlm.sweep.plan.sweep import load_sweep
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml")
     bpb = {("rope", 0): [1.30, 1.10], ("rope", 1): [1.25, 1.40], ("learned", 0): [1.20, 1.35], ("learned", 1): [1.31, 1.29]}
@@ -363,10 +366,11 @@ def searched(store, tmp_path_factory):
 
     import yaml
 
-    from stlm.sweep.report import build_report
-    from stlm.sweep.space import SearchSpace
-    from stlm.sweep.spec import load_sweep
-    from stlm.sweep.tracking import Ledger, start_parent
+    from stlm.sweep.report.document import build_report
+    from stlm.sweep.plan.space import SearchSpace
+    from stlm.sweep.plan.sweep import load_sweep
+    from stlm.sweep.tracking.ledger import Ledger
+    from stlm.sweep.tracking.runs import start_parent
 
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("search")
@@ -425,8 +429,9 @@ def test_sweep_without_search_says_why_importances_are_absent(report):
 
 def test_knob_importances_need_two_trials_that_differ():
     """Too few finished trials, or a knob that took one value: the section says why, nothing fails."""
-    from stlm.sweep import search_report
-    from stlm.sweep.report import Trial, analyse
+    from stlm.sweep.analysis import knobs
+    from stlm.sweep.analysis.trials import Trial
+    from stlm.sweep.analysis.arms import analyse
 
     space = json.dumps({"train.lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 0.1, "log": True,
                                                                                   "step": None}}})
@@ -435,7 +440,7 @@ def test_knob_importances_need_two_trials_that_differ():
         trials = [Trial(run_id=f"r{i}", run_name="", arm="A", seed=i, status=status if i else "finished",
                         params={"search.train.lr": str(lr)}, metrics={"val_bpb": 2.0 + i}) for i, lr in enumerate(lrs)]
         a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
-        return search_report.analyse_knobs(a, space)
+        return knobs.analyse_knobs(a, space)
 
     assert "fewer than 2 finished trials" in analysis(1e-3, 2e-3, status="failed").absent
     one = analysis(1e-3, 1e-3)
@@ -447,15 +452,16 @@ def test_knob_importances_need_two_trials_that_differ():
 def test_knobs_of_a_sweep_that_recorded_no_space_are_inferred_and_importances_are_seeded():
     """An older sweep (no sweep.search on its parent run): the knobs are its trials' search.* params, the
     ranges those seen; fANOVA is seeded, so the same trials give the report the same numbers."""
-    from stlm.sweep import search_report
-    from stlm.sweep.report import Trial, analyse
+    from stlm.sweep.analysis import knobs
+    from stlm.sweep.analysis.trials import Trial
+    from stlm.sweep.analysis.arms import analyse
 
     trials = [Trial(run_id=f"r{i}", run_name="", arm="AB"[i % 2], seed=i // 2, status="finished",
                     params={"search.train.lr": str(10 ** (-4 + 0.3 * i)), "search.model.n_layers": str(2 + i % 3),
                             "search.arch.kv_index": "0", "train.seed": str(i // 2)},
                     metrics={"val_bpb": 2.0 + (-4 + 0.3 * i + 2.5) ** 2}) for i in range(10)]
     a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
-    runs = [search_report.analyse_knobs(a, None) for _ in range(2)]
+    runs = [knobs.analyse_knobs(a, None) for _ in range(2)]
     r = runs[0]
     assert [k.name for k in r.knobs] == ["model.n_layers", "train.lr"] and not r.declared  # arch.*, seeds: not knobs
     assert r.importances == runs[1].importances and r.importances["train.lr"] > r.importances["model.n_layers"]

@@ -107,7 +107,7 @@ def test_an_unreachable_bucket_fails_preflight_at_once(tmp_path):
 
 def test_a_query_string_uri_is_refused(tmp_path):
     from stlm.errors import StlmError
-    from stlm.sweep import storage
+    from stlm.sweep.resilience import storage
 
     with pytest.raises(StlmError, match="AWS_ENDPOINT_URL"):
         storage.open(f"s3://{BUCKET}/x?endpoint_override=127.0.0.1:9000")
@@ -119,7 +119,8 @@ def test_a_query_string_uri_is_refused(tmp_path):
 def test_the_mirror_follows_the_last_session(s3_server, tmp_path, monkeypatch):
     """--resume keeps this machine's mirror when this machine ran the last session (its newest writes
     may not be uploaded yet) and takes the bucket's copy otherwise; a missing bucket is named."""
-    from stlm.sweep import preflight, storage
+    from stlm.sweep.resilience import storage
+    from stlm.sweep.run import preflight
     from stlm.errors import StlmError
 
     uri = f"s3://{BUCKET}/sweeps/mirror"
@@ -145,7 +146,7 @@ def test_the_mirror_follows_the_last_session(s3_server, tmp_path, monkeypatch):
     storage._ACTIVE.clear()
 
     # the lock object: a live driver on another host (fresh heartbeat) refuses; a stale one is taken over
-    from stlm.sweep.lock import STALE_S, ObjectLock
+    from stlm.sweep.resilience.lock import STALE_S, ObjectLock
 
     other = {"host": "other-host", "pid": 4242, "started": "earlier", "command": "python -m stlm.sweep x"}
     s3_server.client().put_object(Bucket=BUCKET, Key="sweeps/mirror.lock",

@@ -196,7 +196,7 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
 PG_SCRIPT = """
 import time, ray
 from ray.util.placement_group import placement_group, placement_group_table
-from stlm.sweep.train_run import FreeDeadTrialsPlacementGroups, orphaned_placement_groups
+from stlm.sweep.run.train_run import FreeDeadTrialsPlacementGroups, orphaned_placement_groups
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 own = placement_group([{"CPU": 1}])  # made by the driver, as Tune makes its trials' groups

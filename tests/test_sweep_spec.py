@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from stlm.errors import StlmError
-from stlm.sweep.__main__ import main as sweep_main
-from stlm.sweep.space import SearchSpace
-from stlm.sweep.spec import CONFIG_KEYS, load_sweep
+from stlm.sweep.run.driver import main as sweep_main
+from stlm.sweep.plan.space import SearchSpace
+from stlm.sweep.plan.schema import CONFIG_KEYS
+from stlm.sweep.plan.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -328,7 +329,7 @@ def test_nsga2_and_random_samplers(tmp_path):
 
 
 def test_pareto_front_of_a_multi_objective_sweep():
-    from stlm.sweep.__main__ import pareto_front
+    from stlm.sweep.analysis.summary import pareto_front
 
     rows = [
         {"trial_id": "a", "status": "finished", "val_bpb": 1.0, "params": 10},
@@ -376,7 +377,7 @@ def test_cli_bad_input_is_one_paragraph_exit_2(tmp_path):
 def test_an_unknown_train_controller_choice_is_refused_before_ray_starts(monkeypatch):
     """A typo in STLM_TRAIN_CONTROLLER must not silently pick a path: the driver names the
     variable and the two choices; both choices reach the trials' environment."""
-    from stlm.sweep.runner import env_vars
+    from stlm.sweep.run.ray_cluster import env_vars
 
     monkeypatch.setenv("STLM_TRAIN_CONTROLLER", "stock")
     with pytest.raises(StlmError, match=r"STLM_TRAIN_CONTROLLER='stock'.*'in-trial'.*'actor'"):

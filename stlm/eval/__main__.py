@@ -53,7 +53,7 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     tag = run.data.tags.get("stlm.checkpoint")
     if tag:
         tried.append(f"tag stlm.checkpoint={tag}")
-        from stlm.sweep import storage
+        from stlm.sweep.resilience import storage
 
         if storage.is_remote(tag):  # a sweep's run in an object store: its checkpoints, downloaded once
             import hashlib

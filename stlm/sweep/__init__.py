@@ -11,6 +11,7 @@
 Importing this package does not import Ray.
 """
 
-from stlm.sweep.spec import Sweep, SweepSpec, load_sweep
+from stlm.sweep.plan.schema import SweepSpec
+from stlm.sweep.plan.sweep import Sweep, load_sweep
 
 __all__ = ["Sweep", "SweepSpec", "load_sweep"]

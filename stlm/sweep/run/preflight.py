@@ -78,7 +78,7 @@ def _tracking(uri: str | None) -> list[str]:
 def check_storage(store, timeout: float = 10.0) -> None:
     """An object-store experiment directory (s3://bucket/prefix) can be listed and written within
     `timeout` seconds, else one paragraph naming the URI (exit 2). Checked before anything is read."""
-    from stlm.sweep.storage import endpoint, probe
+    from stlm.sweep.resilience.storage import endpoint, probe
 
     why = probe(store.uri, timeout=timeout)
     if why:

@@ -1,34 +1,10 @@
-"""MLflow for sweeps: one parent run per sweep, one child run per trial, resume-safe.
-
-Not ray.air.integrations.mlflow.MLflowLoggerCallback: a resumed sweep must write into the
-runs it already has, without repeating a metric point. So this Tune callback keeps its
-own ledger in the experiment directory (mlflow_state.json, rewritten atomically after each
-change):
-
-    {"parent_run_id": ..., "trials": {trial_id: {"run_id", "last_step", "eval_logged", "status"}}}
-
-On resume the ledger maps each Tune trial back to its MLflow run, and `last_step` is re-read
-from the run's own `step` metric history (what MLflow really stored, even if the driver died
-between a write and the ledger update). A result whose `step` is not past `last_step` logs
-nothing but its eval/* metrics, once.
-
-The callback's Tune hooks only queue what to write; one background thread writes it (outbox.py),
-so trials keep training and reporting while the tracking server is away or restarting. What is
-queued is also in <exp>/mlflow_outbox.jsonl until written, and `--resume` writes what a stopped
-driver could not.
-
-Parent run: tags stlm.sweep, stlm.control_arm, stlm.metric, stlm.status; params sweep.* (sweep.search:
-the searched knobs as Optuna distributions, JSON, for the report's importances); the sweep file.
-
-Child run: tags mlflow.parentRunId, stlm.sweep, stlm.arm, stlm.seed, stlm.trial_id, stlm.status
-(running/finished/failed/stopped), stlm.git_commit (+ stlm.error on failure); params: the
-flattened resolved config, params.total, flops_per_token; metrics: every reported number at
-step=`step`; artifacts: config.yaml, eval item JSONL files, optionally the final checkpoint.
+"""The Tune callback that logs every trial to MLflow, resume-safe and off the Tune loop (see tracking/__init__.py).
 """
 
 from __future__ import annotations
 
-import json
+from stlm.sweep.resilience import layout
+
 import logging
 import os
 import re
@@ -41,9 +17,11 @@ from ray.tune import Callback
 from stlm import tracking as T
 from stlm.config import dump_yaml, flatten, to_dict
 from stlm.errors import StlmError
+from stlm.sweep.tracking.ledger import Ledger
 
-STATE_FILE = "mlflow_state.json"
 log = logging.getLogger("stlm.sweep")
+
+
 # keys Ray Tune adds to every result; not training metrics
 TUNE_KEYS = {
     "done", "training_iteration", "trial_id", "timestamp", "date", "time_this_iter_s", "time_total_s",
@@ -52,68 +30,6 @@ TUNE_KEYS = {
     "timesteps_since_restore", "config",
     "max_steps",  # reported for the scheduler; it is the param train.max_steps
 }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic and durable (temp + fsync + rename); a full disk is a DiskFullError naming the path."""
-    from stlm.atomic import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-class Ledger:
-    """trial_id -> MLflow run and last logged step, persisted in the experiment directory."""
-
-    def __init__(self, exp_dir: Path):
-        self.path = Path(exp_dir) / STATE_FILE
-        self.data: dict = {"parent_run_id": None, "trials": {}}
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
-
-    def save(self) -> None:
-        _write_json(self.path, self.data)
-        from stlm.sweep import storage
-
-        storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
-
-    def remove_leftovers(self) -> None:
-        """Temp files of a writer killed mid-write (or stopped by a full disk); call from the one writer."""
-        for stale in self.path.parent.glob(f".{STATE_FILE}.tmp-*"):
-            stale.unlink(missing_ok=True)
-
-    @property
-    def trials(self) -> dict[str, dict]:
-        return self.data["trials"]
-
-
-def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, space) -> str:
-    """The sweep's parent run (reused on resume)."""
-    from stlm.sweep import search_report
-
-    run_id = ledger.data.get("parent_run_id")
-    if run_id and T.reopen_run(client, run_id):
-        client.set_tag(run_id, "stlm.status", "running")
-        return run_id
-    spec = sweep.spec
-    run_id = T.create_run(client, experiment, run_name=f"sweep-{sweep.name}", tags={
-        "stlm.sweep": sweep.name, "stlm.kind": "sweep", "stlm.status": "running",
-        "stlm.control_arm": sweep.control_arm, "stlm.metric": ",".join(spec.metrics),
-    })
-    T.log_params(client, run_id, {
-        "sweep.name": sweep.name, "sweep.file": str(sweep.path), "sweep.overrides": " ".join(sweep.overrides),
-        "sweep.arms": ",".join(a.name for a in sweep.arms), "sweep.seeds": ",".join(map(str, spec.seeds)),
-        "sweep.trials": sweep.num_trials, "sweep.algorithm": spec.search.algorithm,
-        "sweep.samples_per_cell": spec.search.samples, "sweep.scheduler": spec.scheduler.type,
-        "sweep.metric": ",".join(spec.metrics), "sweep.mode": ",".join(spec.modes),
-        "sweep.budget": spec.budget.target if spec.budget else None, "sweep.experiment_dir": str(exp_dir),
-        **({"sweep.sizes": ",".join(str(a.name).rpartition("@")[2] for a in sweep.arms if a.base == sweep.arms[0].base)}
-           if spec.budget is not None and spec.budget.sized else {}),  # arm names end in @size; the report pairs within one
-        **search_report.parent_params(space),  # sweep.search: the searched knobs' distributions, for their importances
-    })
-    client.log_text(run_id, sweep.path.read_text(), "sweep.yaml")
-    ledger.data["parent_run_id"] = run_id
-    ledger.save()
-    return run_id
 
 
 class MLflowSweepCallback(Callback):
@@ -149,7 +65,7 @@ class MLflowSweepCallback(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        from stlm.sweep import storage
+        from stlm.sweep.resilience import storage
 
         if storage.is_remote(getattr(self, "exp_uri", "")):  # resumed elsewhere: this machine's mirror
             self.exp_dir = storage.open(self.exp_uri).local
@@ -158,12 +74,12 @@ class MLflowSweepCallback(Callback):
     @property
     def outbox(self):
         if self._outbox is None:
-            from stlm.sweep.outbox import OUTBOX_FILE, Outbox
+            from stlm.sweep.resilience.outbox import Outbox
 
             # MLflow's own retries (7, up to ~4 min inside one call) would hide an outage from the
             # outbox's clock and keep a write waiting long after the server is back: the outbox retries
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            self._outbox = Outbox.shared(self.exp_dir / OUTBOX_FILE, self._apply,
+            self._outbox = Outbox.shared(self.exp_dir / layout.OUTBOX, self._apply,
                                          done_seq=int(self.ledger.data.get("outbox_done", 0)), where=self.uri)
         return self._outbox
 
@@ -255,7 +171,7 @@ class MLflowSweepCallback(Callback):
         self.ledger.save()
 
     def _resync(self) -> None:
-        from stlm.sweep.outbox import is_transient
+        from stlm.sweep.resilience.outbox import is_transient
 
         for t in self.ledger.trials.values():
             try:
@@ -283,7 +199,7 @@ class MLflowSweepCallback(Callback):
             self.client.set_tag(run_id, "stlm.error", op["error"])
         else:
             T.log_params(self.client, run_id, op["params"])
-            self.client.log_text(run_id, op["config_yaml"], "config.yaml")
+            self.client.log_text(run_id, op["config_yaml"], layout.TRIAL_CONFIG)
         self.ledger.trials[tid] = {"run_id": run_id, "last_step": -1, "eval_logged": False, "status": "running",
                                    "arm": op["arm"], "seed": op["seed"], "max_steps": op.get("max_steps")}
 
@@ -316,14 +232,14 @@ class MLflowSweepCallback(Callback):
             entry["eval_logged"] = True
 
     def _log_artifacts(self, tid: str, entry: dict) -> None:
-        from stlm.sweep import storage
+        from stlm.sweep.resilience import storage
 
         st = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
-        trial_dir = self.exp_dir / "trials" / tid
-        items = trial_dir / "eval"
+        trial_dir = self.exp_dir / layout.trial(tid)
+        items = trial_dir / layout.EVAL
         try:
             if st.remote:  # the eval items a worker node wrote to the bucket
-                st.download(f"trials/{tid}/eval")
+                st.download(layout.trial(tid, layout.EVAL))
             if items.is_dir() and any(items.iterdir()):
                 self.client.log_artifacts(entry["run_id"], str(items), "eval")
             if st.remote:
@@ -331,14 +247,14 @@ class MLflowSweepCallback(Callback):
                 return
             from stlm.train.checkpoint import latest_checkpoint
 
-            run_dir = self.exp_dir / "train" / tid  # Ray Train's copies are the only ones
+            run_dir = self.exp_dir / layout.train_run(tid)  # Ray Train's copies are the only ones
             last = latest_checkpoint(run_dir)
             if last is not None:  # `stlm eval RUN_ID` loads the newest intact checkpoint of this directory
                 self.client.set_tag(entry["run_id"], "stlm.checkpoint", str(run_dir))
                 if self.sweep.spec.log_checkpoint:
                     self.client.log_artifacts(entry["run_id"], str(last), "checkpoint")
         except Exception as e:
-            from stlm.sweep.outbox import is_transient
+            from stlm.sweep.resilience.outbox import is_transient
 
             if is_transient(e):  # the server went away mid-upload: the outbox tries the whole op again
                 raise
@@ -351,14 +267,14 @@ class MLflowSweepCallback(Callback):
 
         from stlm.train.checkpoint import step_of
 
-        steps = [n for n in st.names(f"train/{tid}") if n.startswith("step_") and step_of(n) is not None]
+        steps = [n for n in st.names(layout.train_run(tid)) if n.startswith("step_") and step_of(n) is not None]
         if not steps:
             return
         self.client.set_tag(entry["run_id"], "stlm.checkpoint", f"{st.uri}/train/{tid}")
         if self.sweep.spec.log_checkpoint:
             with tempfile.TemporaryDirectory(prefix="stlm-ckpt-") as tmp:
                 newest = max(steps, key=step_of)
-                local = st.download(f"train/{tid}/{newest}", Path(tmp) / newest)
+                local = st.download(layout.train_run(tid, newest), Path(tmp) / newest)
                 self.client.log_artifacts(entry["run_id"], str(local), "checkpoint")
 
     # -------------------------------------------------------------- the end (the driver's main thread)
@@ -367,7 +283,7 @@ class MLflowSweepCallback(Callback):
         """End the parent run once every queued write is in MLflow (waiting at most the outage limit
         for a finished sweep, 30 s otherwise). A sweep stopped or finished while the server stays away
         raises; its writes are kept in the outbox file for --resume."""
-        from stlm.sweep.outbox import OUTAGE_ENV
+        from stlm.sweep.resilience.outbox import OUTAGE_ENV
 
         box = self.outbox
         box.put({"kind": "parent_end", "status": status})
@@ -398,13 +314,6 @@ def stop_tune_like_ctrl_c(box, why: str) -> None:
     handler(signal.SIGUSR1, None)
 
 
-def log_comparison(client, parent_run_id: str, metrics: dict[str, float]) -> None:
-    """The arms' comparison (stlm.sweep.compare.mlflow_metrics: per-arm means, paired differences and
-    interval ends, per size) as metrics of the sweep's parent run, so MLflow's compare view shows it."""
-    if metrics:
-        T.log_metrics(client, parent_run_id, metrics, step=0)
-
-
 def error_text(trial) -> str:
     """'ExceptionType: message' of a failed trial (first line), then the tail of its traceback."""
     path = getattr(trial, "error_file", None)
@@ -419,7 +328,6 @@ def error_text(trial) -> str:
     causes = [ln.strip() for ln in text.splitlines() if ERROR_LINE.match(ln.strip())]
     head = causes[-1] if causes else text.strip().splitlines()[-1]
     return f"{head}\n\n{text[-3000:]}"
-
 
 ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*?:")
 

@@ -26,12 +26,14 @@ ffn_multiple values land within the tolerance. Two things make every launched po
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
 from stlm.config import Config, build_config
 from stlm.errors import StlmError
-from stlm.sweep.spec import ArchitectureSpec, ParamSpec, Sweep, apply_settings, solve
+from stlm.sweep.plan.schema import ArchitectureSpec, ParamSpec
+from stlm.sweep.plan.sweep import Sweep, apply_settings, solve
 
 ARM, SEED = "arm", "seed"
 FM_GRID = 32  # ffn_multiple is searched on a grid of 1/32
@@ -321,3 +323,39 @@ def _suggest(trial, key: str, p: ParamSpec):
     if p.type == "int":
         return trial.suggest_int(key, d.low, d.high, step=d.step)
     return trial.suggest_categorical(key, d.choices)
+
+
+# --------------------------------------------------------------------------- the space as recorded on the parent run
+
+
+SPACE_PARAM = "sweep.search"  # parent-run param: {knob: optuna distribution JSON}
+
+
+def parent_params(space) -> dict[str, str]:
+    """{'sweep.search': JSON} for the sweep's parent run: the searched knobs as Optuna distributions
+    (SearchSpace.distributions). Nothing when nothing is searched or the JSON would not fit a param."""
+    from optuna.distributions import distribution_to_json
+
+    from stlm.tracking import MAX_PARAM_CHARS
+
+    dists = space.distributions()
+    if not dists:
+        return {}
+    try:
+        text = json.dumps({k: json.loads(distribution_to_json(d)) for k, d in dists.items()}, sort_keys=True)
+    except (TypeError, ValueError):  # categorical choices JSON cannot hold: the report infers the space instead
+        return {}
+    return {SPACE_PARAM: text} if len(text) <= MAX_PARAM_CHARS else {}
+
+
+def decode_space(text: str | None) -> dict | None:
+    """The parent run's `sweep.search` back as {knob: distribution}; None when absent or unreadable."""
+    if not text:
+        return None
+    from optuna.distributions import json_to_distribution
+
+    try:
+        return {k: json_to_distribution(json.dumps(v)) for k, v in json.loads(text).items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # an old or truncated record: the knobs are inferred from the trials instead
+

@@ -80,7 +80,7 @@ def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str
     space over every (size, seed) cell; and per non-control arm, the slope of its paired difference from
     the control (same size, same seed) against log(params), with its 95% interval: does the
     difference grow or shrink with scale? `points`: (arm, seed, params, value) of the chosen cells."""
-    from stlm.sweep.spec import split_sized
+    from stlm.sweep.plan.sweep import split_sized
 
     by_base: dict[str, list[tuple[Any, str, float, float]]] = {}
     cell: dict[tuple[str, Any], tuple[float, float]] = {}

@@ -19,6 +19,7 @@ of a sweep can be counted afterwards: one build_id per corpus.
 
 from __future__ import annotations
 
+
 import json
 import logging
 import os
@@ -28,7 +29,6 @@ import uuid
 from pathlib import Path
 
 log = logging.getLogger("stlm.data")
-STORE = "data"  # under the experiment directory
 SHARDS = ("train.bin", "val.bin", "manifest.json")  # manifest last: its presence means complete
 
 
@@ -74,7 +74,7 @@ def _bpe_files(cfg, tokenizer) -> list[Path]:
 def publish(sweep, store: str, log=print) -> list[str]:
     """Prepare every distinct corpus of the sweep here (once) and copy it to `store`; the names copied."""
     from stlm.data import prepare
-    from stlm.sweep.runner import distinct_corpora
+    from stlm.sweep.run.data import distinct_corpora
 
     fs, base = _filesystem(store)
     names = []

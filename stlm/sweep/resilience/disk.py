@@ -48,7 +48,7 @@ class DiskGuard(tune.Callback):
             self._stop(needed)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from stlm.sweep.tracking import error_text
+        from stlm.sweep.tracking.callback import error_text
 
         head = error_text(trial).splitlines()[0]  # 'ExceptionType: message' of the cause
         if "DiskFullError" in head or "No space left on device" in head:

@@ -17,56 +17,30 @@ Arm and seed are the cells of the sweep, never knobs.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from stlm.sweep.report import Analysis, Trial
+from stlm.sweep.plan.space import decode_space
 
-SPACE_PARAM = "sweep.search"  # parent-run param: {knob: optuna distribution JSON}
+if TYPE_CHECKING:
+    from stlm.sweep.analysis.arms import Analysis
+    from stlm.sweep.analysis.trials import Trial
+
+
 VALUE_PREFIX = "search."  # child-run params: search.<knob> = the value the trial used
+
+
 # never knobs: the cell, and what the sweep derives from a trial's config
 NOT_KNOBS = {"arm", "seed", "train.seed", "sweep.arm", "sweep.seed", "flops_per_token"}
+
 NOT_KNOB_PREFIXES = ("params.", "sweep.", "arch.")
+
 IMPORTANCE_SEED = 0  # fANOVA's random forest: the same trials give the same importances
 
 
-# --------------------------------------------------------------------------- the recorded space
 
 
-def parent_params(space) -> dict[str, str]:
-    """{'sweep.search': JSON} for the sweep's parent run: the searched knobs as Optuna distributions
-    (SearchSpace.distributions). Nothing when nothing is searched or the JSON would not fit a param."""
-    from optuna.distributions import distribution_to_json
-
-    from stlm.tracking import MAX_PARAM_CHARS
-
-    dists = space.distributions()
-    if not dists:
-        return {}
-    try:
-        text = json.dumps({k: json.loads(distribution_to_json(d)) for k, d in dists.items()}, sort_keys=True)
-    except (TypeError, ValueError):  # categorical choices JSON cannot hold: the report infers the space instead
-        return {}
-    return {SPACE_PARAM: text} if len(text) <= MAX_PARAM_CHARS else {}
-
-
-def decode_space(text: str | None) -> dict | None:
-    """The parent run's `sweep.search` back as {knob: distribution}; None when absent or unreadable."""
-    if not text:
-        return None
-    from optuna.distributions import json_to_distribution
-
-    try:
-        return {k: json_to_distribution(json.dumps(v)) for k, v in json.loads(text).items()}
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None  # an old or truncated record: the knobs are inferred from the trials instead
-
-
-# --------------------------------------------------------------------------- the analysis
 
 
 @dataclass
@@ -116,7 +90,7 @@ class KnobReport:
     declared: bool = True  # the space came from the parent run (else inferred from the trials)
 
     def mlflow_metrics(self) -> dict[str, float]:
-        from stlm.sweep.compare import mlflow_key
+        from stlm.sweep.analysis.compare import mlflow_key
 
         return {mlflow_key("importance", k): float(v) for k, v in self.importances.items()}
 
@@ -181,96 +155,10 @@ def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) 
 
 def best_per_arm(a: Analysis) -> dict[str, Trial]:
     """Each arm's best finished trial on the primary metric, over all its seeds and samples."""
-    from stlm.sweep import compare
+    from stlm.sweep.analysis import compare
 
     scored = [t for t in a.finished if _finite(t.value(a.primary))]  # an arm without a value has no best
     return {t.arm: t for t in compare.best_per_cell(scored, lambda t: t.arm, lambda t: t.value(a.primary), a.modes[0])}
-
-
-# --------------------------------------------------------------------------- report blocks and plot
-
-
-TITLE = "Search: knob importances"
-
-
-def sections(a: Analysis) -> list[tuple[str, str, Any]]:
-    """The report's blocks (report._sections' format): the importance table, or why it is absent."""
-    r: KnobReport | None = getattr(a, "knobs", None)
-    if r is None:
-        return []
-    if r.absent:
-        return [("p", TITLE, f"Knob importances are absent because {r.absent}.")]
-    best = best_per_arm(a)
-    word = "lowest" if a.modes[0] == "min" else "highest"
-    head = ["knob", "importance", f"value at the {word} {a.primary}" + (" per arm" if len(a.arms) > 1 else ""),
-            "range searched"]
-    rows = []
-    for k in sorted(r.knobs, key=lambda k: -r.importances.get(k.name, 0.0)):
-        at = [(arm, best[arm].run_id) for arm in a.arms if arm in best and best[arm].run_id in k.values]
-        cell = ", ".join(f"{arm}: {_num(k.values[rid])}" if len(a.arms) > 1 else _num(k.values[rid]) for arm, rid in at)
-        rows.append([k.name, f"{r.importances.get(k.name, 0.0):.3f}", cell or "n/a", k.searched_range()])
-    note = (f"fANOVA importances of the searched knobs for {a.primary} (optuna.importance.get_param_importances, "
-            f"FanovaImportanceEvaluator(seed={IMPORTANCE_SEED})) over an in-memory Optuna study of {r.n_trials} "
-            f"finished trials, all arms and seeds together: the share of {a.primary}'s variance each knob explains, "
-            "summing to 1; arm and seed are not knobs, so their effects count as noise."
-            + ("" if r.declared else " The sweep recorded no search space (parent param sweep.search): the knobs "
-               "and their ranges are inferred from the trials' params.")
-            + (f" Searched but without two values among the finished trials: {', '.join(r.constant)}."
-               if r.constant else "")
-            + (" With this few trials the importances are rough." if r.n_trials < 10 else ""))
-    return [("table", TITLE, (head, rows)), ("p", "", note)]
-
-
-def plot_knobs(a: Analysis, path: Path) -> Path | None:
-    """The primary metric against each searched knob, one point per finished trial, coloured by arm."""
-    r: KnobReport | None = getattr(a, "knobs", None)
-    if r is None or not r.knobs:
-        return None
-    from stlm.sweep.report import _colors, _plt, _save
-
-    plt, colors, best = _plt(), _colors(a.arms), best_per_arm(a)
-    ncol = min(3, len(r.knobs))
-    nrow = math.ceil(len(r.knobs) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
-    for ax, k in zip(axes.flat, r.knobs):
-        cats = [c for c in k.dist.choices if any(v == c for v in k.values.values())] if k.categorical else []
-        pos = {repr(c): i for i, c in enumerate(cats)}
-        for j, arm in enumerate(a.arms):
-            shift = (j - (len(a.arms) - 1) / 2) * min(0.12, 0.6 / len(a.arms))  # arms side by side in a category
-            pts = [(t, k.values[t.run_id]) for t in a.finished if t.arm == arm and t.run_id in k.values
-                   and _finite(t.value(a.primary))]
-            if not pts:
-                continue
-            xs = [pos[repr(v)] + shift if k.categorical else float(v) for _, v in pts]
-            ys = [t.value(a.primary) for t, _ in pts]
-            ax.scatter(xs, ys, color=colors[arm], s=26, alpha=0.85, label=arm)
-            top = [(x, y) for (t, _), x, y in zip(pts, xs, ys) if best.get(arm) is t]
-            if top:  # the arm's best trial
-                ax.scatter(*zip(*top), facecolors="none", edgecolors="black", s=90, lw=1.0)
-        if k.categorical:
-            ax.set_xticks(range(len(cats)), [str(c) for c in cats])
-        elif k.log_axis:
-            from matplotlib.ticker import FuncFormatter, LogLocator
-
-            ax.set_xscale("log")
-            # 1-2-5 labels as plain numbers: matplotlib's default labels every minor tick of a short
-            # range in scientific notation, and they overlap
-            plain = FuncFormatter(lambda v, _: f"{v:g}")
-            ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-            ax.xaxis.set_major_formatter(plain)
-            ax.xaxis.set_minor_formatter(plain)
-        imp = r.importances.get(k.name)
-        ax.set_title(k.name + (f" (importance {imp:.2f})" if imp is not None else ""), fontsize=9)
-        ax.set_xlabel(k.name)
-        ax.set_ylabel(a.primary)
-        ax.grid(alpha=0.3, which="both")
-    for ax in list(axes.flat)[len(r.knobs):]:
-        ax.set_visible(False)
-    axes[0][0].legend(fontsize=8)
-    return _save(plt, fig, path)
-
-
-# --------------------------------------------------------------------------- values
 
 
 def _finite(v) -> bool:

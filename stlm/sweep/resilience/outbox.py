@@ -29,7 +29,6 @@ from typing import Callable
 
 from stlm.errors import StlmError
 
-OUTBOX_FILE = "mlflow_outbox.jsonl"
 OUTAGE_ENV = "STLM_MLFLOW_OUTAGE_S"
 DEFAULT_OUTAGE_S = 600.0
 MAX_PENDING = 200_000  # ~1 KB each: a few hundred MB at worst, hours of results at a dead server
@@ -126,7 +125,7 @@ class Outbox:
             self._file.flush()  # survives a killed driver (not a lost machine); no fsync in the Tune loop
             self._ops.append(op)
             self._cv.notify_all()
-        from stlm.sweep import storage
+        from stlm.sweep.resilience import storage
 
         storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
 
@@ -202,7 +201,7 @@ class Outbox:
                 self.applied += 1
                 if not self._ops:  # everything is in MLflow (and its seq in the ledger): start the file afresh
                     self._file.truncate(0)
-                    from stlm.sweep import storage
+                    from stlm.sweep.resilience import storage
 
                     storage.changed(self.path)
                 self._cv.notify_all()

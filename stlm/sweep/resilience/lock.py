@@ -24,6 +24,8 @@ different hosts could both believe they won; one after the other, the second is 
 
 from __future__ import annotations
 
+from stlm.sweep.resilience import layout
+
 import atexit
 import contextlib
 import errno
@@ -41,11 +43,6 @@ HEARTBEAT_S = 20.0
 STALE_S = 90.0  # a lock untouched this long on another host belongs to a dead driver
 
 _held: dict[str, "DriverLock"] = {}  # lock path -> the lock this process holds (kept open for its life)
-
-
-def lock_path(exp_dir: str | os.PathLike) -> Path:
-    exp_dir = Path(exp_dir).resolve()
-    return exp_dir.with_name(exp_dir.name + ".lock")
 
 
 def _boot_id() -> str | None:
@@ -117,7 +114,7 @@ def take_over(lock, settle_s: float) -> dict:
 class DriverLock:
     def __init__(self, exp_dir: str | os.PathLike):
         self.exp_dir = Path(exp_dir).resolve()
-        self.path = lock_path(self.exp_dir)
+        self.path = layout.lock_path(self.exp_dir)
         self.fd: int | None = None
         self._stop = threading.Event()
 
@@ -191,7 +188,7 @@ class ObjectLock:
     holds it and when it last beat (see the module doc)."""
 
     def __init__(self, store):
-        from stlm.sweep import storage
+        from stlm.sweep.resilience import storage
 
         prefix, _, name = store.uri.rpartition("/")
         self.uri = store.uri
@@ -200,7 +197,7 @@ class ObjectLock:
         self._stop = threading.Event()
 
     def _read(self) -> tuple[dict, float]:
-        from stlm.sweep.storage import read_json
+        from stlm.sweep.resilience.storage import read_json
 
         owner = read_json(self.store, self.rel) or {}
         return owner, float(owner.get("heartbeat", 0.0))
@@ -238,7 +235,7 @@ def hold(exp_dir: str | os.PathLike, store=None) -> DriverLock:
     """Take the experiment directory's lock for the rest of this process (idempotent), or raise a
     StlmError naming the driver that holds it. With `store` in an object store, exp_dir is its mirror
     (locked as a local directory) and the bucket's lock object is taken too."""
-    path = str(lock_path(exp_dir))
+    path = str(layout.lock_path(exp_dir))
     if path not in _held:
         _held[path] = DriverLock(exp_dir).acquire()
     if store is not None and store.remote and store.uri not in _held:

@@ -17,7 +17,7 @@ written in the mirror and uploaded when written; trials' side files (trials/<id>
 data store (data/) are read and written through pyarrow.
 
 Which copy of the driver's files wins on --resume: every driver session writes a fresh id to the
-mirror and to the bucket (SESSION_FILE). If the mirror's id is the bucket's, this machine ran the last
+mirror and to the bucket (layout.SESSION). If the mirror's id is the bucket's, this machine ran the last
 session and its mirror is at least as new as the bucket (a killed driver's last seconds were not
 uploaded yet): it is kept and uploaded. Otherwise (another machine, or another session since) the
 mirror is replaced by the bucket's copy.
@@ -30,6 +30,8 @@ joins paths onto the URI, and the query would end up in the middle of them.
 
 from __future__ import annotations
 
+from stlm.sweep.resilience import layout
+
 import hashlib
 import json
 import os
@@ -41,8 +43,6 @@ from pathlib import Path
 from stlm.errors import StlmError
 
 SYNC_S = 2.0  # the most a mirror file lags behind in the bucket (a killed driver loses at most this)
-SESSION_FILE = ".stlm-session"
-DRIVER_FILES = ("plan.pkl", "sweep.json", "mlflow_state.json", "mlflow_outbox.jsonl")  # restored on --resume
 _ACTIVE: dict[str, "Storage"] = {}  # mirror root -> its Storage, in the driver (see changed())
 
 
@@ -205,18 +205,18 @@ class Storage:
         if not self.remote:
             return
         self.local.mkdir(parents=True, exist_ok=True)
-        mine = (self.local / SESSION_FILE).read_text().strip() if (self.local / SESSION_FILE).is_file() else None
-        theirs = (self.read_bytes(SESSION_FILE) or b"").decode().strip() or None
+        mine = (self.local / layout.SESSION).read_text().strip() if (self.local / layout.SESSION).is_file() else None
+        theirs = (self.read_bytes(layout.SESSION) or b"").decode().strip() or None
         if not resume:
             self.clear_mirror()  # files of an earlier sweep at this URI are not this one's
         elif mine is None or mine != theirs:
-            for rel in DRIVER_FILES:
+            for rel in layout.DRIVER_FILES:
                 (self.local / rel).unlink(missing_ok=True)
                 self.download(rel)
         session = uuid.uuid4().hex
-        (self.local / SESSION_FILE).write_text(session)
-        self.write_bytes(SESSION_FILE, session.encode())
-        self.upload(*(rel for rel in DRIVER_FILES if (self.local / rel).is_file()))
+        (self.local / layout.SESSION).write_text(session)
+        self.write_bytes(layout.SESSION, session.encode())
+        self.upload(*(rel for rel in layout.DRIVER_FILES if (self.local / rel).is_file()))
         _ACTIVE[str(self.local)] = self
         if self._thread is None:
             self._thread = threading.Thread(target=self._uploader, name="stlm-storage-sync", daemon=True)
@@ -228,7 +228,7 @@ class Storage:
 
         if self.remote and self.local.exists():
             for p in self.local.iterdir():
-                if p.name != SESSION_FILE:
+                if p.name != layout.SESSION:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def mark(self, rel: str) -> None:

@@ -1,0 +1,168 @@
+"""The end-of-sweep summary from Tune's results: one row per trial, the arms' comparison, what sweep.json keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from stlm.errors import StlmError
+from stlm.sweep.analysis import compare
+from stlm.sweep.plan.describe import human
+from stlm.sweep.plan.sweep import Sweep
+
+
+def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None) -> tuple[str, list[dict]]:
+    """The end-of-sweep table (one row per trial) and the rows themselves (for sweep.json)."""
+    spec = sweep.spec
+    tasks = sweep.arms[0].cfg.eval.tasks  # the requested tasks (groups such as blimp, not their members)
+    rows = []
+    for r in result_grid:
+        cfg = r.config or {}
+        m = r.metrics or {}
+        tid = m.get("trial_id") or (r.path and Path(r.path).name)
+        entry = ledger.get("trials", {}).get(tid, {})
+        status = entry.get("status") or ("failed" if r.error else "finished")
+        if r.error and status == "running":
+            status = "failed"
+        knobs = {k: v for k, v in cfg.items() if k not in ("arm", "seed") and not k.startswith("arch.")}
+        shape = None
+        if space is not None and space.arch is not None:
+            try:
+                mc = space.resolve(cfg).model
+                shape = f"{mc.d_model}x{mc.n_layers} h{mc.n_heads}/{mc.kv_heads} f{mc.effective_ffn_dim}"
+            except StlmError:
+                shape = "infeasible"
+        rows.append({
+            "trial_id": tid, "arm": cfg.get("arm"), "seed": cfg.get("seed"), "knobs": knobs, "shape": shape,
+            "params": m.get("params"), "step": m.get("step"), "val_bpb": m.get("val_bpb"),
+            **{k: m.get(k) for k in spec.metrics},
+            "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
+            "startup_s": m.get("startup_s"), "wall_s": m.get("time_total_s"), "status": status,
+            "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
+            "run_id": entry.get("run_id"),
+        })
+    rows.sort(key=lambda x: (str(x["arm"]), x["seed"] if x["seed"] is not None else -1, x["trial_id"] or ""))
+    if spec.multi_objective:
+        pareto = pareto_front(rows, spec.metrics, spec.modes)
+        for row in rows:
+            row["pareto"] = row["trial_id"] in pareto
+
+    # columns: trial, arm, seed, searched knobs, shape, params, step, the metrics, eval accuracies, wall, status
+    knob_keys = sorted({k for row in rows for k in row["knobs"]})
+    extra_metrics = [k for k in spec.metrics if k not in ("val_bpb", "params")]
+    eval_keys = sorted({k for row in rows for k in row["evals"]})
+    cols = [("trial", 10, lambda r: r["trial_id"]), ("arm", 18, lambda r: r["arm"]), ("seed", 4, lambda r: r["seed"])]
+    cols += [(k.split(".")[-1], 12, lambda r, k=k: _fmt(r["knobs"].get(k))) for k in knob_keys]
+    if any(row["shape"] for row in rows):
+        cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
+    cols += [("params", 9, lambda r: human(r["params"]) if r["params"] else "-"),
+             ("step", 6, lambda r: r["step"]),
+             ("val_bpb", 8, lambda r: _fmt(r["val_bpb"], ".4f"))]
+    cols += [(k, 12, lambda r, k=k: _fmt(r.get(k), ".4g")) for k in extra_metrics]
+    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: _fmt(r["evals"].get(k), ".3f")) for k in eval_keys]
+    cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
+    head = " ".join(f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w, _) in enumerate(cols)) + "  status"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        cells = []
+        for i, (_, w, get) in enumerate(cols):
+            v = get(row)
+            v = "-" if v is None else str(v)
+            cells.append(f"{v:>{w}}" if i > 1 else f"{v:<{w}}")
+        lines.append(" ".join(cells) + f"  {row['status']}" + (" *pareto*" if row.get("pareto") else "")
+                     + (f"  ({row['error']})" if row["error"] else ""))
+    # per-arm statistics: one value per (arm, seed) cell, the same rule and numbers as the report and MLflow
+    lines.append("")
+    rec = comparison_of(sweep, rows)
+    lines.append(f"per arm ({compare.RULE}):")
+    lines += compare.summary_lines(rec) + compare.power_lines(rec) + compare.scale_lines(rec)
+    starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
+    if starts:
+        lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
+                     f"max {max(starts):.1f}s")
+    return "\n".join(lines), rows
+
+
+def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:
+    """The comparison of the arms from the finished trials' rows (marks each cell's chosen trial):
+    what the terminal prints and sweep.json keeps; the report computes the same from MLflow."""
+    metric, mode = sweep.spec.metrics[0], sweep.spec.modes[0]
+    done = [r for r in rows if r["status"] == "finished" and isinstance(r.get(metric), (int, float))]
+    chosen = compare.best_per_cell(done, lambda r: (r["arm"], r["seed"]), lambda r: r[metric], mode)
+    for r in rows:
+        r["chosen"] = any(r is c for c in chosen)
+    per_seed: dict = {}
+    for r in chosen:
+        per_seed.setdefault(r["arm"], {})[r["seed"]] = float(r[metric])
+    control_of = {a.name: sweep.control_of(a).name for a in sweep.arms}
+    arms = [a.name for a in sweep.arms]
+    summaries, diffs = compare.compare_arms(per_seed, arms, control_of)
+    sized = sweep.spec.budget is not None and sweep.spec.budget.sized
+    points = [(r["arm"], r["seed"], r.get("params"), float(r[metric])) for r in chosen] if sized else None
+    return compare.record(metric, summaries, diffs, control_of, arms, points)
+
+
+def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
+    """Trial ids of the finished trials no other finished trial dominates."""
+    pts = [(row["trial_id"], [row.get(k) for k in metrics]) for row in rows if row["status"] == "finished"]
+    pts = [(t, v) for t, v in pts if all(isinstance(x, (int, float)) for x in v)]
+    sign = [1 if mo == "min" else -1 for mo in modes]
+
+    def dominates(a, b):
+        return all(s * x <= s * y for s, x, y in zip(sign, a, b)) and any(s * x < s * y for s, x, y in zip(sign, a, b))
+
+    return {t for t, v in pts if not any(dominates(o, v) for _, o in pts)}
+
+
+def count_feasible(sweep: Sweep, space, results) -> int:
+    """Trials whose configuration resolves (stlm.models.solve_budget) to within the budget."""
+    from stlm.sweep.plan.sweep import count
+
+    b, good = sweep.spec.budget, 0
+    for r in results:
+        config = r.config or {}
+        if config.get("arch.infeasible"):
+            continue
+        try:
+            total = count(space.resolve(config)).total
+        except StlmError:
+            continue
+        target = sweep.arm(config["arm"]).size if b is not None else None
+        good += target is None or abs(total - target) <= b.tolerance * target
+    return good
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    if isinstance(v, float):
+        return format(v, spec)
+    return "-" if v is None else str(v)
+
+
+def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment: str, parent_run_id: str | None,
+                     extra: dict | None = None, *, where: str | None = None) -> Path:
+    """<exp>/sweep.json (`where`: the experiment directory as the user named it, an s3:// URI included)."""
+    data = {
+        "name": sweep.name, "tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent_run_id,
+        "metric": sweep.spec.metrics[0] if not sweep.spec.multi_objective else sweep.spec.metrics,
+        "mode": sweep.spec.modes[0] if not sweep.spec.multi_objective else sweep.spec.modes,
+        "control_arm": sweep.control_arm, "arms": [a.name for a in sweep.arms], "seeds": list(sweep.spec.seeds),
+        "spec_path": str(sweep.path), "overrides": list(sweep.overrides), "experiment_dir": where or str(exp_dir),
+        "num_trials": sweep.num_trials,
+        "arm_settings": {a.name: a.settings for a in sweep.arms},
+        "arm_params": {a.name: a.count.total for a in sweep.arms},
+    }
+    path = exp_dir / "sweep.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        old.update({k: v for k, v in data.items() if v is not None})
+        data = old
+    data.update(extra or {})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    from stlm.sweep.resilience import storage
+
+    storage.changed(path)  # an object-store experiment dir: uploaded within seconds (and at the end)
+    return path
