@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from stlm.errors import StlmError
@@ -138,31 +136,3 @@ def _fmt(v, spec: str = ".3g") -> str:
     if isinstance(v, float):
         return format(v, spec)
     return "-" if v is None else str(v)
-
-
-def write_sweep_json(exp_dir: Path, sweep: Sweep, tracking_uri: str, experiment: str, parent_run_id: str | None,
-                     extra: dict | None = None, *, where: str | None = None) -> Path:
-    """<exp>/sweep.json (`where`: the experiment directory as the user named it, an s3:// URI included)."""
-    data = {
-        "name": sweep.name, "tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent_run_id,
-        "metric": sweep.spec.metrics[0] if not sweep.spec.multi_objective else sweep.spec.metrics,
-        "mode": sweep.spec.modes[0] if not sweep.spec.multi_objective else sweep.spec.modes,
-        "control_arm": sweep.control_arm, "arms": [a.name for a in sweep.arms], "seeds": list(sweep.spec.seeds),
-        "spec_path": str(sweep.path), "overrides": list(sweep.overrides), "experiment_dir": where or str(exp_dir),
-        "num_trials": sweep.num_trials,
-        "arm_settings": {a.name: a.settings for a in sweep.arms},
-        "arm_params": {a.name: a.count.total for a in sweep.arms},
-    }
-    path = exp_dir / "sweep.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        old.update({k: v for k, v in data.items() if v is not None})
-        data = old
-    data.update(extra or {})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    from stlm.sweep.resilience import storage
-
-    storage.changed(path)  # an object-store experiment dir: uploaded within seconds (and at the end)
-    return path

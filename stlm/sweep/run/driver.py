@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
-from stlm.sweep.analysis.summary import comparison_of, count_feasible, summarize, write_sweep_json
+from stlm.sweep.analysis.summary import comparison_of, count_feasible, summarize
 from stlm.sweep.plan.describe import describe
 from stlm.sweep.plan.sweep import Sweep, load_sweep
 from stlm.sweep.resilience.state import rerun_command, sweep_state
+from stlm.sweep.resilience.sweep_json import write_sweep_json
 from stlm.sweep.run.args import parser
 from stlm.sweep.run.data import prepare_data_locally
 from stlm.sweep.run.ray_cluster import check_cluster, default_concurrency, env_vars, init_ray
