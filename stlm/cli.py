@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from stlm.errors import StlmError
+from stlm.errors import run_main
 
 COMMANDS = {
     "train": ("stlm.train.__main__", "Train one model on one machine (logs to MLflow)."),
@@ -27,16 +27,6 @@ COMMANDS = {
 }
 
 
-def run_main(main, argv: list[str]) -> int:
-    """Call a command's main(argv); user errors become one paragraph and exit status 2."""
-    try:
-        return int(main(argv) or 0)
-    except StlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,6 +213,6 @@ def log_back(run_id: str, tracking_uri: str | None, metrics: dict, step: int, it
 if __name__ == "__main__":
     import sys
 
-    from stlm.cli import run_main
+    from stlm.errors import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

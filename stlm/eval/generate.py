@@ -160,6 +160,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    from stlm.cli import run_main
+    from stlm.errors import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

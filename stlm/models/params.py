@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from stlm.config import ModelConfig, _parse_int, load_config
 from stlm.errors import StlmError
+from stlm.fmt import si
 from stlm.models.core import BlockDims
 from stlm.models.embedders import EMBEDDERS
 from stlm.models.heads import HEADS
@@ -104,13 +105,6 @@ def _with(cfg: ModelConfig, free: str, value: int) -> ModelConfig:
     return dataclasses.replace(cfg, **{free: value})
 
 
-def _fmt(n: float) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
 def _sizes(model_cfg: ModelConfig, free: str, limit: int, max_value: int) -> tuple[list[tuple[int, int]], int]:
     """(value, count) for the valid values of `free`, smallest first, until the count passes `limit`
     (one value past it is kept); and the step. Counts are monotone in every free dim."""
@@ -149,15 +143,15 @@ def solve_budget(
     below = max((c for c in sizes if c[1] <= target), key=lambda c: c[1], default=None)
     above = min((c for c in sizes if c[1] > target), key=lambda c: c[1], default=None)
     cands = [c for c in (below, above) if c is not None]
-    near = ", ".join(f"{free}={val} -> {_fmt(n)}" for val, n in cands)
+    near = ", ".join(f"{free}={val} -> {si(n, fixed=True)}" for val, n in cands)
     why = ""
     if below is None:
-        why = f" Even the smallest {free}={step} gives {_fmt(above[1])}: the rest of the model is too big."
+        why = f" Even the smallest {free}={step} gives {si(above[1], fixed=True)}: the rest of the model is too big."
     elif above is None:
         why = f" The count stops growing with {free} (or {free} would pass {max_value})."
     grid = f" (multiple of {step})" if step > 1 else ""
     raise StlmError(
-        f"No {free}{grid} gives {_fmt(target)} parameters within {tolerance:.1%}; "
+        f"No {free}{grid} gives {si(target, fixed=True)} parameters within {tolerance:.1%}; "
         f"nearest feasible: {near}.{why} Loosen the tolerance (budget.tolerance in a sweep file, --tolerance for stlm count), free another "
         f"dimension (budget.free / --free), or change the fixed ones."
     )
@@ -222,7 +216,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(out, indent=2))
     else:
         if solved is not None:
-            print(f"solved {args.free}={solved[args.free]} for a budget of {_fmt(solved['target'])}")
+            print(f"solved {args.free}={solved[args.free]} for a budget of {si(solved["target"], fixed=True)}")
         print(format_table(pc, cfg))
     return 0
 
@@ -230,6 +224,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    from stlm.cli import run_main
+    from stlm.errors import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

@@ -2,7 +2,7 @@
 
 import sys
 
-from stlm.cli import run_main
+from stlm.errors import run_main
 from stlm.sweep.run.driver import main
 
 if __name__ == "__main__":

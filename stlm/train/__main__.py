@@ -149,6 +149,6 @@ def _alive(pid) -> bool:
 
 
 if __name__ == "__main__":
-    from stlm.cli import run_main
+    from stlm.errors import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

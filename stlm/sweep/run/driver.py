@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
+from stlm.sweep.resilience import layout, legacy
 
 import os
 import pickle
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{rerun_command(sweep, store)}")
         if args.overrides:
             print("note: --resume continues the sweep as it was planned; the overrides given now are ignored.")
+        legacy.install()  # a directory written before the package split pickled its old module names
         sweep = pickle.loads(store.read_bytes(layout.PLAN) if store.remote else (exp_dir / layout.PLAN).read_bytes())
     else:
         absolutize(sweep)
