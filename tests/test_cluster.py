@@ -528,7 +528,9 @@ def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
                                .get("trials", {}).values()] or [-1]) if (exp_dir / "mlflow_state.json").is_file() else -1
 
     # 1. the server dies for good after the first result: the sweep stops by itself, in bounded time
-    p = _sweep_process(args, tmp_path, log1, STLM_MLFLOW_OUTAGE_S=str(limit_s))
+    # the product's 0.5 s Train poll (the test session polls at 0.1 s): the trial must outlast both outages
+    slow_poll = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    p = _sweep_process(args, tmp_path, log1, STLM_MLFLOW_OUTAGE_S=str(limit_s), **slow_poll)
     try:
         _wait_until("a first result logged", lambda: ledger_step() >= 2, 240, log1, p)
         mlflow_server.kill()
@@ -545,7 +547,7 @@ def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
 
     # 2. the server is back: --resume writes what was kept; then an outage of 30 s mid-trial
     mlflow_server.start()
-    p = _sweep_process([*args, "--resume"], tmp_path, log2)
+    p = _sweep_process([*args, "--resume"], tmp_path, log2, **slow_poll)
     try:
         _wait_until("a new result logged after the resume", lambda: ledger_step() > step_a, 240, log2, p)
         mlflow_server.kill()
