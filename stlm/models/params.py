@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(out, indent=2))
     else:
         if solved is not None:
-            print(f"solved {args.free}={solved[args.free]} for a budget of {si(solved["target"], fixed=True)}")
+            print(f"solved {args.free}={solved[args.free]} for a budget of {si(solved['target'], fixed=True)}")
         print(format_table(pc, cfg))
     return 0
 

@@ -20,6 +20,7 @@ import re
 from typing import Any, Callable, Iterable, TypeVar
 
 from stlm import stats
+from stlm.fmt import ci, stat
 
 MIN_SEEDS = 3  # below this, a 95% interval on a paired difference is too wide to read
 PLAN_SEEDS = 5  # the power line's "with 5 seeds" column
@@ -129,17 +130,11 @@ def scale_lines(rec: dict) -> list[str]:
         if "exponent" in r:
             parts.append(f"{rec['metric']} ~ {r['prefactor']:.4g} x params^{r['exponent']:+.4f}")
         if "slope" in r:
-            ci = f"[{_f(r['slope_lo'], True)}, {_f(r['slope_hi'], True)}]" if r["slope_lo"] is not None else "n/a"
-            parts.append(f"difference from the control vs log(params): slope {_f(r['slope'], True)} (95% CI {ci}, "
+            interval = ci(r["slope_lo"], r["slope_hi"], True)
+            parts.append(f"difference from the control vs log(params): slope {stat(r['slope'], True)} (95% CI {interval}, "
                          f"{r['pairs']} pairs): {r['trend']}")
         lines.append(f"{base}: " + "; ".join(parts))
     return lines
-
-
-def _f(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
 def summary_lines(rec: dict) -> list[str]:
@@ -148,13 +143,13 @@ def summary_lines(rec: dict) -> list[str]:
     for arm, r in rec["arms"].items():
         if not r["n"]:
             continue
-        ci = f"[{_f(r['lo'])}, {_f(r['hi'])}]" if r["lo"] is not None else "n/a"
-        line = f"{arm:<22} {metric} mean {_f(r['mean'])} (sd {_f(r['sd'])}, n={r['n']}, 95% CI {ci})"
+        interval = ci(r["lo"], r["hi"])
+        line = f"{arm:<22} {metric} mean {stat(r['mean'])} (sd {stat(r['sd'])}, n={r['n']}, 95% CI {interval})"
         if r["control"] == arm:
             line += "  [control]"
         elif r.get("diff") is not None:
-            dci = f"[{_f(r['diff_lo'], True)}, {_f(r['diff_hi'], True)}]" if r["diff_lo"] is not None else "n/a"
-            line += f"  vs {r['control']}: {_f(r['diff'], True)} (95% CI {dci}, {r['pairs']} pairs)"
+            dci = ci(r["diff_lo"], r["diff_hi"], True)
+            line += f"  vs {r['control']}: {stat(r['diff'], True)} (95% CI {dci}, {r['pairs']} pairs)"
         lines.append(line)
     return lines
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stlm.fmt import num
 from stlm.sweep.plan.space import decode_space
 
 if TYPE_CHECKING:
@@ -69,15 +70,15 @@ class Knob:
     def searched_range(self) -> str:
         seen = [self.values[k] for k in self.values]
         observed = ("seen " + ", ".join(dict.fromkeys(map(str, seen))) if self.categorical
-                    else f"seen {_num(min(seen))}..{_num(max(seen))}")
+                    else f"seen {num(min(seen))}..{num(max(seen))}")
         if not self.declared:
             return observed
         d = self.dist
         if self.categorical:
             return f"categorical [{', '.join(map(str, d.choices))}]"
         kind = "int" if type(d).__name__ == "IntDistribution" else "loguniform" if d.log else "uniform"
-        step = f" step {_num(d.step)}" if getattr(d, "step", None) not in (None, 1) else ""
-        return f"{kind} {_num(d.low)}..{_num(d.high)}{step} ({observed})"
+        step = f" step {num(d.step)}" if getattr(d, "step", None) not in (None, 1) else ""
+        return f"{kind} {num(d.low)}..{num(d.high)}{step} ({observed})"
 
 
 @dataclass
@@ -163,10 +164,6 @@ def best_per_arm(a: Analysis) -> dict[str, Trial]:
 
 def _finite(v) -> bool:
     return v is not None and not math.isnan(v)
-
-
-def _num(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _param(t: Trial, name: str) -> str | None:

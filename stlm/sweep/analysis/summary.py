@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.fmt import num, si
 from stlm.sweep.analysis import compare
-from stlm.sweep.plan.describe import human
 from stlm.sweep.plan.sweep import Sweep
 
 
@@ -52,14 +52,14 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     extra_metrics = [k for k in spec.metrics if k not in ("val_bpb", "params")]
     eval_keys = sorted({k for row in rows for k in row["evals"]})
     cols = [("trial", 10, lambda r: r["trial_id"]), ("arm", 18, lambda r: r["arm"]), ("seed", 4, lambda r: r["seed"])]
-    cols += [(k.split(".")[-1], 12, lambda r, k=k: _fmt(r["knobs"].get(k))) for k in knob_keys]
+    cols += [(k.split(".")[-1], 12, lambda r, k=k: num(r["knobs"].get(k), ".3g")) for k in knob_keys]
     if any(row["shape"] for row in rows):
         cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
-    cols += [("params", 9, lambda r: human(r["params"]) if r["params"] else "-"),
+    cols += [("params", 9, lambda r: si(r["params"]) if r["params"] else "-"),
              ("step", 6, lambda r: r["step"]),
-             ("val_bpb", 8, lambda r: _fmt(r["val_bpb"], ".4f"))]
-    cols += [(k, 12, lambda r, k=k: _fmt(r.get(k), ".4g")) for k in extra_metrics]
-    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: _fmt(r["evals"].get(k), ".3f")) for k in eval_keys]
+             ("val_bpb", 8, lambda r: num(r["val_bpb"], ".4f"))]
+    cols += [(k, 12, lambda r, k=k: num(r.get(k), ".4g")) for k in extra_metrics]
+    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: num(r["evals"].get(k), ".3f")) for k in eval_keys]
     cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
     head = " ".join(f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w, _) in enumerate(cols)) + "  status"
     lines = [head, "-" * len(head)]
@@ -130,9 +130,3 @@ def count_feasible(sweep: Sweep, space, results) -> int:
         target = sweep.arm(config["arm"]).size if b is not None else None
         good += target is None or abs(total - target) <= b.tolerance * target
     return good
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    if isinstance(v, float):
-        return format(v, spec)
-    return "-" if v is None else str(v)

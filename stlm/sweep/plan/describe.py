@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
+from stlm.fmt import si
 from stlm.sweep.plan.sweep import Sweep, size_label, tokens_per_step
 
 MATCH_GOAL = 0.005  # the largest pairwise parameter gap between the arms of one size that we accept silently
@@ -67,14 +67,6 @@ def describe_training(sweep: Sweep) -> list[str]:
     return rows
 
 
-def human(n: float) -> str:
-    """12_345_678 -> '12.35M'."""
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.{2 if abs(n) / div < 100 else 1}f}{unit}"
-    return f"{n:g}" if isinstance(n, float) and not math.isfinite(n) else str(int(n))
-
-
 def trial_resources(sweep: Sweep) -> dict[str, float]:
     r = sweep.spec.resources
     out = {"CPU": r.workers * r.cpus_per_worker}
@@ -99,9 +91,9 @@ def describe(sweep: Sweep, space) -> str:
         compute = ("every arm trains on the control's FLOPs" if b.compute == "match" else
                    f"{b.flops:.4g} training FLOPs per trial" if b.flops is not None else None)
         if compute or b.tokens is not None:
-            lines.append("compute: " + ", ".join(x for x in (compute, f"{human(b.tokens)} tokens per trial" if b.tokens
+            lines.append("compute: " + ", ".join(x for x in (compute, f"{si(b.tokens)} tokens per trial" if b.tokens
                                                                and b.compute != "match" else None,
-                                                               f"the control trains on {human(b.tokens)} tokens" if b.tokens
+                                                               f"the control trains on {si(b.tokens)} tokens" if b.tokens
                                                                and b.compute == "match" else None) if x)
                          + " (train.max_steps solved per arm)")
     lines.append("")
@@ -119,7 +111,7 @@ def describe(sweep: Sweep, space) -> str:
         steps, tokens, flops = training[a.name]
         lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} {m.effective_ffn_dim:>7} "
                      f"{a.count.total:>12,} {gaps[a.name]:>+8.2%} {a.count.flops_per_token:>13,} {steps:>6} "
-                     f"{human(tokens):>8} {flops:>11.4g}  {sets}{mark}")
+                     f"{si(tokens):>8} {flops:>11.4g}  {sets}{mark}")
     notes = gap_notes(sweep)
     if spec.budget is not None and (spec.budget.compute == "match" or spec.budget.flops is not None):
         for size in sweep.sizes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from stlm import fmt
 from stlm.config import (
     EMPTY_FILE_HINT,
     Config,
@@ -96,16 +97,6 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if v is None:
-        return "null"
-    return str(v)
-
-
 def _grid_arms(grid: dict[str, list]) -> list[tuple[str, dict]]:
     if not grid:
         return []
@@ -114,9 +105,9 @@ def _grid_arms(grid: dict[str, list]) -> list[tuple[str, dict]]:
     for combo in itertools.product(*(grid[k] for k in keys)):
         settings = dict(zip(keys, combo))
         if len(keys) == 1:
-            name = _fmt(combo[0])
+            name = fmt.setting(combo[0])
         else:
-            name = ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in settings.items())
+            name = ",".join(f"{k.rsplit('.', 1)[-1]}={fmt.setting(v)}" for k, v in settings.items())
         out.append((name, settings))
     return out
 

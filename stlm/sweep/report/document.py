@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from stlm.errors import StlmError
+from stlm.fmt import num
 from stlm.sweep.analysis import compare, knobs
 from stlm.sweep.analysis.arms import _count, analyse
-from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, _num, best_per_arm
+from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import get_run, load_trials, tag_list
 from stlm.sweep.report import plots
 from stlm.tracking import mlflow_client
@@ -123,7 +124,7 @@ def knob_sections(a: Analysis) -> list[tuple[str, str, Any]]:
     rows = []
     for k in sorted(r.knobs, key=lambda k: -r.importances.get(k.name, 0.0)):
         at = [(arm, best[arm].run_id) for arm in a.arms if arm in best and best[arm].run_id in k.values]
-        cell = ", ".join(f"{arm}: {_num(k.values[rid])}" if len(a.arms) > 1 else _num(k.values[rid]) for arm, rid in at)
+        cell = ", ".join(f"{arm}: {num(k.values[rid])}" if len(a.arms) > 1 else num(k.values[rid]) for arm, rid in at)
         rows.append([k.name, f"{r.importances.get(k.name, 0.0):.3f}", cell or "n/a", k.searched_range()])
     note = (f"fANOVA importances of the searched knobs for {a.primary} (optuna.importance.get_param_importances, "
             f"FanovaImportanceEvaluator(seed={IMPORTANCE_SEED})) over an in-memory Optuna study of {r.n_trials} "

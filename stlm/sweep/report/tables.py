@@ -4,27 +4,13 @@
 from __future__ import annotations
 
 import html
-import math
 from collections import defaultdict
 
 from stlm import stats
+from stlm.fmt import ci, stat
 from stlm.sweep.analysis.arms import Analysis
 from stlm.sweep.analysis.trials import EVAL_RE
 from stlm.sweep.plan.sweep import split_sized
-
-
-def fmt(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if abs(x) >= 10_000:
-        return f"{x:+,.0f}" if signed else f"{x:,.0f}"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
-
-
-def fmt_ci(lo: float | None, hi: float | None, signed: bool = False) -> str:
-    if lo is None:
-        return "n/a"
-    return f"[{fmt(lo, signed)}, {fmt(hi, signed)}]"
 
 
 def _verdict(d: stats.PairedDiff | None, mode: str | None) -> str:
@@ -56,11 +42,11 @@ def summary_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
             [
                 arm,
                 str(s.n if s else 0),
-                fmt(s.mean if s else None),
-                fmt(s.std if s else None),
-                fmt_ci(s.lo, s.hi) if s else "n/a",
-                "(control)" if a.is_control(arm) else fmt(d.mean if d else None, signed=True),
-                "" if a.is_control(arm) else (fmt_ci(d.lo, d.hi, signed=True) if d else "n/a"),
+                stat(s.mean if s else None),
+                stat(s.std if s else None),
+                ci(s.lo, s.hi) if s else "n/a",
+                "(control)" if a.is_control(arm) else stat(d.mean if d else None, signed=True),
+                "" if a.is_control(arm) else (ci(d.lo, d.hi, signed=True) if d else "n/a"),
                 "" if a.is_control(arm) else _verdict(d, mode),
                 f"{sum(n_params) / len(n_params):,.0f}" if n_params else "n/a",
                 _gap(mean_params[arm], mean_params.get(a.control_of.get(arm, a.control))),
@@ -99,7 +85,7 @@ def metrics_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
         for arm in a.arms:
             s = a.summaries[key].get(arm)
             if s:
-                rows.append([key, arm, str(s.n), fmt(s.mean), fmt(s.std), fmt_ci(s.lo, s.hi)])
+                rows.append([key, arm, str(s.n), stat(s.mean), stat(s.std), ci(s.lo, s.hi)])
     return head, rows
 
 
@@ -114,14 +100,14 @@ def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
                 rows.append([key, arm, "0", "n/a", "n/a", "n/a", "n/a"])
             else:
                 mode = mode_of.get(key) or ("max" if EVAL_RE.match(key) else "min")
-                rows.append([key, arm, str(d.n), fmt(d.mean, True), fmt(d.std), fmt_ci(d.lo, d.hi, True), _verdict(d, mode)])
+                rows.append([key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True), _verdict(d, mode)])
     return head, rows
 
 
 def excluded_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     head = ["run", "arm", "seed", "status", f"last {a.primary}", "note"]
     rows = [
-        [t.run_id, t.arm, str(t.seed), t.status, fmt(t.value(a.primary)), t.error.replace("\n", " ")[:120]]
+        [t.run_id, t.arm, str(t.seed), t.status, stat(t.value(a.primary)), t.error.replace("\n", " ")[:120]]
         for t in a.excluded
     ]
     return head, rows
@@ -129,7 +115,7 @@ def excluded_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
 
 def pareto_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     head = ["run", "arm", "seed", a.primary, a.pareto_x]
-    rows = [[t.run_id, t.arm, str(t.seed), fmt(t.value(a.primary)), fmt(t.value(a.pareto_x))] for t in a.pareto]
+    rows = [[t.run_id, t.arm, str(t.seed), stat(t.value(a.primary)), stat(t.value(a.pareto_x))] for t in a.pareto]
     return head, rows
 
 
@@ -138,9 +124,9 @@ def scale_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     rows = []
     for base, r in (a.record.get("scale") or {}).items():
         law = f"{r['prefactor']:.4g} × N^{r['exponent']:+.4f}" if "exponent" in r else "n/a"
-        rows.append([base, law, fmt_ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
-                     fmt(r["slope"], True) if "slope" in r else "(control)" if base == split_sized(a.control)[0] else "n/a",
-                     fmt_ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
+        rows.append([base, law, ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
+                     stat(r["slope"], True) if "slope" in r else "(control)" if base == split_sized(a.control)[0] else "n/a",
+                     ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
                      str(r.get("pairs", "")), r.get("trend", "")])
     return head, rows
 
