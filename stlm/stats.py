@@ -160,8 +160,9 @@ def line_fit(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -
     return LineFit(len(x), float(r.slope), float(r.intercept), lo, hi, float(r.rvalue**2))
 
 
-def pareto_front(points: Sequence[tuple[float, float]], modes: Sequence[str] = ("min", "min")) -> list[int]:
-    """Indices of the non-dominated points (each objective minimised or maximised), sorted by the first objective."""
+def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str] = ("min", "min")) -> list[int]:
+    """Indices of the non-dominated points, one objective per coordinate, each minimised or maximised (`modes`),
+    sorted by the first objective; equal points are all kept."""
     sign = [1.0 if m == "min" else -1.0 for m in modes]
     pts = [tuple(s * v for s, v in zip(sign, p)) for p in points]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stlm import stats
 from stlm.errors import StlmError
 from stlm.fmt import num, si
 from stlm.sweep.analysis import compare
@@ -106,12 +107,7 @@ def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
     """Trial ids of the finished trials no other finished trial dominates."""
     pts = [(row["trial_id"], [row.get(k) for k in metrics]) for row in rows if row["status"] == "finished"]
     pts = [(t, v) for t, v in pts if all(isinstance(x, (int, float)) for x in v)]
-    sign = [1 if mo == "min" else -1 for mo in modes]
-
-    def dominates(a, b):
-        return all(s * x <= s * y for s, x, y in zip(sign, a, b)) and any(s * x < s * y for s, x, y in zip(sign, a, b))
-
-    return {t for t, v in pts if not any(dominates(o, v) for _, o in pts)}
+    return {pts[i][0] for i in stats.pareto_front([v for _, v in pts], modes)}
 
 
 def count_feasible(sweep: Sweep, space, results) -> int:
