@@ -26,6 +26,13 @@ PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
 METRICS_PER_CALL = 1000
 MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit
 
+# a run's stlm status (its tag stlm.status) -> the MLflow state it ends in; any other status ends FAILED
+END_STATE = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "interrupted": "KILLED",
+             "overwritten": "KILLED"}
+# the reverse, for a run without the tag
+STATUS_FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
+                      "SCHEDULED": "running"}
+
 
 def tracking_uri(explicit: str | None = None) -> str:
     """explicit > $MLFLOW_TRACKING_URI > sqlite:///<absolute cwd>/mlflow.db (absolute: Ray moves trials' cwd)."""
@@ -147,6 +154,18 @@ def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
 def end_run(client, run_id: str, status: str = "FINISHED") -> None:
     """status: FINISHED | FAILED | KILLED."""
     client.set_terminated(run_id, status=status)
+
+
+def end_with_status(client, run_id: str, status: str) -> None:
+    """Tag the run's stlm status (finished, failed, stopped, interrupted, ...) and end it in the MLflow
+    state END_STATE gives it."""
+    client.set_tag(run_id, "stlm.status", status)
+    end_run(client, run_id, END_STATE.get(status, "FAILED"))
+
+
+def status_of(run) -> str:
+    """An MLflow run's stlm status: its tag stlm.status, else read from its MLflow state."""
+    return run.data.tags.get("stlm.status") or STATUS_FROM_MLFLOW.get(run.info.status, run.info.status.lower())
 
 
 def reopen_run(client, run_id: str) -> bool:

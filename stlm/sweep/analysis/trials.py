@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stlm.errors import StlmError
+from stlm.tracking import status_of
 
 CURVE_METRICS = ("val_bpb", "val_loss", "train_loss")  # histories plotted per arm
 
@@ -19,8 +20,6 @@ EVAL_RE = re.compile(r"^eval/([^/]+)/(.+)$")  # eval/<task>/<metric>
 PARAM_ALIASES = {"params": ("params.total",)}  # a sweep's `metric: [val_bpb, params]` objective
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-STATUS_FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running", "SCHEDULED": "running"}
 
 
 @dataclass
@@ -91,7 +90,6 @@ def load_trials(client, parent, tracking_uri: str) -> list[Trial]:
     trials = []
     for r in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
         tags = r.data.tags
-        status = tags.get("stlm.status") or STATUS_FROM_MLFLOW.get(r.info.status, r.info.status.lower())
         history = {}
         for key in CURVE_METRICS:
             if key in r.data.metrics:
@@ -103,7 +101,7 @@ def load_trials(client, parent, tracking_uri: str) -> list[Trial]:
                 run_name=r.info.run_name or r.info.run_id[:8],
                 arm=tags.get("stlm.arm", "(all)"),
                 seed=_parse_seed(tags.get("stlm.seed")),
-                status=status,
+                status=status_of(r),
                 params=dict(r.data.params),
                 metrics=dict(r.data.metrics),
                 history=history,

@@ -40,7 +40,7 @@ from stlm.sweep.analysis.arms import _count, analyse
 from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import get_run, load_trials, tag_list
 from stlm.sweep.report import plots
-from stlm.tracking import mlflow_client
+from stlm.tracking import log_metrics, mlflow_client
 from stlm.sweep.plan.space import SPACE_PARAM
 from stlm.sweep.plan.sweep import split_sized
 from stlm.sweep.report.plots import plot_benchmarks, plot_curves, plot_diffs, plot_params, plot_pareto, plot_scale
@@ -249,7 +249,6 @@ def build_report(
     if log_artifacts:
         for f in [md, page, out / "summary.txt", out / "comparison.json"] + [out / name for name, _ in images]:
             client.log_artifact(parent_run_id, str(f), artifact_path="report")
-        from stlm.sweep.tracking.runs import log_comparison
-
-        log_comparison(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()})
+        # the arms' comparison and the knobs' importances as the parent run's metrics: MLflow's compare view shows them
+        log_metrics(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()}, step=0)
     return md

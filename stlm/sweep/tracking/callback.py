@@ -147,9 +147,7 @@ class MLflowSweepCallback(Callback):
             self._start_run(op, entry)
         elif kind == "parent_end":
             if self.parent_run_id:
-                self.client.set_tag(self.parent_run_id, "stlm.status", op["status"])
-                T.end_run(self.client, self.parent_run_id,
-                          {"finished": "FINISHED", "interrupted": "KILLED"}.get(op["status"], "FAILED"))
+                T.end_with_status(self.client, self.parent_run_id, op["status"])
         elif entry is None:
             pass  # a trial whose run MLflow refused to make (the outbox logged it as skipped)
         elif kind == "metrics":
@@ -159,13 +157,11 @@ class MLflowSweepCallback(Callback):
             stopped = max_steps is not None and entry["last_step"] < max_steps
             status = "stopped" if stopped else "finished"
             self._log_artifacts(op["trial"], entry)
-            self.client.set_tag(entry["run_id"], "stlm.status", status)
-            T.end_run(self.client, entry["run_id"], "KILLED" if stopped else "FINISHED")
+            T.end_with_status(self.client, entry["run_id"], status)
             entry["status"] = status
         elif kind == "error":
-            self.client.set_tag(entry["run_id"], "stlm.status", "failed")
             self.client.set_tag(entry["run_id"], "stlm.error", op["error"])
-            T.end_run(self.client, entry["run_id"], "FAILED")
+            T.end_with_status(self.client, entry["run_id"], "failed")
             entry["status"] = "failed"
         self.ledger.data["outbox_done"] = op["seq"]
         self.ledger.save()

@@ -3,30 +3,28 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import json
 import shutil
 from pathlib import Path
 
-from stlm import tracking as T
+from stlm.sweep.plan.space import parent_params
+from stlm.sweep.resilience import layout
 from stlm.sweep.tracking.ledger import Ledger
+from stlm.tracking import create_run, end_with_status, log_params, mlflow_client, reopen_run
 
 
 def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, space) -> str:
     """The sweep's parent run (reused on resume)."""
-    from stlm.sweep.plan.space import parent_params
-
     run_id = ledger.data.get("parent_run_id")
-    if run_id and T.reopen_run(client, run_id):
+    if run_id and reopen_run(client, run_id):
         client.set_tag(run_id, "stlm.status", "running")
         return run_id
     spec = sweep.spec
-    run_id = T.create_run(client, experiment, run_name=f"sweep-{sweep.name}", tags={
+    run_id = create_run(client, experiment, run_name=f"sweep-{sweep.name}", tags={
         "stlm.sweep": sweep.name, "stlm.kind": "sweep", "stlm.status": "running",
         "stlm.control_arm": sweep.control_arm, "stlm.metric": ",".join(spec.metrics),
     })
-    T.log_params(client, run_id, {
+    log_params(client, run_id, {
         "sweep.name": sweep.name, "sweep.file": str(sweep.path), "sweep.overrides": " ".join(sweep.overrides),
         "sweep.arms": ",".join(a.name for a in sweep.arms), "sweep.seeds": ",".join(map(str, spec.seeds)),
         "sweep.trials": sweep.num_trials, "sweep.algorithm": spec.search.algorithm,
@@ -43,20 +41,10 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
     return run_id
 
 
-def log_comparison(client, parent_run_id: str, metrics: dict[str, float]) -> None:
-    """The arms' comparison (stlm.sweep.compare.mlflow_metrics: per-arm means, paired differences and
-    interval ends, per size) as metrics of the sweep's parent run, so MLflow's compare view shows it."""
-    if metrics:
-        T.log_metrics(client, parent_run_id, metrics, step=0)
-
-
 def supersede(exp_dir: Path, *, delete_runs: bool) -> None:
     """Before an experiment directory is cleared: its MLflow runs must not stay RUNNING. A sweep that never
     saved a state (delete_runs) is deleted from MLflow with its trial runs (a rerun replaces it); an
     overwritten one that had started is kept, ended KILLED."""
-    from stlm import tracking as T
-    from stlm.sweep.tracking.ledger import Ledger
-
     try:
         ledger = Ledger(exp_dir)
         info = json.loads((exp_dir / layout.SWEEP_JSON).read_text()) if (exp_dir / layout.SWEEP_JSON).is_file() else {}
@@ -66,32 +54,25 @@ def supersede(exp_dir: Path, *, delete_runs: bool) -> None:
     if not parent or not info.get("tracking_uri"):
         return
     try:
-        client = T.mlflow_client(info["tracking_uri"])
+        client = mlflow_client(info["tracking_uri"])
         for run_id in [t["run_id"] for t in ledger.trials.values()] + [parent]:
             if delete_runs:
                 client.delete_run(run_id)
             elif client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "stlm.status", "overwritten")
-                T.end_run(client, run_id, "KILLED")
+                end_with_status(client, run_id, "overwritten")
     except Exception as e:  # noqa: BLE001 - the store may be gone; the directory is cleared either way
         print(f"note: could not update the old sweep's MLflow runs ({type(e).__name__}: {e}).")
 
 
 def end_parent(client, parent: str, status: str) -> None:
-    """The parent run's end state: finished -> FINISHED, interrupted -> KILLED, anything else -> FAILED."""
-    from stlm import tracking as T
-
-    client.set_tag(parent, "stlm.status", status)
-    T.end_run(client, parent, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+    """The parent run's end state (stlm.tracking.END_STATE: finished, interrupted or failed)."""
+    end_with_status(client, parent, status)
 
 
 def repair_runs(client, exp_dir: Path, results=None) -> int:
     """No trial run is left RUNNING once the driver is done: a run whose trial Tune finished (or failed)
     while the driver that owned the run was killed gets that end state; one still unfinished, KILLED
     (a later --resume reopens it). Returns how many runs were repaired."""
-    from stlm import tracking as T
-    from stlm.sweep.tracking.ledger import Ledger
-
     ledger = Ledger(exp_dir)
     outcome = {}
     for r in results or []:
@@ -105,8 +86,7 @@ def repair_runs(client, exp_dir: Path, results=None) -> int:
         except Exception:  # noqa: BLE001 - a deleted run: nothing to repair
             continue
         status = outcome.get(tid, "stopped")
-        client.set_tag(entry["run_id"], "stlm.status", status)
-        T.end_run(client, entry["run_id"], {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+        end_with_status(client, entry["run_id"], status)
         entry["status"] = status
         fixed += 1
     if fixed:
@@ -118,8 +98,6 @@ def restart_from_plan(client, exp_dir: Path, store=None) -> None:
     """--resume of a sweep stopped before Tune's first save: its trial runs are deleted (the trials start
     again under new ids, so keeping them would give each cell two runs), Tune's and Train's partial
     state is removed; the parent run is kept."""
-    from stlm.sweep.tracking.ledger import Ledger
-
     ledger = Ledger(exp_dir)
     for entry in ledger.trials.values():
         try:
