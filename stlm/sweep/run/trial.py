@@ -1,21 +1,25 @@
 """One Tune trial: its config resolved, then a Ray Train run of worker.py (or its finished results reported again).
+
+Ray is imported inside the functions: the driver imports this module before it starts Ray, and a dry run never does.
 """
 
 from __future__ import annotations
-
-from stlm.sweep.resilience import layout
 
 import dataclasses
 import os
 import time
 from pathlib import Path
 
+from stlm.atomic import DiskFullError
 from stlm.config import dump_yaml
 from stlm.errors import StlmError
 from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.sweep import Sweep, count
+from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import read_fatal
 from stlm.sweep.run.worker import worker_loop
+from stlm.sweep.tracking.ledger import Ledger
+from stlm.tracking import mlflow_client
 
 
 @dataclasses.dataclass
@@ -29,8 +33,6 @@ class Context:
 
 def prepare_trial(ctx: Context, config: dict, trial_id: str):
     """(Config, ParamCount, trial dir) of a trial: arm + seed + knobs, budget-solved, absolute paths."""
-    from stlm.sweep.resilience import storage
-
     cfg = ctx.space.resolve(config)
     trial_dir = storage.open(ctx.exp_dir).local / layout.trial(trial_id)  # (an object store's: this machine's copy)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"),
@@ -39,11 +41,10 @@ def prepare_trial(ctx: Context, config: dict, trial_id: str):
 
 
 def run_trial(config: dict, ctx: Context) -> None:
-    import ray.train
+    import ray.train  # lazy: see the module docstring
     from ray import tune
 
-    from stlm.sweep.resilience import storage as storage_mod
-    from stlm.sweep.run.train_run import trainer_class
+    from stlm.sweep.run.train_run import trainer_class  # lazy: imports Ray Train
 
     trial_id = tune.get_context().get_trial_id()
     if config.get("arch.infeasible"):
@@ -51,23 +52,23 @@ def run_trial(config: dict, ctx: Context) -> None:
     cfg, counted, trial_dir = prepare_trial(ctx, config, trial_id)
     if report_finished(ctx, trial_id):  # --resume after a kill that came before Tune saved this trial's end
         return
-    st = storage_mod.open(ctx.exp_dir)
-    fatal = read_fatal(trial_dir, st)
+    store = storage.open(ctx.exp_dir)
+    fatal = read_fatal(trial_dir, store)
     if fatal and fatal["type"] == "NonFiniteLossError":  # the same config diverges the same way again
         raise StlmError(fatal["message"])
     (trial_dir / layout.FATAL).unlink(missing_ok=True)  # any other error may be gone now: try again
-    if st.remote:
-        st.delete(layout.trial(trial_id, layout.FATAL))
+    if store.remote:
+        store.delete(layout.trial(trial_id, layout.FATAL))
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / layout.TRIAL_CONFIG).write_text(dump_yaml(cfg))
-    st.upload(layout.trial(trial_id, layout.TRIAL_CONFIG))
-    r = ctx.sweep.spec.resources
-    use_gpu = r.gpus_per_worker > 0
-    per_worker = {"CPU": r.cpus_per_worker}
+    store.upload(layout.trial(trial_id, layout.TRIAL_CONFIG))
+    resources = ctx.sweep.spec.resources
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
-        per_worker["GPU"] = r.gpus_per_worker
-    Trainer, report_callbacks = trainer_class(r.workers)
-    storage_path = st.ray(layout.TRAIN)  # a path, or the bucket's URI: Ray Train uploads the checkpoints there
+        per_worker["GPU"] = resources.gpus_per_worker
+    Trainer, report_callbacks = trainer_class(resources.workers)
+    storage_path = store.ray(layout.TRAIN)  # a path, or the bucket's URI: Ray Train uploads the checkpoints there
     trainer = Trainer(
         worker_loop,
         train_loop_config={
@@ -75,7 +76,8 @@ def run_trial(config: dict, ctx: Context) -> None:
             "trial_dir": str(trial_dir), "t_start": time.time(), "storage_dir": f"{storage_path}/{trial_id}",
             "exp": ctx.exp_dir, "trial_id": trial_id,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu,
+                                              resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=trial_id,  # fixed per trial: a retry or Tuner.restore continues this run's checkpoints
             storage_path=str(storage_path),
@@ -87,10 +89,8 @@ def run_trial(config: dict, ctx: Context) -> None:
         ),
     )
     trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
-    fatal = read_fatal(trial_dir, st)
+    fatal = read_fatal(trial_dir, store)
     if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
-        from stlm.atomic import DiskFullError
-
         error = DiskFullError if fatal["type"] == DiskFullError.__name__ else StlmError  # the sweep stops on the former
         raise error(fatal["message"])
 
@@ -98,21 +98,17 @@ def run_trial(config: dict, ctx: Context) -> None:
 def report_finished(ctx: Context, trial_id: str) -> bool:
     """If MLflow already holds this trial as FINISHED (the ledger says so), report its last metrics
     again instead of running anything: the MLflow callback logs no point twice."""
-    from ray import tune
+    from ray import tune  # lazy: see the module docstring
 
-    from stlm import tracking as T
-    from stlm.sweep.resilience import storage
-    from stlm.sweep.tracking.ledger import Ledger
-
-    st = storage.open(ctx.exp_dir)
-    if st.remote:  # the driver's ledger, as last uploaded (the driver may run on another machine)
-        entry = ((storage.read_json(st, layout.LEDGER) or {}).get("trials") or {}).get(trial_id) or {}
+    store = storage.open(ctx.exp_dir)
+    if store.remote:  # the driver's ledger, as last uploaded (the driver may run on another machine)
+        entry = ((storage.read_json(store, layout.LEDGER) or {}).get("trials") or {}).get(trial_id) or {}
     else:
         entry = Ledger(Path(ctx.exp_dir)).trials.get(trial_id) or {}
     if entry.get("status") != "finished":
         return False
     try:
-        run = T.mlflow_client(os.environ.get("MLFLOW_TRACKING_URI")).get_run(entry["run_id"])
+        run = mlflow_client(os.environ.get("MLFLOW_TRACKING_URI")).get_run(entry["run_id"])
     except Exception:  # MLflow unreachable or the run gone: run the trial (from its checkpoints) instead
         return False
     metrics = dict(run.data.metrics)
