@@ -10,7 +10,7 @@
     st.changed(path)   a mirror file was rewritten: uploaded by a background thread within SYNC_S
     st.read_bytes(rel) / write_bytes / exists / names / delete / download: the bucket itself
 
-A local path behaves exactly as before: `local` is the path, every upload is a no-op. With an
+A local path is the directory itself: `local` is the path, every upload is a no-op. With an
 object store, Ray Tune's state and Ray Train's checkpoints go straight to the bucket (Ray uploads
 them); the driver's files (plan.pkl, sweep.json, mlflow_state.json, the MLflow outbox, report/) are
 written in the mirror and uploaded when written; trials' side files (trials/<id>/) and the cluster
@@ -30,20 +30,22 @@ joins paths onto the URI, and the query would end up in the middle of them.
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
 
+from stlm.atomic import write_atomic
 from stlm.errors import StlmError
+from stlm.offline import unreachable
+from stlm.sweep.resilience import layout
 
 SYNC_S = 2.0  # the most a mirror file lags behind in the bucket (a killed driver loses at most this)
-_ACTIVE: dict[str, "Storage"] = {}  # mirror root -> its Storage, in the driver (see changed())
+_ACTIVE: dict[str, Storage] = {}  # mirror root -> its Storage, in the driver (see changed())
 
 
 def is_remote(uri) -> bool:
@@ -54,7 +56,32 @@ def cache_root() -> Path:
     return Path(os.environ.get("STLM_CACHE") or "~/.cache/stlm").expanduser().absolute()
 
 
-def open(uri) -> "Storage":  # noqa: A001 - storage.open reads as what it is
+def filesystem(uri: str):
+    """(pyarrow filesystem, path in it) of a local path or a URI such as s3://bucket/prefix."""
+    import pyarrow.fs as pafs  # lazy: pyarrow only where a filesystem is used (not on `import stlm.sweep`)
+
+    if "://" not in str(uri):
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(str(uri))
+
+
+def read_fs_json(fs, path: str) -> dict | None:
+    """The JSON file at `path` in pyarrow filesystem `fs`; None when it is missing, unreadable or not JSON."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except (OSError, FileNotFoundError, ValueError):
+        return None
+
+
+def copy_file(src_fs, src: str, dst_fs, dst: str) -> None:
+    """Stream one file between pyarrow filesystems (16 MiB at a time: corpora are large)."""
+    with src_fs.open_input_stream(src) as r, dst_fs.open_output_stream(dst) as w:
+        while chunk := r.read(1 << 24):
+            w.write(chunk)
+
+
+def open(uri) -> Storage:  # noqa: A001 - storage.open reads as what it is
     """The experiment directory at `uri` (a path or an s3:// URI)."""
     return Storage(uri)
 
@@ -72,8 +99,9 @@ class Storage:
         if "?" in uri or ("/" not in rest.strip("/") and not bucket_ok) or scheme not in ("s3", "gs", "abfs", "hdfs"):
             raise StlmError(
                 f"--experiment-dir {uri!r}: use a local path (NFS on a cluster) or an object-store URI such as "
-                "s3://bucket/prefix (a prefix inside the bucket: its lock object sits beside it), without a query string: the endpoint of an S3-compatible server goes in "
-                "AWS_ENDPOINT_URL, credentials in the usual AWS_* variables or an instance profile.")
+                "s3://bucket/prefix (a prefix inside the bucket: its lock object sits beside it), without a query "
+                "string: the endpoint of an S3-compatible server goes in AWS_ENDPOINT_URL, credentials in the usual "
+                "AWS_* variables or an instance profile.")
         self.uri = uri
         name = rest.rstrip("/").rsplit("/", 1)[-1]
         self.local = cache_root() / "experiments" / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
@@ -93,13 +121,9 @@ class Storage:
     @property
     def fs(self):
         if self._fs is None:
-            import pyarrow.fs as pafs
-
+            self._fs, root = filesystem(self.uri)
             if self.remote:
-                self._fs, self.root = pafs.FileSystem.from_uri(self.uri)
-                self.root = self.root.rstrip("/")
-            else:
-                self._fs = pafs.LocalFileSystem()
+                self.root = root.rstrip("/")
         return self._fs
 
     def path(self, rel: str = "") -> str:
@@ -123,21 +147,19 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         if not self.remote:
-            from stlm.atomic import write_atomic
-
             write_atomic(Path(self.path(rel)), data)
             return
         with self.fs.open_output_stream(self.path(rel)) as f:  # an S3 PUT: the object appears whole
             f.write(data)
 
     def exists(self, rel: str) -> bool:
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def names(self, rel: str = "") -> list[str]:
         """The entries directly under `rel` (empty when there is nothing)."""
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
@@ -147,7 +169,7 @@ class Storage:
 
     def delete(self, rel: str) -> None:
         """Delete a file or directory (all of it) if it is there."""
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
         info = self.fs.get_file_info(self.path(rel))
         if info.type == pafs.FileType.Directory:
@@ -158,7 +180,7 @@ class Storage:
     def download(self, rel: str, dest: Path | None = None) -> Path | None:
         """Copy a file or directory of the bucket to `dest` (default: the same place in the mirror);
         None when the bucket has nothing there."""
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
         dest = Path(dest) if dest is not None else self.local / rel
         info = self.fs.get_file_info(self.path(rel))
@@ -171,8 +193,6 @@ class Storage:
                             destination_filesystem=pafs.LocalFileSystem())
             os.replace(tmp, dest)
         else:  # whole or not at all: a download cut short is never taken for the directory
-            import shutil
-
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -186,7 +206,7 @@ class Storage:
         """The mirror's copies of these files / directories -> the bucket (no-op for a local path)."""
         if not self.remote:
             return
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
         for rel in rels:
             src = self.local / rel
@@ -224,8 +244,6 @@ class Storage:
 
     def clear_mirror(self) -> None:
         """An empty mirror (a sweep started afresh here)."""
-        import shutil
-
         if self.remote and self.local.exists():
             for p in self.local.iterdir():
                 if p.name != layout.SESSION:
@@ -284,15 +302,13 @@ def probe(uri: str, timeout: float = 10.0) -> str | None:
     box: dict = {}
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if custom and st.uri.startswith("s3://"):  # nothing listening is known at once (the SDK retries for 6 s)
-        from stlm.offline import unreachable
-
         why = unreachable(custom if "://" in custom else f"http://{custom}", timeout=min(3.0, timeout))
         if why:
             return why
 
     def go():
         try:
-            import pyarrow.fs as pafs
+            import pyarrow.fs as pafs  # lazy: pyarrow only once the bucket is used
 
             bucket = st.path().split("/", 1)[0]
             if st.fs.get_file_info(bucket).type == pafs.FileType.NotFound:

@@ -1,7 +1,7 @@
 """A sweep's data on a cluster: each corpus tokenized once, then copied to the nodes, never re-tokenized.
 
 A local sweep prepares its corpora in the driver, into the cache its trials read
-(runner.prepare_data_locally). On a cluster every node has its own cache (~/.cache/stlm), so:
+(run/data.py, prepare_data_locally). On a cluster every node has its own cache (~/.cache/stlm), so:
 
     the driver (on the head)   publish(sweep, store): prepare() each distinct (data, tokenizer) once,
                                in the driver's own cache, and copy the finished directory (shards,
@@ -19,7 +19,6 @@ of a sweep can be counted afterwards: one build_id per corpus.
 
 from __future__ import annotations
 
-
 import json
 import logging
 import os
@@ -28,37 +27,20 @@ import time
 import uuid
 from pathlib import Path
 
+from filelock import FileLock
+
+from stlm.data import prepare
+from stlm.data.prepare import cache_location, trusted_manifest
+from stlm.data.sources import cache_root
+from stlm.sweep.resilience.storage import copy_file, filesystem, read_fs_json
+from stlm.sweep.run.data import distinct_corpora
+
 log = logging.getLogger("stlm.data")
 SHARDS = ("train.bin", "val.bin", "manifest.json")  # manifest last: its presence means complete
 
 
-def _filesystem(uri: str):
-    """(pyarrow filesystem, path in it) of a local path or a URI such as s3://bucket/prefix."""
-    import pyarrow.fs as pafs
-
-    if "://" not in str(uri):
-        return pafs.LocalFileSystem(), str(Path(uri).resolve())
-    return pafs.FileSystem.from_uri(str(uri))
-
-
-def _read_json(fs, path: str) -> dict | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except (OSError, FileNotFoundError, ValueError):
-        return None
-
-
-def _copy_file(src_fs, src: str, dst_fs, dst: str) -> None:
-    with src_fs.open_input_stream(src) as r, dst_fs.open_output_stream(dst) as w:
-        while chunk := r.read(1 << 24):
-            w.write(chunk)
-
-
 def _bpe_files(cfg, tokenizer) -> list[Path]:
     """The trained BPE file(s) in this machine's cache that are `tokenizer` (found by identity)."""
-    from stlm.data.sources import cache_root
-
     if cfg.model.tokenizer != "bpe":
         return []  # gpt2's vocabulary ships with the package, bytes need nothing
     out = []
@@ -73,26 +55,23 @@ def _bpe_files(cfg, tokenizer) -> list[Path]:
 
 def publish(sweep, store: str, log=print) -> list[str]:
     """Prepare every distinct corpus of the sweep here (once) and copy it to `store`; the names copied."""
-    from stlm.data import prepare
-    from stlm.sweep.run.data import distinct_corpora
-
-    fs, base = _filesystem(store)
+    fs, base = filesystem(store)
     names = []
     for arm in distinct_corpora(sweep):
         t0 = time.time()
         data = prepare(arm.cfg)
         dest = f"{base}/{data.cache_path.name}"
-        there = _read_json(fs, f"{dest}/manifest.json")
+        there = read_fs_json(fs, f"{dest}/manifest.json")
         if there and there.get("build_id") == data.manifest["build_id"]:
             log(f"data for arm {arm.name} already in {store} ({data.cache_path.name})")
             continue
         t1 = time.time()
         fs.create_dir(f"{dest}/tokenizers", recursive=True)
-        local = _filesystem(str(data.cache_path))[0]
+        local = filesystem(str(data.cache_path))[0]
         for f in _bpe_files(arm.cfg, data.tokenizer):
-            _copy_file(local, str(f), fs, f"{dest}/tokenizers/{f.name}")
+            copy_file(local, str(f), fs, f"{dest}/tokenizers/{f.name}")
         for name in SHARDS:
-            _copy_file(local, str(data.cache_path / name), fs, f"{dest}/{name}")
+            copy_file(local, str(data.cache_path / name), fs, f"{dest}/{name}")
         names.append(data.cache_path.name)
         tokens = sum(s["tokens"] for s in data.manifest["splits"].values())
         log(f"data for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}): {tokens:,} tokens ready in "
@@ -102,14 +81,10 @@ def publish(sweep, store: str, log=print) -> list[str]:
 
 def localize(cfg, store: str) -> bool:
     """Copy the published cache of cfg's corpus into this node's cache unless a trusted copy is there
-    (True when it copied). Nothing published (a local sweep): prepare() works as before."""
-    from filelock import FileLock
+    (True when it copied). Nothing published (a local sweep): prepare() tokenizes on this node."""
+    import pyarrow.fs as pafs  # lazy: pyarrow only on a node that copies data
 
-    from stlm.data.prepare import cache_location, trusted_manifest
-    from stlm.data.sources import cache_root
-
-    fs, base = _filesystem(store)
-    import pyarrow.fs as pafs
+    fs, base = filesystem(store)
 
     if fs.get_file_info(base).type == pafs.FileType.NotFound:
         return False
@@ -120,13 +95,13 @@ def localize(cfg, store: str) -> bool:
                     and not (tok_dir / info.base_name).is_file():
                 tok_dir.mkdir(parents=True, exist_ok=True)
                 tmp = tok_dir / f".{info.base_name}.{uuid.uuid4().hex[:8]}"
-                _copy_file(fs, info.path, pafs.LocalFileSystem(), str(tmp))
+                copy_file(fs, info.path, pafs.LocalFileSystem(), str(tmp))
                 os.replace(tmp, tok_dir / info.base_name)
     final, content, key = cache_location(cfg)
     if trusted_manifest(final, content, key) is not None:
         return False
     src = f"{base}/{final.name}"
-    if _read_json(fs, f"{src}/manifest.json") is None:
+    if read_fs_json(fs, f"{src}/manifest.json") is None:
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final.parent / f"{final.name}.lock")):  # prepare()'s lock: it waits for this copy
@@ -137,7 +112,7 @@ def localize(cfg, store: str) -> bool:
         tmp.mkdir()
         try:
             for name in SHARDS:
-                _copy_file(fs, f"{src}/{name}", pafs.LocalFileSystem(), str(tmp / name))
+                copy_file(fs, f"{src}/{name}", pafs.LocalFileSystem(), str(tmp / name))
             if final.exists():  # an incomplete or stale copy under the same name
                 shutil.rmtree(final)
             os.replace(tmp, final)
