@@ -75,6 +75,11 @@ class World:
         return cls()
 
 
+def tokens_per_step(cfg: Config, workers: int = 1) -> int:
+    """Training tokens one optimizer step consumes: batch_size is per worker (a DDP rank, a Ray Train worker)."""
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context_length * workers
+
+
 def resolve_device(tc: TrainConfig, world: World) -> torch.device:
     name = tc.device
     if name == "auto":
@@ -258,7 +263,7 @@ def train(
         model = torch.compile(model)
 
     run_dir = Path(tc.out_dir).expanduser().resolve() / (tc.run_name or "run")
-    tokens_per_step = tc.batch_size * mc.context_length * tc.grad_accum * world.world_size
+    step_tokens = tokens_per_step(cfg, world.world_size)
     peak = peak_flops(device)
     losses = torch.zeros(tc.log_interval, device=device)  # per-step losses since the last log
     in_window, window_t0 = 0, time.perf_counter()
@@ -305,10 +310,10 @@ def train(
                 _raise_nonfinite(v, first_step + i, last_good, tc)
             last_good = (first_step + i, v)
         train_loss = sum(values) / len(values)
-        tps = in_window * tokens_per_step / max(dt, 1e-9)
+        tps = in_window * step_tokens / max(dt, 1e-9)
         metrics = {
             "step": step,
-            "tokens": step * tokens_per_step,
+            "tokens": step * step_tokens,
             "train_loss": train_loss,
             "lr": lr,
             "dropout_scale": scale,

@@ -23,6 +23,7 @@ from stlm.config import (
 from stlm.errors import StlmError
 from stlm.sweep.plan.overrides import apply_sweep_overrides
 from stlm.sweep.plan.schema import EMPTY_SWEEP_HINT, BudgetSpec, SweepSpec, check_config_key, parse_spec
+from stlm.train.loop import tokens_per_step
 
 
 @dataclass
@@ -149,12 +150,6 @@ def apply_settings(data: dict, settings: dict[str, Any]) -> dict:
     for key, value in settings.items():
         set_dotted(data, key, value)
     return data
-
-
-def tokens_per_step(cfg: Config, workers: int = 1) -> int:
-    """Training tokens one optimizer step consumes (batch_size is per Ray Train worker)."""
-    t = cfg.train
-    return t.batch_size * t.grad_accum * cfg.model.context_length * workers
 
 
 def solve(cfg: Config, budget: BudgetSpec | None, target: int | None = None, nearest: int | None = None,
