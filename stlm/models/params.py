@@ -157,6 +157,29 @@ def solve_budget(
     )
 
 
+def closest_size(model_cfg: ModelConfig, target: int, free: str = "d_model",
+                 max_value: int = 1 << 16) -> tuple[int, int]:
+    """(value, count) of the valid `free` whose count is closest to `target`: the largest at or below it or the
+    next one above (counts are monotone in every free dim), found by bisection in ~log2(max_value / step) counts.
+    solve_budget meets `target` exactly when this count is within its tolerance (the search space asks so)."""
+    step = _step(model_cfg, free)
+    counts: dict[int, int] = {}
+
+    def count_at(k: int) -> int:
+        if k not in counts:
+            counts[k] = count_params(_with(model_cfg, free, k * step)).total
+        return counts[k]
+
+    lo, hi = 1, max(1, max_value // step)
+    if count_at(lo) <= target:
+        while lo < hi:  # the largest k with count_at(k) <= target
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if count_at(mid) <= target else (lo, mid - 1)
+        if lo < max_value // step:
+            lo = min((lo, lo + 1), key=lambda k: abs(count_at(k) - target))
+    return lo * step, count_at(lo)
+
+
 def neighbours(model_cfg: ModelConfig, free: str) -> tuple[int | None, int | None]:
     """Parameter counts one step of `free` below and above model_cfg's value (None past the edge):
     how finely this dimension can move the count, for explaining a gap between matched arms."""

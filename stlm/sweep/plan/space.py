@@ -32,6 +32,7 @@ from typing import Any
 
 from stlm.config import Config, build_config
 from stlm.errors import StlmError
+from stlm.models.params import closest_size
 from stlm.sweep.plan.schema import ArchitectureSpec, ParamSpec
 from stlm.sweep.plan.sweep import Sweep, apply_settings, solve
 
@@ -147,33 +148,11 @@ class SearchSpace:
         return dataclasses.replace(arm.cfg, model=m)
 
     def _feasible(self, arm_name: str, L: int, h: int, kv: int | None, fm: float) -> bool:
-        """Does solve_budget find a d_model for this shape (with head_dim >= MIN_HEAD_DIM)?
-
-        Same answer as stlm.models.solve_budget (largest d below the target vs smallest above,
-        the closer one within tolerance) by bisection on the monotone count: ~8 counts, not ~50.
-        """
-        from stlm.models import count_params
-
-        b = self.spec.budget
-        m = self._arch_cfg(arm_name, L, h, kv, fm).model
-        step = math.lcm(h * (2 if m.positional == "rope" else 1), m.multiple_of)
-
-        def n(k: int) -> int:
-            return count_params(dataclasses.replace(m, d_model=k * step)).total
-
-        lo, hi = 1, (1 << 16) // step
-        if n(lo) > b.target:
-            best = lo
-        else:
-            while lo < hi:  # largest k with n(k) <= target
-                mid = (lo + hi + 1) // 2
-                if n(mid) <= b.target:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            best = min((lo, lo + 1), key=lambda k: abs(n(k) - b.target))
-        d = best * step
-        return abs(n(best) - b.target) <= b.tolerance * b.target and d // h >= MIN_HEAD_DIM
+        """Does solve_budget find a d_model for this shape (with head_dim >= MIN_HEAD_DIM)? Its rule, by
+        bisection (closest_size): ~8 counts, not ~50."""
+        budget = self.spec.budget
+        d_model, n = closest_size(self._arch_cfg(arm_name, L, h, kv, fm).model, budget.target)
+        return abs(n - budget.target) <= budget.tolerance * budget.target and d_model // h >= MIN_HEAD_DIM
 
     def _fm_values(self, lo: float, hi: float) -> list[float]:
         a, b = math.ceil(lo * FM_GRID - 1e-9), math.floor(hi * FM_GRID + 1e-9)
