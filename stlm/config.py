@@ -284,7 +284,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return int(value)
         if isinstance(value, str):
             try:
-                return _parse_int(value)
+                return parse_int(value)
             except ValueError:
                 pass
         raise StlmError(f"{path}: expected an integer, got {value!r}")
@@ -312,7 +312,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise StlmError(f"{path}: unsupported type {_type_name(tp)}")
 
 
-def _parse_int(text: str) -> int:
+def parse_int(text: str) -> int:
     """Integers may be written 50M, 10k, 1.5B or 1_000."""
     t = text.strip().replace("_", "")
     mult = {"k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6, "b": 10**9, "B": 10**9}

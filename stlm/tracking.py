@@ -102,7 +102,8 @@ def create_run(client, experiment: str, *, run_name: str | None = None, tags: di
     return run.info.run_id
 
 
-def _param_value(v: Any) -> str:
+def param_value(v: Any) -> str:
+    """A param as MLflow keeps it: text, null for None, cut to MLflow's length limit."""
     s = "null" if v is None else str(v)
     return s[:MAX_PARAM_CHARS]
 
@@ -110,7 +111,7 @@ def _param_value(v: Any) -> str:
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    items = [Param(str(k), param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), PARAMS_PER_CALL):
         client.log_batch(run_id, params=items[i:i + PARAMS_PER_CALL])
 

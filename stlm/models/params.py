@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from stlm.config import ModelConfig, _parse_int, load_config
+from stlm.config import ModelConfig, load_config, parse_int
 from stlm.errors import StlmError
 from stlm.fmt import si
 from stlm.models.core import BlockDims
@@ -89,7 +89,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
 FREE_DIMS = ("d_model", "ffn_dim", "n_layers")
 
 
-def _step(cfg: ModelConfig, free: str) -> int:
+def dim_step(cfg: ModelConfig, free: str) -> int:
     """Granularity of the free dimension that keeps the config valid."""
     if free == "d_model":  # multiple of n_heads (and 2 * n_heads for rope's even head dim) and of multiple_of
         heads = cfg.n_heads * (2 if cfg.positional == "rope" else 1)
@@ -108,7 +108,7 @@ def _with(cfg: ModelConfig, free: str, value: int) -> ModelConfig:
 def _sizes(model_cfg: ModelConfig, free: str, limit: int, max_value: int) -> tuple[list[tuple[int, int]], int]:
     """(value, count) for the valid values of `free`, smallest first, until the count passes `limit`
     (one value past it is kept); and the step. Counts are monotone in every free dim."""
-    step = _step(model_cfg, free)
+    step = dim_step(model_cfg, free)
     out: list[tuple[int, int]] = []
     v, last = step, None
     while v <= max_value:
@@ -162,7 +162,7 @@ def closest_size(model_cfg: ModelConfig, target: int, free: str = "d_model",
     """(value, count) of the valid `free` whose count is closest to `target`: the largest at or below it or the
     next one above (counts are monotone in every free dim), found by bisection in ~log2(max_value / step) counts.
     solve_budget meets `target` exactly when this count is within its tolerance (the search space asks so)."""
-    step = _step(model_cfg, free)
+    step = dim_step(model_cfg, free)
     counts: dict[int, int] = {}
 
     def count_at(k: int) -> int:
@@ -183,7 +183,7 @@ def closest_size(model_cfg: ModelConfig, target: int, free: str = "d_model",
 def neighbours(model_cfg: ModelConfig, free: str) -> tuple[int | None, int | None]:
     """Parameter counts one step of `free` below and above model_cfg's value (None past the edge):
     how finely this dimension can move the count, for explaining a gap between matched arms."""
-    step, v = _step(model_cfg, free), getattr(model_cfg, free)
+    step, v = dim_step(model_cfg, free), getattr(model_cfg, free)
     lo = count_params(_with(model_cfg, free, v - step)).total if v - step >= step else None
     hi = count_params(_with(model_cfg, free, v + step)).total
     return lo, hi
@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     solved = None
     if args.budget is not None:
         try:
-            target = _parse_int(args.budget)
+            target = parse_int(args.budget)
         except ValueError:
             raise StlmError(f"--budget {args.budget!r} is not a number like 50M or 10_000_000.") from None
         cfg = solve_budget(cfg, target, free=args.free, tolerance=args.tolerance)

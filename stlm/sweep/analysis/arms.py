@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from stlm import stats
 from stlm.errors import StlmError
-from stlm.sweep.analysis import compare, knobs
+from stlm.sweep.analysis import compare
 from stlm.sweep.analysis.trials import BASE_FINAL_METRICS, EVAL_RE, Trial
 from stlm.sweep.plan.sweep import split_sized
 
@@ -35,7 +35,9 @@ class Analysis:
     control_of: dict[str, str] = field(default_factory=dict)  # arm -> its control (the control arm at its size)
     sizes: list[str] = field(default_factory=list)  # size labels of a sized sweep (arm names end in @label)
     record: dict = field(default_factory=dict)  # compare.record of the primary metric: what MLflow and sweep.json get
-    knobs: knobs.KnobReport | None = None  # the searched knobs and their importances (build_report sets it)
+    # analysis.knobs.KnobReport, the searched knobs and their importances (build_report sets it); untyped here
+    # because knobs.py reads an Analysis, and the import would go both ways
+    knobs: Any = None
 
     def is_control(self, arm: str) -> bool:
         return self.control_of.get(arm, self.control) == arm
@@ -92,7 +94,7 @@ def analyse(
     finished = [t for t in trials if t.status == "finished"]
     excluded = [t for t in trials if t.status != "finished"]
     if not finished:
-        counts = ", ".join(f"{s}: {n}" for s, n in sorted(_count(t.status for t in trials).items())) or "no child runs at all"
+        counts = ", ".join(f"{s}: {n}" for s, n in sorted(Counter(t.status for t in trials).items())) or "no child runs at all"
         raise StlmError(
             f"Sweep parent run {parent_run_id} in {tracking_uri!r} holds no finished trials ({counts}); "
             "nothing to report. Wait for the sweep to finish, or check its failed trials in the MLflow UI."
@@ -144,10 +146,3 @@ def analyse(
         pareto = [pts[i][0] for i in idx]
     return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys, summaries,
                     diffs, pareto, x_key, chosen, control_of, sizes, rec)
-
-
-def _count(items) -> dict:
-    out: dict = defaultdict(int)
-    for x in items:
-        out[x] += 1
-    return dict(out)

@@ -21,8 +21,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stlm.fmt import num
+from stlm.fmt import missing, num
+from stlm.sweep.analysis import compare
 from stlm.sweep.plan.space import decode_space
+from stlm.tracking import param_value
 
 if TYPE_CHECKING:
     from stlm.sweep.analysis.arms import Analysis
@@ -53,7 +55,7 @@ class Knob:
 
     @property
     def categorical(self) -> bool:
-        from optuna.distributions import CategoricalDistribution
+        from optuna.distributions import CategoricalDistribution  # lazy: optuna only when a search is reported
 
         return isinstance(self.dist, CategoricalDistribution)
 
@@ -91,15 +93,13 @@ class KnobReport:
     declared: bool = True  # the space came from the parent run (else inferred from the trials)
 
     def mlflow_metrics(self) -> dict[str, float]:
-        from stlm.sweep.analysis.compare import mlflow_key
-
-        return {mlflow_key("importance", k): float(v) for k, v in self.importances.items()}
+        return {compare.mlflow_key("importance", k): float(v) for k, v in self.importances.items()}
 
 
 def analyse_knobs(a: Analysis, space_text: str | None) -> KnobReport:
     """The searched knobs of the finished trials and Optuna's importances of them for a.primary."""
     space = decode_space(space_text)
-    trials = [t for t in a.finished if _finite(t.value(a.primary))]
+    trials = [t for t in a.finished if not missing(t.value(a.primary))]
     names = list(space) if space is not None else _inferred_names(a.finished)
     if not names:
         why = ("the sweep searched no knob (its parent run records no search space and no param varies "
@@ -142,7 +142,7 @@ def analyse_knobs(a: Analysis, space_text: str | None) -> KnobReport:
 
 def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) -> dict[str, float]:
     """optuna.importance.get_param_importances (fANOVA, seeded) over an in-memory study of the trials."""
-    import optuna
+    import optuna  # lazy: optuna only when a search is reported
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,14 +156,8 @@ def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) 
 
 def best_per_arm(a: Analysis) -> dict[str, Trial]:
     """Each arm's best finished trial on the primary metric, over all its seeds and samples."""
-    from stlm.sweep.analysis import compare
-
-    scored = [t for t in a.finished if _finite(t.value(a.primary))]  # an arm without a value has no best
+    scored = [t for t in a.finished if not missing(t.value(a.primary))]  # an arm without a value has no best
     return {t.arm: t for t in compare.best_per_cell(scored, lambda t: t.arm, lambda t: t.value(a.primary), a.modes[0])}
-
-
-def _finite(v) -> bool:
-    return v is not None and not math.isnan(v)
 
 
 def _param(t: Trial, name: str) -> str | None:
@@ -193,7 +187,7 @@ def _number(text: str) -> float | None:
 
 def _infer(texts: list[str]):
     """A distribution for values seen as param strings: ints, floats (log when >= 2 decades) or categories."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # lazy: optuna
 
     nums = [_number(s) for s in texts]
     if texts and all(x is not None for x in nums):
@@ -206,10 +200,8 @@ def _infer(texts: list[str]):
 
 def _parse(knob: Knob, text: str) -> Any:
     """A param string back as the distribution's value (MLflow keeps params as text)."""
-    from stlm.tracking import _param_value
-
     if knob.categorical:
-        return next((c for c in knob.dist.choices if _param_value(c) == text or str(c) == text), text)
+        return next((c for c in knob.dist.choices if param_value(c) == text or str(c) == text), text)
     x = _number(text)
     if x is None:
         return text
@@ -218,16 +210,28 @@ def _parse(knob: Knob, text: str) -> Any:
 
 def _fit(dist, values: list):
     """`dist` widened to hold every value the trials used (Optuna refuses a trial outside its distribution)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # lazy: optuna
 
     if not values:
         return dist
     if isinstance(dist, CategoricalDistribution) or any(isinstance(v, str) for v in values):
         choices = list(dist.choices) if isinstance(dist, CategoricalDistribution) else []
         return CategoricalDistribution(choices + [v for v in dict.fromkeys(values) if v not in choices])
-    if all(dist._contains(dist.to_internal_repr(v)) for v in values):
+    if all(_holds(dist, v) for v in values):
         return dist
     lo, hi = min(dist.low, *values), max(dist.high, *values)
     if isinstance(dist, IntDistribution):
         return IntDistribution(int(lo), int(hi), log=dist.log and lo > 0)
     return FloatDistribution(lo, hi, log=dist.log and lo > 0)
+
+
+def _holds(dist, value) -> bool:
+    """A numeric distribution holds `value`: within its bounds and on its step grid (what Optuna checks
+    before it takes a trial)."""
+    if not dist.low <= value <= dist.high:
+        return False
+    step = getattr(dist, "step", None)
+    if step is None:
+        return True
+    k = (value - dist.low) / step
+    return math.isclose(k, round(k), abs_tol=1e-8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from stlm.fmt import si
+from stlm.models.params import dim_step, neighbours
 from stlm.sweep.plan.sweep import Sweep, size_label, tokens_per_step
 
 MATCH_GOAL = 0.005  # the largest pairwise parameter gap between the arms of one size that we accept silently
@@ -26,8 +27,6 @@ def largest_gap(counts: Iterable[int]) -> float:
 def gap_notes(sweep: Sweep) -> list[str]:
     """One line per size: the largest pairwise gap; and for every arm past MATCH_GOAL, why the
     free dimension could not bring it closer to the control."""
-    from stlm.models.params import _step, neighbours
-
     b = sweep.spec.budget
     lines = []
     for size in sweep.sizes:
@@ -50,7 +49,7 @@ def gap_notes(sweep: Sweep) -> list[str]:
             side = "below" if n > c else "above"
             why = ("outside the tolerance" if other is None or abs(other - size) > b.tolerance * size
                    else "farther from the control")
-            step = _step(a.cfg.model, b.free)
+            step = dim_step(a.cfg.model, b.free)
             lines.append(f"  {a.name}: {b.free} moves in steps of {step}, {abs(n - (other or n)):,} parameters a step here; "
                          f"{n:,} is {(n - c) / c:+.2%} from the control's {c:,}, and the next size {side} "
                          + (f"({other:,}, {(other - c) / c:+.2%}) is {why}" if other else "does not exist"))

@@ -30,13 +30,14 @@ import html
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from stlm.errors import StlmError
 from stlm.fmt import num
 from stlm.sweep.analysis import compare, knobs
-from stlm.sweep.analysis.arms import _count, analyse
+from stlm.sweep.analysis.arms import analyse
 from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import get_run, load_trials, tag_list
 from stlm.sweep.report import plots
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str, Any]]:
     """(kind, title, content) blocks rendered both as Markdown and HTML."""
-    n_stat = _count(t.status for t in a.excluded)
+    n_stat = Counter(t.status for t in a.excluded)
     counts = f"{len(a.finished)} finished" + "".join(f", {n} {s}" for s, n in sorted(n_stat.items()))
     objective = ", ".join(f"{m} ({mo})" for m, mo in zip(a.metrics, a.modes))
     seeds_per_arm = {arm: len(ts) for arm, ts in a.by_arm().items()}

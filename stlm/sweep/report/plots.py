@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stlm import stats
-from stlm.sweep.analysis.knobs import KnobReport, _finite, best_per_arm
+from stlm.fmt import missing
+from stlm.sweep.analysis.knobs import KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import CURVE_METRICS, EVAL_RE
 from stlm.sweep.plan.sweep import split_sized
 
@@ -210,8 +211,6 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
     r: KnobReport | None = getattr(a, "knobs", None)
     if r is None or not r.knobs:
         return None
-    from stlm.sweep.report.plots import _colors, _plt, _save
-
     plt, colors, best = _plt(), _colors(a.arms), best_per_arm(a)
     ncol = min(3, len(r.knobs))
     nrow = math.ceil(len(r.knobs) / ncol)
@@ -222,7 +221,7 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
         for j, arm in enumerate(a.arms):
             shift = (j - (len(a.arms) - 1) / 2) * min(0.12, 0.6 / len(a.arms))  # arms side by side in a category
             pts = [(t, k.values[t.run_id]) for t in a.finished if t.arm == arm and t.run_id in k.values
-                   and _finite(t.value(a.primary))]
+                   and not missing(t.value(a.primary))]
             if not pts:
                 continue
             xs = [pos[repr(v)] + shift if k.categorical else float(v) for _, v in pts]
