@@ -273,7 +273,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _label(source: Source) -> str:
+def cache_label(source: Source) -> str:
+    """The readable start of a source's cache directory name (the key that follows it is what identifies it)."""
     name = Path(source.name).stem if source.identity()["kind"] == "local" else source.name
     return re.sub(r"[^\w.-]+", "_", name)[:40]
 
@@ -345,7 +346,7 @@ def prepare(cfg: "Config") -> PreparedData:
     content = _content(cfg, source, tokenizer, dtype)
     key = _key(content)
     root = cache_root(cfg.data) / "data"
-    final = root / f"{_label(source)}-{tokenizer.name}-{key}"
+    final = root / f"{cache_label(source)}-{tokenizer.name}-{key}"
     manifest = _trusted_manifest(final, content, key)
     if manifest is None:
         root.mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ def cache_location(cfg: "Config") -> tuple[Path, dict, str]:
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
     content = _content(cfg, source, tokenizer, dtype)
     key = _key(content)
-    return cache_root(cfg.data) / "data" / f"{_label(source)}-{tokenizer.name}-{key}", content, key
+    return cache_root(cfg.data) / "data" / f"{cache_label(source)}-{tokenizer.name}-{key}", content, key
 
 
 def trusted_manifest(path: Path, content: dict, key: str) -> dict | None:

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import json
 import os
 from pathlib import Path
 
-
+from stlm.sweep.resilience import layout
 
 
 def persisted_name(step: int) -> str:

@@ -2,7 +2,7 @@
 
 Ray Tune writes its experiment state in place (not atomically): a full disk mid-write left a
 truncated experiment_state-*.json that --resume could not read, and Tune then silently started a new
-experiment. stlm now makes that write atomic (tune_state.py), but Ray's own logs and staging files
+experiment. tune_state.py makes that write atomic, but Ray's own logs and staging files
 still need room, so the driver checks the free space of the experiment directory once a second and ends
 the sweep (a DiskFullError: one paragraph naming the directory, the space it needs and the command
 that continues it) while there is still room for every running trial's next checkpoint plus the
@@ -18,6 +18,7 @@ from pathlib import Path
 from ray import tune
 
 from stlm.atomic import disk_full_error, free_bytes
+from stlm.sweep.resilience.fatal import error_text
 
 STATE_RESERVE = 16 * 2**20  # Tune's experiment state, the searcher, the ledger, Ray's logs for a while
 BYTES_PER_PARAM = 16  # a checkpoint: fp32 weights (4) + Adam's two moments (8), plus headroom
@@ -48,8 +49,6 @@ class DiskGuard(tune.Callback):
             self._stop(needed)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from stlm.sweep.tracking.callback import error_text
-
         head = error_text(trial).splitlines()[0]  # 'ExceptionType: message' of the cause
         if "DiskFullError" in head or "No space left on device" in head:
             self._stop(self.needed(sum(1 for t in trials if t.status == "RUNNING") + 1))

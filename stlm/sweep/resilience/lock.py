@@ -24,8 +24,6 @@ different hosts could both believe they won; one after the other, the second is 
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import atexit
 import contextlib
 import errno
@@ -38,6 +36,7 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.sweep.resilience import layout
 
 HEARTBEAT_S = 20.0
 STALE_S = 90.0  # a lock untouched this long on another host belongs to a dead driver

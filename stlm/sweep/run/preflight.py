@@ -22,11 +22,22 @@ Each problem is one sentence naming the key, file or address, and what to do ins
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from pathlib import Path
 
+import torch
+
+from stlm.data.prepare import cache_label
+from stlm.data.sources import HubSource, cache_root, get_source
 from stlm.errors import StlmError
+from stlm.eval.harness import parse_tasks
+from stlm.eval.tasks import TASKS
+from stlm.eval.tasks.base import resolve_data_dir
 from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable, unreachable
+from stlm.sweep.resilience.storage import endpoint, probe
 
 GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
              "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
@@ -78,8 +89,6 @@ def _tracking(uri: str | None) -> list[str]:
 def check_storage(store, timeout: float = 10.0) -> None:
     """An object-store experiment directory (s3://bucket/prefix) can be listed and written within
     `timeout` seconds, else one paragraph naming the URI (exit 2). Checked before anything is read."""
-    from stlm.sweep.resilience.storage import endpoint, probe
-
     why = probe(store.uri, timeout=timeout)
     if why:
         raise StlmError(
@@ -93,7 +102,6 @@ def check_storage(store, timeout: float = 10.0) -> None:
 
 
 def _data(cfg) -> list[str]:
-    from stlm.data.sources import HubSource, get_source
 
     try:
         source = get_source(cfg.data)
@@ -110,13 +118,8 @@ def _data(cfg) -> list[str]:
 
 def _prepared_cache(cfg, source) -> bool:
     """A complete token cache of this source exists (prepare() would reuse it without the hub)."""
-    import json
-
-    from stlm.data.prepare import _label
-    from stlm.data.sources import cache_root
-
     d = cfg.data
-    for manifest in (cache_root(d) / "data").glob(f"{_label(source)}-*/manifest.json"):
+    for manifest in (cache_root(d) / "data").glob(f"{cache_label(source)}-*/manifest.json"):
         try:
             m = json.loads(manifest.read_text())
         except (OSError, ValueError):
@@ -148,9 +151,6 @@ def _tokenizer(cfg) -> list[str]:
 
 def _tiktoken_cached() -> bool:
     """Both files tiktoken's "gpt2" encoding reads are in its cache (tiktoken.load.read_file_cached)."""
-    import hashlib
-    import tempfile
-
     cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
         os.path.join(tempfile.gettempdir(), "data-gym-cache")
     return all(Path(cache, hashlib.sha1(u.encode()).hexdigest()).is_file() for u in GPT2_URLS)
@@ -160,9 +160,6 @@ def _tiktoken_cached() -> bool:
 
 
 def _eval(cfg) -> list[str]:
-    from stlm.eval.harness import parse_tasks
-    from stlm.eval.tasks import TASKS
-    from stlm.eval.tasks.base import resolve_data_dir
 
     if not cfg.eval.tasks:
         return []
@@ -222,8 +219,6 @@ def _local_resources(sweep) -> list[str]:
 
 def local_resources() -> dict[str, float]:
     """What a local Ray started by stlm gets: every core, every visible GPU, the machine's memory."""
-    import torch
-
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
         memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

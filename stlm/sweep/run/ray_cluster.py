@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import contextlib
 import logging
 import math
@@ -19,6 +17,7 @@ from typing import Any
 from stlm.errors import StlmError
 from stlm.sweep.plan.describe import trial_resources
 from stlm.sweep.plan.sweep import Sweep
+from stlm.sweep.resilience import layout
 
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",

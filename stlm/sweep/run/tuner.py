@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import sys
 
 from stlm.errors import StlmError
 from stlm.sweep.plan.space import ARM, SEED
 from stlm.sweep.plan.sweep import Sweep
+from stlm.sweep.resilience import layout
 from stlm.sweep.run.ray_cluster import HEAD_RESOURCE
 from stlm.sweep.run.trial import Context, run_trial
 

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from stlm import tracking as T
 from stlm.config import dump_yaml, flatten, to_dict
 from stlm.errors import StlmError
+from stlm.sweep.resilience import layout
+from stlm.sweep.resilience.fatal import error_text
 from stlm.sweep.tracking.ledger import Ledger
+from stlm.tracking import METRICS_PER_CALL, create_run, end_with_status, log_params, mlflow_client, reopen_run
 
 log = logging.getLogger("stlm.sweep")
 
@@ -138,7 +137,7 @@ class MLflowSweepCallback(Callback):
 
     def _apply(self, op: dict) -> None:
         if self.client is None:
-            self.client = T.mlflow_client(self.uri)
+            self.client = mlflow_client(self.uri)
         kind = op["kind"]
         entry = self.ledger.trials.get(op.get("trial"))
         if kind == "resync":
@@ -147,7 +146,7 @@ class MLflowSweepCallback(Callback):
             self._start_run(op, entry)
         elif kind == "parent_end":
             if self.parent_run_id:
-                T.end_with_status(self.client, self.parent_run_id, op["status"])
+                end_with_status(self.client, self.parent_run_id, op["status"])
         elif entry is None:
             pass  # a trial whose run MLflow refused to make (the outbox logged it as skipped)
         elif kind == "metrics":
@@ -157,11 +156,11 @@ class MLflowSweepCallback(Callback):
             stopped = max_steps is not None and entry["last_step"] < max_steps
             status = "stopped" if stopped else "finished"
             self._log_artifacts(op["trial"], entry)
-            T.end_with_status(self.client, entry["run_id"], status)
+            end_with_status(self.client, entry["run_id"], status)
             entry["status"] = status
         elif kind == "error":
             self.client.set_tag(entry["run_id"], "stlm.error", op["error"])
-            T.end_with_status(self.client, entry["run_id"], "failed")
+            end_with_status(self.client, entry["run_id"], "failed")
             entry["status"] = "failed"
         self.ledger.data["outbox_done"] = op["seq"]
         self.ledger.save()
@@ -180,7 +179,7 @@ class MLflowSweepCallback(Callback):
 
     def _start_run(self, op: dict, entry: dict | None) -> None:
         tid = op["trial"]
-        if entry is not None and T.reopen_run(self.client, entry["run_id"]):
+        if entry is not None and reopen_run(self.client, entry["run_id"]):
             self.client.set_tag(entry["run_id"], "stlm.status", "running")
             entry["status"] = "running"
             entry.setdefault("max_steps", op.get("max_steps"))
@@ -189,12 +188,12 @@ class MLflowSweepCallback(Callback):
         if run_id is None:
             tags = {"stlm.sweep": self.sweep.name, "stlm.arm": op["arm"], "stlm.seed": op["seed"],
                     "stlm.trial_id": tid, "stlm.status": "running", "stlm.kind": "trial"}
-            run_id = T.create_run(self.client, self.experiment, run_name=f"{op['arm']}-s{op['seed']}-{tid}",
+            run_id = create_run(self.client, self.experiment, run_name=f"{op['arm']}-s{op['seed']}-{tid}",
                                   tags=tags, parent_run_id=self.parent_run_id)
         if op.get("error"):
             self.client.set_tag(run_id, "stlm.error", op["error"])
         else:
-            T.log_params(self.client, run_id, op["params"])
+            log_params(self.client, run_id, op["params"])
             self.client.log_text(run_id, op["config_yaml"], layout.TRIAL_CONFIG)
         self.ledger.trials[tid] = {"run_id": run_id, "last_step": -1, "eval_logged": False, "status": "running",
                                    "arm": op["arm"], "seed": op["seed"], "max_steps": op.get("max_steps")}
@@ -220,8 +219,8 @@ class MLflowSweepCallback(Callback):
         points = [Metric(k, float(v), ms, step) for k, v in curves.items()] if new_step else []
         if evals and not entry.get("eval_logged"):
             points += [Metric(k, float(v), ms, step) for k, v in evals.items()]
-        for i in range(0, len(points), T.METRICS_PER_CALL):
-            self.client.log_batch(entry["run_id"], metrics=points[i:i + T.METRICS_PER_CALL])
+        for i in range(0, len(points), METRICS_PER_CALL):
+            self.client.log_batch(entry["run_id"], metrics=points[i:i + METRICS_PER_CALL])
         if new_step:
             entry["last_step"] = step
         if evals:
@@ -308,24 +307,6 @@ def stop_tune_like_ctrl_c(box, why: str) -> None:
         raise StlmError(why)
     log.warning("stopping the sweep: %s", why)
     handler(signal.SIGUSR1, None)
-
-
-def error_text(trial) -> str:
-    """'ExceptionType: message' of a failed trial (first line), then the tail of its traceback."""
-    path = getattr(trial, "error_file", None)
-    text = ""
-    try:
-        if path and Path(path).is_file():
-            text = re.sub(r"\x1b\[[0-9;]*m", "", Path(path).read_text())
-    except OSError:
-        pass
-    if not text:
-        return "trial failed (no error text recorded)"
-    causes = [ln.strip() for ln in text.splitlines() if ERROR_LINE.match(ln.strip())]
-    head = causes[-1] if causes else text.strip().splitlines()[-1]
-    return f"{head}\n\n{text[-3000:]}"
-
-ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*?:")
 
 
 def flat_config(cfg) -> dict[str, Any]:

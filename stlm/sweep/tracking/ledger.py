@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import json
 from pathlib import Path
 
+from stlm.sweep.resilience import layout
 
 
 def _write_json(path: Path, data: dict) -> None:
