@@ -54,7 +54,7 @@ def _absolutize(uri: str) -> str:
 
 
 def mlflow_client(uri: str | None = None):
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow (slow to import) only where a run is written or read
 
     return MlflowClient(tracking_uri=tracking_uri(uri))
 
@@ -109,7 +109,7 @@ def param_value(v: Any) -> str:
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
+    from mlflow.entities import Param  # lazy: mlflow
 
     items = [Param(str(k), param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), PARAMS_PER_CALL):
@@ -130,7 +130,7 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None =
 
     synchronous=False queues them for MLflow's background writer, which batches what has piled up
     (the training loop does not wait on the store); flush() waits until everything queued is written."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: mlflow
 
     step = int(metrics.get("step", 0) if step is None else step)
     now = int(time.time() * 1000)
@@ -142,7 +142,7 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None =
 
 def flush() -> None:
     """Wait for the metrics queued with synchronous=False (before a run is ended)."""
-    import mlflow
+    import mlflow  # lazy: mlflow
 
     mlflow.flush_async_logging()
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from stlm import stats
 from stlm.fmt import ci, stat
+from stlm.sweep.plan.sweep import split_sized
 
 MIN_SEEDS = 3  # below this, a 95% interval on a paired difference is too wide to read
 PLAN_SEEDS = 5  # the power line's "with 5 seeds" column
@@ -81,8 +82,6 @@ def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str
     space over every (size, seed) cell; and per non-control arm, the slope of its paired difference from
     the control (same size, same seed) against log(params), with its 95% interval: does the
     difference grow or shrink with scale? `points`: (arm, seed, params, value) of the chosen cells."""
-    from stlm.sweep.plan.sweep import split_sized
-
     by_base: dict[str, list[tuple[Any, str, float, float]]] = {}
     cell: dict[tuple[str, Any], tuple[float, float]] = {}
     for arm, seed, n, v in points:

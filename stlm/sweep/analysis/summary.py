@@ -8,6 +8,7 @@ from pathlib import Path
 from stlm import stats
 from stlm.errors import StlmError
 from stlm.fmt import num, si
+from stlm.models import count_params
 from stlm.sweep.analysis import compare
 from stlm.sweep.plan.sweep import Sweep
 
@@ -112,15 +113,13 @@ def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> set:
 
 def count_feasible(sweep: Sweep, space, results) -> int:
     """Trials whose configuration resolves (stlm.models.solve_budget) to within the budget."""
-    from stlm.sweep.plan.sweep import count
-
     b, good = sweep.spec.budget, 0
     for r in results:
         config = r.config or {}
         if config.get("arch.infeasible"):
             continue
         try:
-            total = count(space.resolve(config)).total
+            total = count_params(space.resolve(config).model).total
         except StlmError:
             continue
         target = sweep.arm(config["arm"]).size if b is not None else None

@@ -52,7 +52,7 @@ class Trial:
 
 
 def get_run(client, run_id: str, tracking_uri: str):
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: mlflow only when a store is read
 
     try:
         return client.get_run(run_id)

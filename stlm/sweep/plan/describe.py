@@ -75,8 +75,6 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
 
 
 def describe(sweep: Sweep, space) -> str:
-    from stlm.sweep.plan.describe import trial_resources
-
     spec = sweep.spec
     lines = [f"sweep {sweep.name}: {sweep.path}"]
     if sweep.overrides:

@@ -19,8 +19,10 @@ from stlm.config import (
     parse_override,
     read_yaml,
     set_dotted,
+    validate,
 )
 from stlm.errors import StlmError
+from stlm.models import count_params, solve_budget
 from stlm.sweep.plan.overrides import apply_sweep_overrides
 from stlm.sweep.plan.schema import EMPTY_SWEEP_HINT, BudgetSpec, SweepSpec, check_config_key, parse_spec
 from stlm.train.loop import tokens_per_step
@@ -160,9 +162,6 @@ def solve(cfg: Config, budget: BudgetSpec | None, target: int | None = None, nea
     budget.tokens."""
     if budget is None:
         return cfg
-    from stlm.config import validate
-    from stlm.models import count_params, solve_budget
-
     if target is None and not budget.sized:
         target = budget.target
     if target is not None:
@@ -206,12 +205,6 @@ def split_sized(name: str) -> tuple[str, str | None]:
     """'rope@10M' -> ('rope', '10M'); 'rope' -> ('rope', None)."""
     base, at, label = name.rpartition("@")
     return (base, label) if at else (name, None)
-
-
-def count(cfg: Config):
-    from stlm.models import count_params
-
-    return count_params(cfg.model)
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
@@ -283,7 +276,7 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
                     raise
                 # architecture search: the base shape is only a template, every trial's shape is solved
                 cfg, solved = resolve_config(seeded, None, f"arm {full!r}"), False
-            counted = count(cfg)
+            counted = count_params(cfg.model)
             arm = Arm(name=full, settings=settings, data=arm_data, cfg=cfg, count=counted, solved=solved, base=name,
                       size=size, match=kw.get("nearest"), train_flops=kw.get("flops"))
             if ctrl is None and budget is not None and (budget.compute == "match" or budget.flops is not None):

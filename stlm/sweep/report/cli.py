@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from stlm.sweep.resilience import layout
-
 import argparse
 import json
 from pathlib import Path
@@ -12,9 +10,8 @@ from pathlib import Path
 from stlm.errors import StlmError
 from stlm.sweep.analysis.trials import RUN_ID_RE
 from stlm.sweep.report.document import build_report
+from stlm.sweep.resilience import layout, storage
 from stlm.tracking import tracking_uri
-
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stlm report", description="Statistics report of a finished sweep (from MLflow).")
@@ -26,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", help="control arm the others are compared with (default: the sweep's)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = p.parse_args(argv)
-
-    from stlm.sweep.resilience import storage
 
     target = Path(args.target)
     sweep: dict = {}

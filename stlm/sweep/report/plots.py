@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from stlm import stats
 from stlm.fmt import missing
 from stlm.sweep.analysis.knobs import KnobReport, best_per_arm
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a report is drawn
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
@@ -116,8 +118,6 @@ def plot_scale(a: Analysis, path: Path) -> Path | None:
     fits = a.record.get("scale") or {}
     if not a.sizes or not fits:
         return None
-    import numpy as np
-
     plt = _plt()
     bases = list(dict.fromkeys(split_sized(arm)[0] for arm in a.arms))
     colors = _colors(bases)
@@ -233,7 +233,7 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
         if k.categorical:
             ax.set_xticks(range(len(cats)), [str(c) for c in cats])
         elif k.log_axis:
-            from matplotlib.ticker import FuncFormatter, LogLocator
+            from matplotlib.ticker import FuncFormatter, LogLocator  # lazy: matplotlib
 
             ax.set_xscale("log")
             # 1-2-5 labels as plain numbers: matplotlib's default labels every minor tick of a short

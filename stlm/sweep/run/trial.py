@@ -13,8 +13,9 @@ from pathlib import Path
 from stlm.atomic import DiskFullError
 from stlm.config import dump_yaml
 from stlm.errors import StlmError
+from stlm.models import count_params
 from stlm.sweep.plan.space import SearchSpace
-from stlm.sweep.plan.sweep import Sweep, count
+from stlm.sweep.plan.sweep import Sweep
 from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import read_fatal
 from stlm.sweep.run.worker import worker_loop
@@ -37,7 +38,7 @@ def prepare_trial(ctx: Context, config: dict, trial_id: str):
     trial_dir = storage.open(ctx.exp_dir).local / layout.trial(trial_id)  # (an object store's: this machine's copy)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"),
                                                              run_name="run"))
-    return cfg, count(cfg), trial_dir
+    return cfg, count_params(cfg.model), trial_dir
 
 
 def run_trial(config: dict, ctx: Context) -> None:
