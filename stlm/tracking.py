@@ -10,6 +10,9 @@ working directory:
     log_config(client, run_id, cfg, extra={"params.total": 9.9e6})
     log_metrics(client, run_id, {"train_loss": 3.1}, step=100)
     end_run(client, run_id)
+
+A run's stlm status (the tag stlm.status: finished, failed, stopped, interrupted) and the MLflow state it ends in
+are one map, END_STATE, with its reverse STATUS_FROM_MLFLOW; end_with_status sets both.
 """
 
 from __future__ import annotations

@@ -27,14 +27,15 @@ MIN_SEEDS = 3  # below this, a 95% interval on a paired difference is too wide t
 PLAN_SEEDS = 5  # the power line's "with 5 seeds" column
 RULE = "best sample per (arm, seed) cell by the sweep metric"
 
-T = TypeVar("T")
+Item = TypeVar("Item")  # whatever a cell holds: a Trial (the report) or a result row (the terminal)
 
 
-def best_per_cell(items: Iterable[T], cell: Callable[[T], Any], value: Callable[[T], float | None], mode: str) -> list[T]:
+def best_per_cell(items: Iterable[Item], cell: Callable[[Item], Any], value: Callable[[Item], float | None],
+                  mode: str) -> list[Item]:
     """One item per cell: the best on `value` (min or max); cells whose items have no value keep the first."""
     items = list(items)
     sign = 1.0 if mode == "min" else -1.0
-    best: dict[Any, tuple[float, T]] = {}
+    best: dict[Any, tuple[float, Item]] = {}
     for it in items:
         v = value(it)
         key = sign * v if v is not None and not math.isnan(v) else math.inf

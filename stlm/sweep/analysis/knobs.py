@@ -1,12 +1,6 @@
-"""The search part of `stlm report`: the metric against each searched knob, and the knobs' importances.
-
-  knobs.png     the primary metric against each searched knob, one point per finished trial,
-                coloured by arm (log x for a log-scale knob or one spanning >= 2 decades;
-                categorical knobs as categories); each arm's best trial is ringed
-  a table       "Search: knob importances": Optuna's own fANOVA importances
-                (optuna.importance.get_param_importances, seeded) over an in-memory study of
-                the finished trials, the best value found per arm and the range searched
-  metrics       importance/<knob> on the sweep's parent run
+"""The searched knobs of a sweep and their importances for the primary metric: Optuna's own fANOVA
+(optuna.importance.get_param_importances, seeded) over an in-memory study of the finished trials. The report
+shows them as knobs.png (plots.py), the table "Search: knob importances" and the parent run's importance/<knob>.
 
 Which knobs were searched, and over what: the sweep records its space on the parent run as the
 param `sweep.search` (Optuna distributions as JSON, see parent_params). A trial's sampled values
@@ -40,10 +34,6 @@ NOT_KNOBS = {"arm", "seed", "train.seed", "sweep.arm", "sweep.seed", "flops_per_
 NOT_KNOB_PREFIXES = ("params.", "sweep.", "arch.")
 
 IMPORTANCE_SEED = 0  # fANOVA's random forest: the same trials give the same importances
-
-
-
-
 
 
 @dataclass

@@ -1,27 +1,5 @@
-"""`stlm report SWEEP_DIR_OR_PARENT_RUN`: the statistics report of a sweep, read back from MLflow.
-
-    stlm report sweep_runs/ffn_sharing-2026...      # a sweep dir (holds sweep.json)
-    stlm report 3f2a...c9 --tracking-uri sqlite:////abs/mlflow.db --control baseline
-
-The sweep wrote one parent run and one child run per trial (tags stlm.arm, stlm.seed,
-stlm.status; params incl. params.total; metric histories keyed by step; final
-eval/<task>/acc metrics). This module turns them into:
-
-  report.md / report.html   per-arm mean, sd and 95% t interval of every final metric
-                            across seeds; the PAIRED difference of every arm against the
-                            control arm (paired by seed) with its 95% interval and whether
-                            it excludes zero; failed / stopped trials listed, not averaged
-  curves.png                loss curves per arm (mean across seeds, band = +/- 1 sd)
-  diffs.png                 paired differences vs control with their intervals
-  params.png                final metric against parameter count, one point per trial
-  benchmarks.png            benchmark accuracy per arm and task with error bars
-  pareto.png                multi-objective sweeps: the Pareto front (metric vs params)
-  knobs.png                 a search: the metric against each searched knob, and the knobs'
-                            importances (Optuna's fANOVA) as a table and parent-run metrics
-                            importance/<knob> (analysis/knobs.py)
-
-and logs them to the parent run as artifacts under report/. The statistics live in
-stlm.stats (Student t and power from scipy.stats).
+"""report.md, report.html, summary.txt and comparison.json of a sweep: build_report reads the parent run's trials,
+analyses them (analysis/), lays the result out as sections of tables and plots, and logs it to the parent run.
 """
 
 from __future__ import annotations
@@ -112,7 +90,7 @@ TITLE = "Search: knob importances"
 
 
 def knob_sections(a: Analysis) -> list[tuple[str, str, Any]]:
-    """The report's blocks (report._sections' format): the importance table, or why it is absent."""
+    """The report's blocks (_sections' format): the importance table, or why it is absent."""
     r: KnobReport | None = getattr(a, "knobs", None)
     if r is None:
         return []
