@@ -91,6 +91,8 @@ def analyse(
     trials: list[Trial], *, name: str, parent_run_id: str, tracking_uri: str, metrics: list[str], modes: list[str],
     control: str | None, order: list[str] | None = None, sizes: list[str] | None = None,
 ) -> Analysis:
+    """The comparison of the arms from a sweep's trials: every final metric per arm and against its control over
+    one trial per (arm, seed) cell, the excluded trials, and the Pareto front of a multi-objective sweep."""
     finished = [t for t in trials if t.status == "finished"]
     excluded = [t for t in trials if t.status != "finished"]
     if not finished:
@@ -102,24 +104,7 @@ def analyse(
     rank = {a: i for i, a in enumerate(order or [])}  # the sweep file's arm order, else by name
     arms = sorted({t.arm for t in finished}, key=lambda a: (rank.get(a, len(rank)), a))
     sizes = list(sizes or [])
-    if control is None:
-        control = next((a for a in ("control", "baseline") if a in arms), arms[0])
-    if sizes:  # a sized sweep: 'rope@10M' is compared with the control at 10M
-        base = split_sized(control)[0]
-        control_of = {arm: f"{base}@{split_sized(arm)[1]}" for arm in arms}
-        missing = sorted({c for c in control_of.values() if c not in arms})
-        if missing:
-            raise StlmError(f"Control arm {base!r} has no finished trial at {', '.join(missing)} in sweep {name!r}; "
-                            f"arms with finished trials: {', '.join(arms)}.")
-        control = control_of[arms[0]]
-    else:
-        if control not in arms:
-            raise StlmError(
-                f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: {', '.join(arms)}."
-            )
-        arms = [control] + [a for a in arms if a != control]
-        control_of = {arm: control for arm in arms}
-
+    arms, control, control_of = controls(arms, control, sizes, name)
     chosen = best_per_cell(finished, metrics[0], modes[0])
     by_arm: dict[str, list[Trial]] = defaultdict(list)
     for t in chosen:
@@ -133,16 +118,41 @@ def analyse(
     primary = metrics[0] if metrics[0] in summaries else (keys[0] if keys else metrics[0])
     points = [(t.arm, t.seed, t.n_params, t.value(primary)) for t in chosen] if sizes else None
     rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms, points)
-
-    pareto: list[Trial] = []
-    x_key = "params.total"
-    if len(metrics) > 1:
-        x_key = next((m for m in metrics[1:] if m in ("params", "params.total")), metrics[1])
-        y_key = metrics[0]
-        mode_of = dict(zip(metrics, modes))
-        pts = [(t, t.value(y_key), t.value(x_key)) for t in finished]
-        pts = [(t, y, x) for t, y, x in pts if y is not None and x is not None]
-        idx = stats.pareto_front([(x, y) for _, y, x in pts], (mode_of.get(x_key, "min"), mode_of.get(y_key, "min")))
-        pareto = [pts[i][0] for i in idx]
+    pareto, x_key = pareto_trials(finished, metrics, modes)
     return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys, summaries,
                     diffs, pareto, x_key, chosen, control_of, sizes, rec)
+
+
+def controls(arms: list[str], control: str | None, sizes: list[str], name: str):
+    """(arms with the control first, the control, arm -> its control): a sized sweep compares 'rope@10M' with
+    the control at 10M. The control defaults to an arm named control or baseline, else the first."""
+    if control is None:
+        control = next((a for a in ("control", "baseline") if a in arms), arms[0])
+    if sizes:
+        base = split_sized(control)[0]
+        control_of = {arm: f"{base}@{split_sized(arm)[1]}" for arm in arms}
+        missing = sorted({c for c in control_of.values() if c not in arms})
+        if missing:
+            raise StlmError(f"Control arm {base!r} has no finished trial at {', '.join(missing)} in sweep {name!r}; "
+                            f"arms with finished trials: {', '.join(arms)}.")
+        return arms, control_of[arms[0]], control_of
+    if control not in arms:
+        raise StlmError(f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: "
+                        f"{', '.join(arms)}.")
+    arms = [control] + [a for a in arms if a != control]
+    return arms, control, {arm: control for arm in arms}
+
+
+def pareto_trials(finished: list[Trial], metrics: list[str], modes: list[str]) -> tuple[list[Trial], str]:
+    """A multi-objective sweep's Pareto front of the primary metric against the second objective (the parameter
+    count when it is one), and that objective's key; no front for one objective."""
+    x_key = "params.total"
+    if len(metrics) < 2:
+        return [], x_key
+    x_key = next((m for m in metrics[1:] if m in ("params", "params.total")), metrics[1])
+    y_key = metrics[0]
+    mode_of = dict(zip(metrics, modes))
+    pts = [(t, t.value(y_key), t.value(x_key)) for t in finished]
+    pts = [(t, y, x) for t, y, x in pts if y is not None and x is not None]
+    idx = stats.pareto_front([(x, y) for _, y, x in pts], (mode_of.get(x_key, "min"), mode_of.get(y_key, "min")))
+    return [pts[i][0] for i in idx], x_key

@@ -75,79 +75,106 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
 
 
 def describe(sweep: Sweep, space) -> str:
-    spec = sweep.spec
+    """The dry run's text: the sweep and its budget, one row per arm, the gaps, then how it will run."""
+    training = {name: (steps, tokens, flops) for name, steps, tokens, flops in describe_training(sweep)}
     lines = [f"sweep {sweep.name}: {sweep.path}"]
     if sweep.overrides:
         lines.append(f"overrides: {' '.join(sweep.overrides)}")
-    if spec.budget:
-        b = spec.budget
-        if b.target is not None:
-            sizes = ", ".join(f"{t:,}" for t in b.targets)
-            lines.append(f"budget: {sizes} parameters (+-{b.tolerance:.1%}), free dimension {b.free}; the control "
-                         "nearest the target, every other arm nearest the control's count")
-        compute = ("every arm trains on the control's FLOPs" if b.compute == "match" else
-                   f"{b.flops:.4g} training FLOPs per trial" if b.flops is not None else None)
-        if compute or b.tokens is not None:
-            lines.append("compute: " + ", ".join(x for x in (compute, f"{si(b.tokens)} tokens per trial" if b.tokens
-                                                               and b.compute != "match" else None,
-                                                               f"the control trains on {si(b.tokens)} tokens" if b.tokens
-                                                               and b.compute == "match" else None) if x)
-                         + " (train.max_steps solved per arm)")
+    lines += budget_lines(sweep)
     lines.append("")
+    lines += arm_table(sweep, training)
+    notes = gap_notes(sweep) + flops_gap_notes(sweep, training)
+    if notes:
+        lines.append("")
+        lines += notes
+    lines.append("")
+    lines += run_lines(sweep, space, training)
+    return "\n".join(lines)
+
+
+def budget_lines(sweep: Sweep) -> list[str]:
+    """What the budget asks: the parameter targets and tolerance, and the compute every arm gets."""
+    b = sweep.spec.budget
+    if not b:
+        return []
+    lines = []
+    if b.target is not None:
+        sizes = ", ".join(f"{t:,}" for t in b.targets)
+        lines.append(f"budget: {sizes} parameters (+-{b.tolerance:.1%}), free dimension {b.free}; the control "
+                     "nearest the target, every other arm nearest the control's count")
+    compute = ("every arm trains on the control's FLOPs" if b.compute == "match" else
+               f"{b.flops:.4g} training FLOPs per trial" if b.flops is not None else None)
+    if compute or b.tokens is not None:
+        tokens = None
+        if b.tokens:
+            tokens = (f"the control trains on {si(b.tokens)} tokens" if b.compute == "match"
+                      else f"{si(b.tokens)} tokens per trial")
+        lines.append("compute: " + ", ".join(x for x in (compute, tokens) if x) + " (train.max_steps solved per arm)")
+    return lines
+
+
+def arm_table(sweep: Sweep, training: dict[str, tuple]) -> list[str]:
+    """One row per arm: its solved shape, exact parameters, gap to the control, FLOPs, steps and settings."""
     gaps = param_gaps(sweep)
-    training = {name: (steps, tokens, flops) for name, steps, tokens, flops in describe_training(sweep)}
-    head = (f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} {'vs ctrl':>8} "
-            f"{'FLOPs/token':>13} {'steps':>6} {'tokens':>8} {'train FLOPs':>11}  settings")
-    lines.append(head)
-    lines.append("-" * len(head))
+    head = (f"{'arm':<22} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn_dim':>7} {'params':>12} "
+            f"{'vs ctrl':>8} {'FLOPs/token':>13} {'steps':>6} {'tokens':>8} {'train FLOPs':>11}  settings")
+    lines = [head, "-" * len(head)]
     for a in sweep.arms:
         m = a.cfg.model
         mark = " (control)" if a.name == sweep.control_of(a).name else ""
         mark += "" if a.solved else " (base shape; each trial's shape is searched and solved)"
         sets = ", ".join(f"{k}={v}" for k, v in a.settings.items()) or "-"
         steps, tokens, flops = training[a.name]
-        lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} {m.effective_ffn_dim:>7} "
-                     f"{a.count.total:>12,} {gaps[a.name]:>+8.2%} {a.count.flops_per_token:>13,} {steps:>6} "
-                     f"{si(tokens):>8} {flops:>11.4g}  {sets}{mark}")
-    notes = gap_notes(sweep)
-    if spec.budget is not None and (spec.budget.compute == "match" or spec.budget.flops is not None):
-        for size in sweep.sizes:
-            fl = [training[a.name][2] for a in sweep.arms if a.size == size]
-            at = f" at {size:,}" if spec.budget.sized else ""
-            notes.append(f"largest pairwise training-FLOPs gap{at}: {(max(fl) - min(fl)) / min(fl):.2%} (steps are whole)")
-    if notes:
-        lines.append("")
-        lines += notes
-    lines.append("")
-    s = spec.search
-    n_cells = len(sweep.cells)
-    lines.append(f"trials: {len(sweep.arms)} arms x {len(spec.seeds)} seeds {spec.seeds} x {s.samples} sample(s) per cell "
-                 f"= {sweep.num_trials}")
-    knobs = [f"{k} ({p.type}{'' if p.type == 'categorical' else f' {p.low:g}..{p.high:g}'})" for k, p in s.params.items()]
+        lines.append(f"{a.name:<22} {m.d_model:>7} {m.n_layers:>6} {m.n_heads:>5} {m.kv_heads:>3} "
+                     f"{m.effective_ffn_dim:>7} {a.count.total:>12,} {gaps[a.name]:>+8.2%} "
+                     f"{a.count.flops_per_token:>13,} {steps:>6} {si(tokens):>8} {flops:>11.4g}  {sets}{mark}")
+    return lines
+
+
+def flops_gap_notes(sweep: Sweep, training: dict[str, tuple]) -> list[str]:
+    """A compute-matched budget: per size, the largest pairwise gap in training FLOPs (whole steps)."""
+    b = sweep.spec.budget
+    if b is None or not (b.compute == "match" or b.flops is not None):
+        return []
+    notes = []
+    for size in sweep.sizes:
+        fl = [training[a.name][2] for a in sweep.arms if a.size == size]
+        at = f" at {size:,}" if b.sized else ""
+        notes.append(f"largest pairwise training-FLOPs gap{at}: {(max(fl) - min(fl)) / min(fl):.2%} (steps are whole)")
+    return notes
+
+
+def run_lines(sweep: Sweep, space, training: dict[str, tuple]) -> list[str]:
+    """How the sweep runs: trials, search, scheduler, resources, training, metric, evaluation."""
+    spec, s, r = sweep.spec, sweep.spec.search, sweep.spec.resources
+    lines = [f"trials: {len(sweep.arms)} arms x {len(spec.seeds)} seeds {spec.seeds} x {s.samples} sample(s) "
+             f"per cell = {sweep.num_trials}"]
+    knobs = [f"{k} ({p.type}{'' if p.type == 'categorical' else f' {p.low:g}..{p.high:g}'})"
+             for k, p in s.params.items()]
     if knobs or space.arch:
-        lines.append(f"search: Optuna {s.algorithm} over " + ", ".join(knobs + ([space.describe_arch()] if space.arch else [])))
+        lines.append(f"search: Optuna {s.algorithm} over "
+                     + ", ".join(knobs + ([space.describe_arch()] if space.arch else [])))
     else:
         lines.append("search: none (each cell runs once with its configured values)")
     if space.arch:
         good, n = space.sample_feasibility(50)
-        lines.append(f"architecture feasibility: {good}/{n} points sampled as the sweep samples them meet the budget ({100.0 * good / n:.0f}%)")
+        lines.append(f"architecture feasibility: {good}/{n} points sampled as the sweep samples them meet the budget "
+                     f"({100.0 * good / n:.0f}%)")
     sched = spec.scheduler
     lines.append("scheduler: " + ("none" if sched.type == "none" else
                                   f"ASHA on step (grace {sched.grace_period}, reduction {sched.reduction_factor:g})"))
-    res = trial_resources(sweep)
-    r = spec.resources
     lines.append(f"resources per trial: {r.workers} Ray Train worker(s) x {{CPU: {r.cpus_per_worker:g}"
                  + (f", GPU: {r.gpus_per_worker:g}" if r.gpus_per_worker else "") + "} = "
-                 + ", ".join(f"{v:g} {k}" for k, v in res.items())
+                 + ", ".join(f"{v:g} {k}" for k, v in trial_resources(sweep).items())
                  + f"; max concurrent: {r.max_concurrent or 'as many as the cluster fits'}")
     cfg = sweep.arms[0].cfg
     t = cfg.train
     total_flops = sum(flops for _, _, flops in training.values()) * len(spec.seeds) * s.samples
     lines.append(f"training: {t.batch_size * t.grad_accum * r.workers} sequences per step; "
                  f"{total_flops:.3g} training FLOPs in all")
-    lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: "
-                 f"{sweep.control_arm if not (spec.budget and spec.budget.sized) else sweep.control_of(sweep.arms[0]).base + ' (at every size)'}")
+    control = (sweep.control_of(sweep.arms[0]).base + " (at every size)" if spec.budget and spec.budget.sized
+               else sweep.control_arm)
+    lines.append(f"metric: {', '.join(f'{m} ({o})' for m, o in zip(spec.metrics, spec.modes))}; control arm: {control}")
     if cfg.eval.tasks:
         lines.append(f"eval after each trial: {', '.join(cfg.eval.tasks)} (limit {cfg.eval.limit})")
-    del n_cells
-    return "\n".join(lines)
+    return lines

@@ -18,11 +18,17 @@ from stlm.sweep.analysis import compare, knobs
 from stlm.sweep.analysis.arms import analyse
 from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import get_run, load_trials, tag_list
-from stlm.sweep.report import plots
-from stlm.tracking import log_metrics, mlflow_client
 from stlm.sweep.plan.space import SPACE_PARAM
 from stlm.sweep.plan.sweep import split_sized
-from stlm.sweep.report.plots import plot_benchmarks, plot_curves, plot_diffs, plot_params, plot_pareto, plot_scale
+from stlm.sweep.report.plots import (
+    plot_benchmarks,
+    plot_curves,
+    plot_diffs,
+    plot_knobs,
+    plot_params,
+    plot_pareto,
+    plot_scale,
+)
 from stlm.sweep.report.tables import (
     diffs_table,
     excluded_table,
@@ -35,6 +41,7 @@ from stlm.sweep.report.tables import (
     scale_table,
     summary_table,
 )
+from stlm.tracking import log_metrics, mlflow_client
 
 if TYPE_CHECKING:
     from stlm.sweep.analysis.arms import Analysis
@@ -184,8 +191,35 @@ def build_report(
     """
     client = mlflow_client(tracking_uri)
     parent = get_run(client, parent_run_id, tracking_uri)
+    metrics, modes, control = objectives(parent, metric, mode, control_arm)
     tags, params = parent.data.tags, parent.data.params
-    # unset -> what the sweep recorded on its parent run (tags stlm.*, params sweep.*), else val_bpb / min
+    name = tags.get("stlm.sweep") or parent.info.run_name or parent_run_id
+    trials = load_trials(client, parent, tracking_uri)
+    a = analyse(trials, name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri, metrics=metrics, modes=modes,
+                control=control, order=tag_list(params.get("sweep.arms")), sizes=tag_list(params.get("sweep.sizes")))
+    a.knobs = knobs.analyse_knobs(a, params.get(SPACE_PARAM))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = draw(a, out)
+    blocks = _sections(a, images)
+    md, page = out / "report.md", out / "report.html"
+    write_markdown(a, blocks, md)
+    write_html(a, blocks, page)
+    (out / "summary.txt").write_text(fixed_width(*summary_table(a)) + "\n")
+    (out / "comparison.json").write_text(json.dumps(a.record, indent=2))
+    if log_artifacts:
+        for f in [md, page, out / "summary.txt", out / "comparison.json"] + [out / name for name, _ in images]:
+            client.log_artifact(parent_run_id, str(f), artifact_path="report")
+        # the arms' comparison and the knobs' importances as the parent run's metrics: MLflow's compare view shows them
+        log_metrics(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()}, step=0)
+    return md
+
+
+def objectives(parent, metric, mode, control_arm) -> tuple[list[str], list[str], str | None]:
+    """The metrics, their modes and the control arm: as given, else what the sweep recorded on its parent run
+    (tags stlm.*, params sweep.*), else val_bpb / min; one mode per metric."""
+    tags, params = parent.data.tags, parent.data.params
     metrics = [metric] if isinstance(metric, str) else list(metric) if metric else (
         tag_list(tags.get("stlm.metric")) or tag_list(params.get("sweep.metric")) or ["val_bpb"])
     modes = [mode] if isinstance(mode, str) else list(mode) if mode else (
@@ -194,40 +228,22 @@ def build_report(
     for m in modes:
         if m not in ("min", "max"):
             raise StlmError(f"report mode must be min or max, got {m!r}.")
-    control = control_arm or tags.get("stlm.control_arm") or None
-    name = tags.get("stlm.sweep") or parent.info.run_name or parent_run_id
+    return metrics, modes, control_arm or tags.get("stlm.control_arm") or None
 
-    trials = load_trials(client, parent, tracking_uri)
-    a = analyse(trials, name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri, metrics=metrics, modes=modes,
-                control=control, order=tag_list(params.get("sweep.arms")), sizes=tag_list(params.get("sweep.sizes")))
-    a.knobs = knobs.analyse_knobs(a, params.get(SPACE_PARAM))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def draw(a: Analysis, out: Path) -> list[tuple[str, str]]:
+    """The plots the analysis has data for, as PNGs in `out`: (file name, caption) of each."""
     images = []
+    versus = "the control at each size" if a.sizes else a.control
     for fn, file, cap in (
         (plot_curves, "curves.png", "Loss curves per arm (mean across seeds, band ±1 sd)"),
-        (plot_diffs, "diffs.png", f"Paired difference of {a.primary} vs {'the control at each size' if a.sizes else a.control} "
-                                  "(95% interval)"),
+        (plot_diffs, "diffs.png", f"Paired difference of {a.primary} vs {versus} (95% interval)"),
         (plot_params, "params.png", f"{a.primary} vs parameters, one point per trial"),
         (plot_scale, "scale.png", f"{a.primary} vs parameters per arm with power-law fits"),
         (plot_benchmarks, "benchmarks.png", "Benchmark accuracy per arm and task"),
         (plot_pareto, "pareto.png", "Pareto front"),
-        (plots.plot_knobs, "knobs.png", f"{a.primary} against each searched knob, one point per trial "
-                                                "(ringed: each arm's best)"),
+        (plot_knobs, "knobs.png", f"{a.primary} against each searched knob, one point per trial (ringed: each arm's best)"),
     ):
         if fn(a, out / file) is not None:
             images.append((file, cap))
-    blocks = _sections(a, images)
-    md, page = out / "report.md", out / "report.html"
-    write_markdown(a, blocks, md)
-    write_html(a, blocks, page)
-    (out / "summary.txt").write_text(fixed_width(*summary_table(a)) + "\n")
-
-    (out / "comparison.json").write_text(json.dumps(a.record, indent=2))
-    if log_artifacts:
-        for f in [md, page, out / "summary.txt", out / "comparison.json"] + [out / name for name, _ in images]:
-            client.log_artifact(parent_run_id, str(f), artifact_path="report")
-        # the arms' comparison and the knobs' importances as the parent run's metrics: MLflow's compare view shows them
-        log_metrics(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()}, step=0)
-    return md
+    return images
