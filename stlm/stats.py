@@ -24,12 +24,11 @@ difference delta that a two-sided paired t-test at level alpha detects with prob
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from scipy import optimize
 from scipy import stats as sps
-
 
 # --------------------------------------------------------------------------- Student t
 

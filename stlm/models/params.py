@@ -152,7 +152,8 @@ def solve_budget(
     grid = f" (multiple of {step})" if step > 1 else ""
     raise StlmError(
         f"No {free}{grid} gives {si(target, fixed=True)} parameters within {tolerance:.1%}; "
-        f"nearest feasible: {near}.{why} Loosen the tolerance (budget.tolerance in a sweep file, --tolerance for stlm count), free another "
+        f"nearest feasible: {near}.{why} Loosen the tolerance (budget.tolerance in a sweep file, --tolerance for "
+        "stlm count), free another "
         f"dimension (budget.free / --free), or change the fixed ones."
     )
 

@@ -96,7 +96,8 @@ def analyse(
     finished = [t for t in trials if t.status == "finished"]
     excluded = [t for t in trials if t.status != "finished"]
     if not finished:
-        counts = ", ".join(f"{s}: {n}" for s, n in sorted(Counter(t.status for t in trials).items())) or "no child runs at all"
+        by_status = sorted(Counter(t.status for t in trials).items())
+        counts = ", ".join(f"{s}: {n}" for s, n in by_status) or "no child runs at all"
         raise StlmError(
             f"Sweep parent run {parent_run_id} in {tracking_uri!r} holds no finished trials ({counts}); "
             "nothing to report. Wait for the sweep to finish, or check its failed trials in the MLflow UI."
@@ -119,8 +120,8 @@ def analyse(
     points = [(t.arm, t.seed, t.n_params, t.value(primary)) for t in chosen] if sizes else None
     rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms, points)
     pareto, x_key = pareto_trials(finished, metrics, modes)
-    return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys, summaries,
-                    diffs, pareto, x_key, chosen, control_of, sizes, rec)
+    return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys,
+                    summaries, diffs, pareto, x_key, chosen, control_of, sizes, rec)
 
 
 def controls(arms: list[str], control: str | None, sizes: list[str], name: str):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from stlm import stats
 from stlm.fmt import ci, stat
@@ -100,7 +101,7 @@ def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str
                 row.update({"exponent": fit.slope, "prefactor": math.exp(fit.intercept), "fit_n": fit.n,
                             "exponent_lo": fit.slope_lo, "exponent_hi": fit.slope_hi})
         xs, ds = [], []
-        for (arm, seed), (n, v) in cell.items():
+        for (arm, seed), (_, v) in cell.items():
             ctrl = control_of.get(arm)
             if split_sized(arm)[0] != base or ctrl == arm or (ctrl, seed) not in cell:
                 continue
@@ -131,8 +132,8 @@ def scale_lines(rec: dict) -> list[str]:
             parts.append(f"{rec['metric']} ~ {r['prefactor']:.4g} x params^{r['exponent']:+.4f}")
         if "slope" in r:
             interval = ci(r["slope_lo"], r["slope_hi"], True)
-            parts.append(f"difference from the control vs log(params): slope {stat(r['slope'], True)} (95% CI {interval}, "
-                         f"{r['pairs']} pairs): {r['trend']}")
+            parts.append(f"difference from the control vs log(params): slope {stat(r['slope'], True)} "
+                         f"(95% CI {interval}, {r['pairs']} pairs): {r['trend']}")
         lines.append(f"{base}: " + "; ".join(parts))
     return lines
 

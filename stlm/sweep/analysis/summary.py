@@ -80,8 +80,8 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     lines += compare.summary_lines(rec) + compare.power_lines(rec) + compare.scale_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
-        lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median {sorted(starts)[len(starts) // 2]:.1f}s, "
-                     f"max {max(starts):.1f}s")
+        lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median "
+                     f"{sorted(starts)[len(starts) // 2]:.1f}s, max {max(starts):.1f}s")
     return "\n".join(lines), rows
 
 

@@ -59,7 +59,8 @@ def get_run(client, run_id: str, tracking_uri: str):
     except MlflowException as e:
         raise StlmError(
             f"MLflow run {run_id!r} does not exist in the tracking store {tracking_uri!r} "
-            f"(pass the sweep's parent run id, or the sweep dir holding sweep.json; set --tracking-uri). [{e.error_code}]"
+            "(pass the sweep's parent run id, or the sweep dir holding sweep.json; set --tracking-uri). "
+            f"[{e.error_code}]"
         ) from None
 
 

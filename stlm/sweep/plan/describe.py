@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from stlm.fmt import si
 from stlm.models.params import dim_step, neighbours
@@ -50,7 +50,8 @@ def gap_notes(sweep: Sweep) -> list[str]:
             why = ("outside the tolerance" if other is None or abs(other - size) > b.tolerance * size
                    else "farther from the control")
             step = dim_step(a.cfg.model, b.free)
-            lines.append(f"  {a.name}: {b.free} moves in steps of {step}, {abs(n - (other or n)):,} parameters a step here; "
+            lines.append(f"  {a.name}: {b.free} moves in steps of {step}, {abs(n - (other or n)):,} parameters a "
+                         "step here; "
                          f"{n:,} is {(n - c) / c:+.2%} from the control's {c:,}, and the next size {side} "
                          + (f"({other:,}, {(other - c) / c:+.2%}) is {why}" if other else "does not exist"))
     return lines

@@ -7,9 +7,10 @@ import copy
 import dataclasses
 import difflib
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from stlm import fmt
 from stlm.config import (
@@ -248,8 +249,9 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise StlmError(f"control: {spec.control!r} is not an arm.{hint} The arms are {', '.join(names)}.")
     if spec.budget is not None and spec.budget.sized and any("@" in n for n in names):
-        raise StlmError(f"budget.target is a list, so arm names get an @size suffix; arm {next(n for n in names if '@' in n)!r} "
-                        "already holds an '@'. Rename it.")
+        held = next(n for n in names if "@" in n)
+        raise StlmError(f"budget.target is a list, so arm names get an @size suffix; arm {held!r} already holds an "
+                        "'@'. Rename it.")
     control = spec.control or names[0]
     budget, workers = spec.budget, spec.resources.workers
     arms = []

@@ -9,8 +9,9 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from stlm.errors import StlmError
 from stlm.fmt import num
@@ -62,10 +63,10 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     )
     blocks: list[tuple[str, str, Any]] = [("p", "", intro)]
     if a.searched:
-        blocks.append(("p", "", f"The search ran several trials per (arm, seed): each cell is represented by its best "
-                                f"trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials), the rule "
-                                f"the terminal summary, sweep.json and the parent MLflow run use too; the parameter "
-                                f"plot shows them all."))
+        blocks.append(("p", "", "The search ran several trials per (arm, seed): each cell is represented by its "
+                                f"best trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials), "
+                                "the rule the terminal summary, sweep.json and the parent MLflow run use too; the "
+                                "parameter plot shows them all."))
     if min(seeds_per_arm.values()) < 2:
         blocks.append(("p", "", "Some arms have a single finished seed: their intervals are n/a, not zero."))
     power = compare.power_lines(a.record)
@@ -79,9 +80,9 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     if a.sizes and a.record.get("scale"):
         blocks.append(("table", f"Across sizes ({', '.join(a.sizes)}): power laws and the trend of each difference",
                        scale_table(a)))
-        blocks.append(("p", "", "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope is "
-                                "of the paired difference (arm − control, same size and seed) against log(parameters), "
-                                "with its 95% t interval (scipy.stats.linregress)."))
+        blocks.append(("p", "", "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope "
+                                "is of the paired difference (arm − control, same size and seed) against "
+                                "log(parameters), with its 95% t interval (scipy.stats.linregress)."))
     blocks += knob_sections(a)
     blocks.append(("table", "Final metrics per arm (mean, sd, 95% interval across seeds)", metrics_table(a)))
     if len(a.arms) > 1:
@@ -160,7 +161,8 @@ def write_html(a: Analysis, blocks, path: Path) -> None:
             body.append(html_table(*content))
         elif kind == "images":
             figs = "".join(
-                f'<figure><img src="{html.escape(name)}" alt="{html.escape(cap)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+                f'<figure><img src="{html.escape(name)}" alt="{html.escape(cap)}">'
+                f"<figcaption>{html.escape(cap)}</figcaption></figure>"
                 for name, cap in content
             )
             body.append(f'<div class="figs">{figs}</div>')
@@ -242,7 +244,8 @@ def draw(a: Analysis, out: Path) -> list[tuple[str, str]]:
         (plot_scale, "scale.png", f"{a.primary} vs parameters per arm with power-law fits"),
         (plot_benchmarks, "benchmarks.png", "Benchmark accuracy per arm and task"),
         (plot_pareto, "pareto.png", "Pareto front"),
-        (plot_knobs, "knobs.png", f"{a.primary} against each searched knob, one point per trial (ringed: each arm's best)"),
+        (plot_knobs, "knobs.png",
+         f"{a.primary} against each searched knob, one point per trial (ringed: each arm's best)"),
     ):
         if fn(a, out / file) is not None:
             images.append((file, cap))

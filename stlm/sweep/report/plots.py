@@ -61,7 +61,8 @@ def plot_curves(a: Analysis, path: Path) -> Path | None:
             sd = [stats.summarize(per_step[s]).std or 0.0 for s in steps]
             n = len(by_arm[arm])
             ax.plot(steps, mean, color=colors[arm], label=f"{arm} (n={n})")
-            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=colors[arm], alpha=0.2, lw=0)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=colors[arm], alpha=0.2, lw=0)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.set_title(f"{key} (mean across seeds, band = ±1 sd)", fontsize=9)

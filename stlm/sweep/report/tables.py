@@ -1,4 +1,5 @@
-"""The report's tables: per-arm summaries, paired differences, excluded trials, scale fits, as rows for text, Markdown or HTML.
+"""The report's tables as rows (per-arm summaries, paired differences, excluded trials, scale fits), and those rows
+as plain text, Markdown or HTML.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def metrics_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
 
 
 def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
-    head = ["metric", "arm", "pairs", f"mean (arm - {'control' if a.sizes else a.control})", "sd", "95% CI", "excludes 0"]
+    versus = "control" if a.sizes else a.control
+    head = ["metric", "arm", "pairs", f"mean (arm - {versus})", "sd", "95% CI", "excludes 0"]
     rows = []
     mode_of = dict(zip(a.metrics, a.modes))
     for key in a.final_keys:
@@ -100,7 +102,8 @@ def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
                 rows.append([key, arm, "0", "n/a", "n/a", "n/a", "n/a"])
             else:
                 mode = mode_of.get(key) or ("max" if EVAL_RE.match(key) else "min")
-                rows.append([key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True), _verdict(d, mode)])
+                rows.append([key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True),
+                             _verdict(d, mode)])
     return head, rows
 
 
@@ -125,7 +128,8 @@ def scale_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     for base, r in (a.record.get("scale") or {}).items():
         law = f"{r['prefactor']:.4g} × N^{r['exponent']:+.4f}" if "exponent" in r else "n/a"
         rows.append([base, law, ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
-                     stat(r["slope"], True) if "slope" in r else "(control)" if base == split_sized(a.control)[0] else "n/a",
+                     stat(r["slope"], True) if "slope" in r
+                     else "(control)" if base == split_sized(a.control)[0] else "n/a",
                      ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
                      str(r.get("pairs", "")), r.get("trend", "")])
     return head, rows
