@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -52,8 +53,23 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_there_is_a_cluster_config():
-    assert REPO / "cluster" / "l40.yaml" in CLUSTER_YAMLS
+def test_the_cluster_config_is_the_one_the_docs_describe():
+    """README.md and cluster/README.md say: `ray up cluster/l40.yaml`, the torch that README pins,
+    one placeholder to replace (the S3 bucket of MLflow's artifacts), and sweeps to submit. The file says the same."""
+    docs = (REPO / "README.md").read_text() + (REPO / "cluster" / "README.md").read_text()
+    named = set(re.findall(r"ray up (cluster/[\w.-]+\.yaml)", docs))
+    assert named == {"cluster/l40.yaml"} and REPO / "cluster" / "l40.yaml" in CLUSTER_YAMLS
+    text = (REPO / "cluster" / "l40.yaml").read_text()
+    config = yaml.safe_load(text)
+    readme_pin = set(re.findall(r"torch==[\w.+]+", (REPO / "README.md").read_text()))
+    cluster_pin = set(re.findall(r"torch==[\w.+]+", " ".join(config["setup_commands"])))
+    assert len(readme_pin) == 1 and cluster_pin == readme_pin  # the nodes run the torch CI tests
+    assert set(re.findall(r"REPLACE_ME_\w+", text)) == {"REPLACE_ME_BUCKET"}
+    uses = [c for c in config["head_start_ray_commands"] if "REPLACE_ME_BUCKET" in c]
+    assert len(uses) == 1 and "--artifacts-destination s3://REPLACE_ME_BUCKET/" in uses[0]
+    assert "replace `REPLACE_ME_BUCKET`" in docs
+    sweeps = set(re.findall(r"sweeps/[\w.-]+\.yaml", text + docs))
+    assert sweeps and all((REPO / sw).is_file() for sw in sweeps), sweeps
 
 
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
