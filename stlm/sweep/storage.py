@@ -280,15 +280,17 @@ def flush_all() -> None:
 def probe(uri: str, timeout: float = 10.0) -> str | None:
     """None when the bucket of `uri` can be listed and written within `timeout` seconds, else why not
     (one sentence). Writes and deletes one small object."""
+    from stlm.offline import offline_reason, unreachable
+
     st = Storage(uri)
     box: dict = {}
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if custom and st.uri.startswith("s3://"):  # nothing listening is known at once (the SDK retries for 6 s)
-        from stlm.offline import unreachable
-
         why = unreachable(custom if "://" in custom else f"http://{custom}", timeout=min(3.0, timeout))
         if why:
             return why
+    elif st.uri.startswith(("s3://", "gs://", "abfs://")) and offline_reason():  # a cloud is never this machine
+        return f"{st.uri.split('://')[0]}'s default endpoint was not tried: {offline_reason()}"
 
     def go():
         try:
