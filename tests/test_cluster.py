@@ -291,7 +291,7 @@ def _manifests(*roots: Path) -> dict[Path, dict]:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
+def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
     """`ray job submit` of a small sweep to a real two-node cluster, logging over HTTP to a real MLflow
     server started as cluster/l40.yaml starts it. The corpus is tokenized once for the cluster and
     copied to each node. Mid-trial the worker node is killed, as a spot preemption would: its trial
@@ -299,9 +299,7 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
     REST API."""
     max_steps = 30
     spec = yaml.safe_load(TINY_SWEEP)
-    eval_on = (REPO.parent / "shared" / "data" / "benchmarks" / "blimp").is_dir()
-    if eval_on:
-        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(REPO.parent / "shared" / "data" / "benchmarks")}
+    spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     exp_dir = tmp_path / "sweep_runs" / "two_node"
@@ -379,11 +377,10 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
         files = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert {"config.yaml", "checkpoint"} <= files, files
         assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
-        if eval_on:
-            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
-            assert "eval" in files
-            item_files = client.list_artifacts(c.info.run_id, "eval")
-            assert item_files and all(a.file_size > 0 for a in item_files)
+        assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+        assert "eval" in files
+        item_files = client.list_artifacts(c.info.run_id, "eval")
+        assert item_files and all(a.file_size > 0 for a in item_files)
 
 
 # --------------------------------------------------------------------------- a real MLflow tracking server
