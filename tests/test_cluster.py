@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shlex
@@ -369,7 +370,10 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
         tid = c.data.tags["stlm.trial_id"]
         assert c.data.tags["stlm.status"] == "finished" and c.info.status == "FINISHED", c.data.tags
         assert c.data.params["model.ffn"] == c.data.tags["stlm.arm"]
-        assert 0 < c.data.metrics["val_bpb"] < 20
+        # it learned: bytes are the tokens, so a uniform prediction scores log2(257) = 8.0 bits per byte (an
+        # untrained model: 7.9 at step 2); after 30 steps these score ~6.9, and less than at their first evaluation
+        bpb = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "val_bpb"), key=lambda m: m.step)]
+        assert bpb[-1] < 0.9 * math.log2(257) and bpb[-1] < bpb[0], bpb
         lost, duplicated = _lost_and_duplicated(client, c.info.run_id, _tune_results(exp_dir, tid))
         assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
         # each validation step logged exactly once, the lost node's trial included
