@@ -8,7 +8,8 @@ so the two models have identical shapes (bench_train checks that the parameter s
     RefBytePooled(mc, tokenizer)
                         bytes of each BPE token -> byte embedding + positions -> small bidirectional
                         encoder -> masked mean -> Linear(byte_dim -> d) -> the same core -> Linear(d -> byte_dim)
-                        -> small causal decoder over [start, b_0 .. b_{L-2}] -> byte logits (tied)
+                        -> small causal decoder over [start, b_0 .. b_{L-2}] -> byte logits (tied);
+                        loss over the real bytes and the PAD that ends the token, as stlm scores them
     ref_optimizer(model) AdamW (fused kernel where this torch has one for the device), decay on matrices only
     ref_step(...)        forward, backward, clip to 1.0, optimizer step, zero grads
 
@@ -256,8 +257,11 @@ class RefBytePooled(nn.Module):
         tgt = tgt.masked_fill((targets < 0).view(B * T, 1), BYTE_PAD)
         dec_in = torch.cat([self.cond(h).view(B * T, 1, -1), self.byte_emb(tgt[:, :-1])], dim=1)
         logits = self.byte_head(self.decoder(dec_in, causal=True))
-        loss = F.cross_entropy(logits.view(-1, BYTE_VOCAB), tgt.masked_fill(tgt == BYTE_PAD, -1).view(-1),
-                               ignore_index=-1)
+        # scored: the real bytes and the first PAD after them (the token ends there); later PADs are filler,
+        # and so is an all-PAD row (an ignored target)
+        pad = tgt == BYTE_PAD
+        filler = pad & F.pad(pad[:, :-1], (1, 0), value=True)
+        loss = F.cross_entropy(logits.view(-1, BYTE_VOCAB), tgt.masked_fill(filler, -1).view(-1), ignore_index=-1)
         return logits, loss
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from stlm.errors import StlmError
+from stlm.offline import unreachable
 
 if TYPE_CHECKING:
     from stlm.config import DataConfig, ModelConfig
@@ -189,18 +190,39 @@ def load_gpt2(vocab_file: str | None = None) -> TiktokenTokenizer:
         if len(ranks) != 50256:
             raise StlmError(f"data.gpt2_vocab_file {str(path)!r} has {len(ranks)} tokens; GPT-2 has 50256 (+ EOT).")
         return TiktokenTokenizer("gpt2", GPT2_PATTERN, ranks)
-    try:
-        import tiktoken
+    why = gpt2_unavailable()  # offline, or no route: at once, not after tiktoken's retries
+    if why is None:
+        try:
+            import tiktoken
 
-        enc = tiktoken.get_encoding("gpt2")  # downloads the vocabulary once, then uses tiktoken's cache
-    except Exception as e:  # noqa: BLE001 - offline: requests/urllib errors of many kinds
-        raise StlmError(
-            "model.tokenizer=gpt2 needs the GPT-2 vocabulary, and tiktoken could not download it "
-            f"({type(e).__name__}: {e}). Offline, point data.gpt2_vocab_file (or the STLM_GPT2_VOCAB "
-            "environment variable) at a local gpt2.tiktoken file (the r50k_base.tiktoken file of "
-            "openaipublic, sha256 306cd27f...)."
-        ) from None
-    return TiktokenTokenizer("gpt2", GPT2_PATTERN, dict(enc._mergeable_ranks))
+            enc = tiktoken.get_encoding("gpt2")  # downloads the vocabulary once, then uses tiktoken's cache
+            return TiktokenTokenizer("gpt2", GPT2_PATTERN, dict(enc._mergeable_ranks))
+        except Exception as e:  # noqa: BLE001 - offline: requests/urllib errors of many kinds
+            why = f"{type(e).__name__}: {e}"
+    raise StlmError(
+        "model.tokenizer=gpt2 needs the GPT-2 vocabulary, and tiktoken could not download it "
+        f"({why}). Offline, point data.gpt2_vocab_file (or the STLM_GPT2_VOCAB "
+        "environment variable) at a local gpt2.tiktoken file (the r50k_base.tiktoken file of "
+        "openaipublic, sha256 306cd27f...)."
+    )
+
+
+# The two files tiktoken's "gpt2" encoding downloads, and keeps in its cache (tiktoken_ext.openai_public).
+GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
+
+
+def gpt2_cached() -> bool:
+    """Both files tiktoken's "gpt2" encoding reads are in its cache (tiktoken.load.read_file_cached)."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
+        os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return all(Path(cache, hashlib.sha1(u.encode()).hexdigest()).is_file() for u in GPT2_URLS)
+
+
+def gpt2_unavailable() -> str | None:
+    """None when tiktoken can build GPT-2 now (its cache, or a download host that answers), else why
+    not; offline (stlm.offline) the download host is not tried."""
+    return None if gpt2_cached() else unreachable(GPT2_URLS[0], download=True)
 
 
 # --------------------------------------------------------------------------- bpe (rustbpe)

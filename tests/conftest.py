@@ -1,22 +1,75 @@
-"""Shared test fixtures: the real public data beside the repo, and an isolated cache."""
+"""Shared test fixtures: the real public data beside the repo, and an isolated cache. The session is
+offline: no socket to a host but this machine, and every process it starts is told so."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+from pytest_socket import SocketBlockedError
+
+from stlm.offline import is_local, local_addresses
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Set at import, before any test starts a process: subprocesses, `ray start` and Ray's workers inherit
+# them. stlm's probes then try no outside host; datasets, huggingface_hub and transformers read only
+# their caches; Ray sends no usage report.
+OFFLINE_ENV = {"STLM_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(OFFLINE_ENV)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """pytest-socket's allow-list, before it reads it: loopback, and this machine's own addresses as
+    found now (a local Ray gives its node the interface's address, not 127.0.0.1). A connect to any
+    other host in the test process raises SocketConnectBlockedError, naming the host."""
+    if not config.pluginmanager.hasplugin("socket"):
+        raise pytest.UsageError("the tests need pytest-socket, which keeps them offline: pip install -e '.[dev]'")
+    if not config.option.allow_hosts:
+        config.option.allow_hosts = ",".join(["127.0.0.0/8", "::1", "localhost", *sorted(local_addresses())])
+    config.option.allow_unix_socket = True  # Ray's and asyncio's own local sockets
+    socket.getaddrinfo = _local_names_only(socket.getaddrinfo)
+
+
+def pytest_unconfigure(config):
+    socket.getaddrinfo = getattr(socket.getaddrinfo, "__wrapped__", socket.getaddrinfo)
+
+
+def _local_names_only(getaddrinfo):
+    """A name lookup asks a DNS server before any connect that pytest-socket could refuse, and on a
+    machine without DNS it fails as an OSError that a probe reports as "cannot be reached": a test
+    reaching out would pass unseen. Names of this machine (localhost, its hostname) and IP literals
+    resolve; any other name raises SocketBlockedError, which no `except OSError` swallows."""
+
+    @functools.wraps(getaddrinfo)
+    def guarded(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name and not is_local(name):
+            try:
+                ipaddress.ip_address(name.strip("[]").split("%")[0])
+            except ValueError:
+                raise SocketBlockedError(f"A test tried to resolve {name!r}: the tests are offline "
+                                         "(tests/conftest.py)") from None
+        return getaddrinfo(host, *args, **kwargs)
+
+    return guarded
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data (real BLiMP, HellaSwag, ARC, ..., TinyStories); skip when absent."""
+    """../shared/data (real BLiMP, HellaSwag, ARC, ..., TinyStories). CI always has it: a checkout without
+    it fails the tests that need it, naming the path, instead of passing them with fewer checks."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA}")
+        pytest.fail(f"the real test data is missing: {SHARED_DATA} does not exist (see its SOURCES.md; "
+                    "tests never download)", pytrace=False)
     return SHARED_DATA
 
 

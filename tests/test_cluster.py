@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -52,8 +54,23 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_there_is_a_cluster_config():
-    assert REPO / "cluster" / "l40.yaml" in CLUSTER_YAMLS
+def test_the_cluster_config_is_the_one_the_docs_describe():
+    """README.md and cluster/README.md say: `ray up cluster/l40.yaml`, the torch that README pins,
+    one placeholder to replace (the S3 bucket of MLflow's artifacts), and sweeps to submit. The file says the same."""
+    docs = (REPO / "README.md").read_text() + (REPO / "cluster" / "README.md").read_text()
+    named = set(re.findall(r"ray up (cluster/[\w.-]+\.yaml)", docs))
+    assert named == {"cluster/l40.yaml"} and REPO / "cluster" / "l40.yaml" in CLUSTER_YAMLS
+    text = (REPO / "cluster" / "l40.yaml").read_text()
+    config = yaml.safe_load(text)
+    readme_pin = set(re.findall(r"torch==[\w.+]+", (REPO / "README.md").read_text()))
+    cluster_pin = set(re.findall(r"torch==[\w.+]+", " ".join(config["setup_commands"])))
+    assert len(readme_pin) == 1 and cluster_pin == readme_pin  # the nodes run the torch CI tests
+    assert set(re.findall(r"REPLACE_ME_\w+", text)) == {"REPLACE_ME_BUCKET"}
+    uses = [c for c in config["head_start_ray_commands"] if "REPLACE_ME_BUCKET" in c]
+    assert len(uses) == 1 and "--artifacts-destination s3://REPLACE_ME_BUCKET/" in uses[0]
+    assert "replace `REPLACE_ME_BUCKET`" in docs
+    sweeps = set(re.findall(r"sweeps/[\w.-]+\.yaml", text + docs))
+    assert sweeps and all((REPO / sw).is_file() for sw in sweeps), sweeps
 
 
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
@@ -275,7 +292,7 @@ def _manifests(*roots: Path) -> dict[Path, dict]:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
+def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
     """`ray job submit` of a small sweep to a real two-node cluster, logging over HTTP to a real MLflow
     server started as cluster/l40.yaml starts it. The corpus is tokenized once for the cluster and
     copied to each node. Mid-trial the worker node is killed, as a spot preemption would: its trial
@@ -283,9 +300,7 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
     REST API."""
     max_steps = 30
     spec = yaml.safe_load(TINY_SWEEP)
-    eval_on = (REPO.parent / "shared" / "data" / "benchmarks" / "blimp").is_dir()
-    if eval_on:
-        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(REPO.parent / "shared" / "data" / "benchmarks")}
+    spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     exp_dir = tmp_path / "sweep_runs" / "two_node"
@@ -355,7 +370,10 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
         tid = c.data.tags["stlm.trial_id"]
         assert c.data.tags["stlm.status"] == "finished" and c.info.status == "FINISHED", c.data.tags
         assert c.data.params["model.ffn"] == c.data.tags["stlm.arm"]
-        assert 0 < c.data.metrics["val_bpb"] < 20
+        # it learned: bytes are the tokens, so a uniform prediction scores log2(257) = 8.0 bits per byte (an
+        # untrained model: 7.9 at step 2); after 30 steps these score ~6.9, and less than at their first evaluation
+        bpb = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "val_bpb"), key=lambda m: m.step)]
+        assert bpb[-1] < 0.9 * math.log2(257) and bpb[-1] < bpb[0], bpb
         lost, duplicated = _lost_and_duplicated(client, c.info.run_id, _tune_results(exp_dir, tid))
         assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
         # each validation step logged exactly once, the lost node's trial included
@@ -363,11 +381,10 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server):
         files = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert {"config.yaml", "checkpoint"} <= files, files
         assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
-        if eval_on:
-            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
-            assert "eval" in files
-            item_files = client.list_artifacts(c.info.run_id, "eval")
-            assert item_files and all(a.file_size > 0 for a in item_files)
+        assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+        assert "eval" in files
+        item_files = client.list_artifacts(c.info.run_id, "eval")
+        assert item_files and all(a.file_size > 0 for a in item_files)
 
 
 # --------------------------------------------------------------------------- a real MLflow tracking server

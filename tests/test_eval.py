@@ -418,11 +418,10 @@ def test_hellaswag_doc_1673_is_capitalised_like_the_harness(bench):
     t = TASKS["hellaswag"]()
     docs = t.docs("hellaswag", str(bench))
     # the row's fields: ctx_a = 'The words "... machetes!" appears on screen.', ctx_b = 'a volunteer named " irene zimmerman "';
-    # harness: activity_label + ": " + ctx_a + " " + ctx_b.capitalize()
-    want = ('Cutting the grass: The words "the good works tour cuts the lawn with machetes!" appears on screen. '
-            + 'a volunteer named " irene zimmerman "'.capitalize())
-    assert t.item(docs[1673], 1673, "hellaswag").contexts[0] == want
-    assert "A volunteer named" in want
+    # harness: activity_label + ": " + ctx_a + " " + ctx_b.capitalize(), written out
+    got = t.item(docs[1673], 1673, "hellaswag").contexts[0]
+    assert got == ('Cutting the grass: The words "the good works tour cuts the lawn with machetes!" appears on screen. '
+                   'A volunteer named " irene zimmerman "')
 
 
 def test_hf_wrapper_passes_dtype_not_the_deprecated_torch_dtype(shared_data, tmp_path, capfd):

@@ -380,41 +380,80 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
     assert (exp_dir / "report" / "report.md").is_file()
 
 
-def test_tunes_experiment_state_is_replaced_whole_or_not_at_all(tmp_path):
-    """Tune writes experiment_state-*.json in place; with stlm's version of that method a write that
-    fails half-way (here: a value JSON cannot encode) leaves the previous state intact, not truncated."""
-    from ray.tune.execution.tune_controller import TuneController
+TUNE_STATE = """
+import json, os, sys
+os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = "1"  # else the controller asks the cluster for its CPUs
+import ray
+from ray.train._internal.storage import StorageContext
+from ray.tune import register_trainable
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.experiment import Trial
+from stlm.atomic import DiskFullError
+from stlm.sweep.resilience import tune_state
 
-    from stlm.sweep.resilience import tune_state
-
+disk = sys.argv[1]
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=os.path.join(disk, "ray"))
+if sys.argv[2] == "stlm":
     assert tune_state.install(), "Tune's save_to_dir changed shape: review stlm/sweep/tune_state.py"
-    assert TuneController.save_to_dir is tune_state._save_to_dir
+register_trainable("noop", lambda config: None)
+storage = StorageContext(storage_path=os.path.join(disk, "store"), experiment_dir_name="exp")
+controller = TuneController(storage=storage)  # Tune's own controller, saving where a sweep's driver does
+def add(n):
+    for i in range(n):
+        controller.add_trial(Trial("noop", config={"i": i, "pad": "x" * 2000}, storage=storage))
+add(2)
+controller.save_to_dir()
+state = os.path.join(storage.experiment_driver_staging_path, controller.experiment_state_file_name)
+before = open(state).read()
+add(200)  # the next state is ~400 kB
+with open(os.path.join(disk, "ballast"), "wb") as f:  # the disk fills up
+    try:
+        while True:
+            f.write(bytes(65536))
+            f.flush()
+    except OSError:
+        pass
+try:
+    controller.save_to_dir()
+    print("saved")
+except DiskFullError as e:
+    print("disk full:", str(e).split(":")[0])
+except OSError as e:
+    print("OSError:", e)
+after = open(state).read()
+print(json.dumps({"same": after == before, "trials": len(json.loads(after)["trial_data"]) if after == before else None,
+                  "files": sorted(os.listdir(storage.experiment_driver_staging_path))}))
+ray.shutdown()
+"""
 
-    class Saved:  # the parts of a TuneController that save_to_dir reads
-        CKPT_FILE_TMPL = TuneController.CKPT_FILE_TMPL
-        experiment_state_file_name = TuneController.experiment_state_file_name
-        _session_str, _start_time = "s1", 0.0
-        _storage = type("Storage", (), {"experiment_driver_staging_path": str(tmp_path)})()
-        _search_alg = _callbacks = type("Saver", (), {"save_to_dir": lambda self, d, session_str: None})()
 
-        def __init__(self, trials):
-            self.trials = trials
+@pytest.mark.slow
+def test_tunes_experiment_state_is_replaced_whole_or_not_at_all():
+    """Tune (2.60) writes experiment_state-*.json in place, so a disk that fills during the write left it
+    truncated and --resume could not read it. A real TuneController, with stlm's method installed as the
+    driver installs it, saves its state on a small tmpfs that then fills up: the save fails with
+    DiskFullError and the previous state is still there, whole, with no temp file beside it. (Tune's
+    own method, the same run without install(), left unparseable JSON when this test was written.)"""
+    import tempfile
 
-        def _get_trial_checkpoints(self):
-            return self.trials
-
-        def __getstate__(self):
-            return {"n": len(self.trials)}
-
-    tune_state._save_to_dir(Saved({"a": "trial a"}))
-    state = tmp_path / TuneController.CKPT_FILE_TMPL.format("s1")
-    good = state.read_text()
-    assert json.loads(good)["trial_data"] == ["trial a"]
-    class Unsavable:
-        def __reduce__(self):
-            raise RuntimeError("cannot be saved")
-
-    with pytest.raises(RuntimeError, match="cannot be saved"):
-        tune_state._save_to_dir(Saved({"a": "trial a", "b": Unsavable()}))  # fails mid-encoding
-    assert state.read_text() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == [state.name]  # no temp file left
+    disk = tempfile.mkdtemp(prefix="/tmp/stlm-fd")  # short: Ray's unix sockets live under it
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", disk], capture_output=True).returncode:
+        os.rmdir(disk)
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = subprocess.run([sys.executable, "-c", TUNE_STATE, disk, "stlm"], capture_output=True, text=True, timeout=240,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        said, result = r.stdout.strip().splitlines()[-2:]
+        assert said.startswith("disk full: The disk holding") and "experiment_state-" in said, said
+        result = json.loads(result)
+        assert result["same"] and result["trials"] == 2, result  # the state before, whole
+        assert not [f for f in result["files"] if ".tmp-" in f], result["files"]
+    finally:
+        for proc in Path("/proc").iterdir():  # a Ray left behind by a failed run (its processes name the disk)
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and disk.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+        subprocess.run(["umount", "-l", disk], capture_output=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(disk)

@@ -193,17 +193,15 @@ def _bucket_ledger(s3: S3Server, prefix: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlflow_server, s3_server):
+def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlflow_server, s3_server, shared_data):
     """A two-node sweep with --experiment-dir s3://...: its driver is killed (-9) mid-trial, then resumed
     by a driver with an empty HOME (another machine: no mirror) from what the bucket holds. Checkpoints,
     Tune's state, sweep.json and the report are in the bucket; every trial finished; MLflow holds every
     point Tune received, none twice."""
     spec = yaml.safe_load(TINY_SWEEP)
     spec["config"]["train"]["max_steps"] = SWEEP_STEPS
-    benchmarks = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
-    eval_on = (benchmarks / "blimp").is_dir()
-    if eval_on:  # items written on the worker node, uploaded, logged to MLflow by the driver
-        spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(benchmarks)}
+    # eval items are written on the worker node, uploaded, logged to MLflow by the driver
+    spec["eval"] = {"tasks": ["blimp"], "limit": 2, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     prefix = "sweeps/two_node"
@@ -260,8 +258,7 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
         ckpts = {k.split("/")[4] for k in keys if k.startswith(f"{prefix}/train/{tid}/step_")}
         assert 1 <= len(ckpts) <= 2 and any(c.startswith(f"step_{SWEEP_STEPS:06d}") for c in ckpts), ckpts
         assert f"{prefix}/trials/{tid}/config.yaml" in keys
-        if eval_on:
-            assert keys.get(f"{prefix}/trials/{tid}/eval/items.jsonl", 0) > 0, sorted(keys)
+        assert keys.get(f"{prefix}/trials/{tid}/eval/items.jsonl", 0) > 0, sorted(keys)
     assert any(k.startswith(f"{prefix}/data/") and k.endswith("/manifest.json") for k in keys)
     total_bytes = sum(keys.values())
 
@@ -283,9 +280,8 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
         assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
         assert _points(client, c.info.run_id)["val_bpb"] == list(range(2, SWEEP_STEPS + 1, 2))
         assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")}
-        if eval_on:
-            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
-            assert [a.path for a in client.list_artifacts(c.info.run_id, "eval")] == ["eval/items.jsonl"]
+        assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+        assert [a.path for a in client.list_artifacts(c.info.run_id, "eval")] == ["eval/items.jsonl"]
         resumed_from[tid] = int(c.data.metrics.get("resumed_from_step", -1))
     print(f"s3 sweep: {total_s:.0f}s in all; resumed from the bucket and finished {resume_s:.0f}s after the kill; "
           f"steps at the kill {steps_at_kill}, resumed from {resumed_from}; {len(keys)} objects, "

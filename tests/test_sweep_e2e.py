@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +107,12 @@ def _child_runs(exp_dir: Path):
     return client, runs
 
 
-def test_quickstart_sweep_resume_and_mlflow(tmp_path):
+def test_quickstart_sweep_resume_and_mlflow(tmp_path, shared_data):
     # the quickstart, reduced: 2 arms x 2 paired seeds x 1 Optuna sample of lr = 4 trials
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     spec["base"] = str(REPO / "configs" / "quickstart.yaml")
     spec["search"]["samples"] = 1
-    eval_on = (SHARED_DATA / "benchmarks" / "blimp").is_dir()
-    if eval_on:
-        spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(SHARED_DATA / "benchmarks")}
+    spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "quick.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     exp_dir = tmp_path / "sweep_runs" / "quickstart"
@@ -180,7 +178,12 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
         hist = client.get_metric_history(c.info.run_id, "val_bpb")
         steps = [m.step for m in hist]
         assert sorted(steps) == [10, 20, 30], steps  # one point per eval, none repeated by the resume
-        assert all(0 < m.value < 20 for m in hist)
+        # it learned: an untrained model predicts ~uniformly (val_loss ~ ln V nats per token; 7.62 here), these
+        # end near 6.0 (measured 5.8-6.0 at lr 1e-3..1e-2), and val_bpb falls from the first evaluation to the last
+        loss = max(client.get_metric_history(c.info.run_id, "val_loss"), key=lambda m: m.step).value
+        assert loss < 0.9 * math.log(int(params["model.vocab_size"])), loss
+        bpb = [m.value for m in sorted(hist, key=lambda m: m.step)]
+        assert bpb[-1] < bpb[0], bpb
         assert [m.step for m in client.get_metric_history(c.info.run_id, "step")].count(MAX_STEPS) == 1
         cut = before.get(tags["stlm.trial_id"], {}).get("last_step", -1)
         if 10 <= cut < MAX_STEPS:  # interrupted mid-run: continued from its Ray Train checkpoint, not step 0
@@ -188,9 +191,8 @@ def test_quickstart_sweep_resume_and_mlflow(tmp_path):
             assert max(resumed) >= cut, (tags["stlm.trial_id"], cut, resumed)
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "config.yaml" in artifacts
-        if eval_on:
-            assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
-            assert "eval" in artifacts  # per-item JSONL
+        assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
+        assert "eval" in artifacts  # per-item JSONL
 
 
 PG_SCRIPT = """
@@ -235,18 +237,18 @@ def test_the_driver_frees_the_workers_of_a_killed_trial(tmp_path):
     assert line[0].split()[1:] == ["0", "CREATED", "REMOVED", "CREATED"]
 
 
-def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
+def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path, shared_data):
     """ASHA on `step`: stopped trials free their Ray Train workers (no hang), finished ones still get
     their end-of-training eval, a failing arm is recorded as failed and the others run on."""
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    # broken: weights drawn with std 1e38 overflow float32, so its loss is NaN at step 1 on any host
+    # (CPU or GPU) and training stops with NonFiniteLossError
     spec.update(name="asha", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
-                arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"train.device": "cuda"}}],
+                arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"model.init_std": 1e38}}],
                 control="ok", seeds=[0], scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
                 max_failures=0)
-    spec["search"]["samples"] = 4  # ok: 4 trials racing through the rungs; broken: fails on a CPU machine
-    eval_on = (SHARED_DATA / "benchmarks" / "blimp").is_dir()
-    if eval_on:
-        spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(SHARED_DATA / "benchmarks")}
+    spec["search"]["samples"] = 4  # ok: 4 trials racing through the rungs; broken: 4 trials that diverge
+    spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "asha.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
     p = _start([str(sweep_file), *OVERRIDES], tmp_path, tmp_path / "asha.log")
@@ -263,7 +265,8 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
         by_status.setdefault(r.data.tags["stlm.status"], []).append(r)
     assert {r.data.tags["stlm.arm"] for r in by_status["failed"]} == {"broken"} and len(by_status["failed"]) == 4
     for r in by_status["failed"]:
-        assert r.info.status == "FAILED" and "train.device=cuda" in r.data.tags["stlm.error"].splitlines()[0]
+        assert r.info.status == "FAILED" and "training loss became nan at step 1" in r.data.tags["stlm.error"], \
+            r.data.tags["stlm.error"]
     ok = by_status.get("finished", []) + by_status.get("stopped", [])
     assert len(ok) == 4 and by_status.get("finished")
     for r in ok:
@@ -271,8 +274,7 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path):
         assert steps == sorted(set(steps))
         finished = r.data.tags["stlm.status"] == "finished"
         assert (max(steps) == MAX_STEPS) == finished
-        if eval_on:
-            assert ("eval/blimp/acc" in r.data.metrics) == finished  # stopped trials are not evaluated
+        assert ("eval/blimp/acc" in r.data.metrics) == finished  # stopped trials are not evaluated
 
 
 def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):

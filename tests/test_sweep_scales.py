@@ -11,12 +11,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
+from stlm.sweep.analysis.compare import scale_fits
 from test_sweep_e2e import REPO, _child_runs, _env
-
-pytestmark = pytest.mark.slow
 
 SIZES = ["300k", "600k", "1.2M"]
 
@@ -40,6 +40,47 @@ def _sweep_file(tmp_path):
     return p
 
 
+def expected_trend(xs: list[float], ds: list[float]) -> tuple[float, str]:
+    """The least-squares slope of ds against xs and the trend its 95% t interval gives, by numpy
+    and scipy.stats.t: the product's rule written again, to check the product against."""
+    from scipy.stats import t as student_t
+
+    n = len(xs)
+    x, d = np.asarray(xs), np.asarray(ds)
+    slope, intercept = np.polyfit(x, d, 1)
+    stderr = math.sqrt(float(((d - (slope * x + intercept)) ** 2).sum()) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
+    half = float(student_t.ppf(0.975, n - 2)) * stderr
+    if slope - half <= 0 <= slope + half:
+        return slope, "no trend detectable at 95%"
+    return slope, "grows with scale" if (slope > 0) == (d.mean() > 0) else "shrinks with scale"
+
+
+@pytest.mark.parametrize("diff_of_size,trend", [
+    (lambda logn: 0.02 + 0.05 * logn, "grows with scale"),  # positive and growing
+    (lambda logn: -0.02 - 0.05 * logn, "grows with scale"),  # negative and growing in size
+    (lambda logn: 0.4 - 0.05 * logn, "shrinks with scale"),  # positive and falling
+    (lambda logn: 0.1, "no trend detectable at 95%"),  # a constant difference, only noise around it
+])
+def test_the_scale_trend_is_what_constructed_data_must_give(diff_of_size, trend):
+    """3 sizes x 3 seeds with a known difference from the control at each size, plus seed noise."""
+    noise = {0: 0.004, 1: -0.003, 2: -0.001}
+    points, control_of = [], {}
+    for size, n in (("1M", 1e6), ("4M", 4e6), ("16M", 16e6)):
+        control_of[f"rope@{size}"], control_of[f"learned@{size}"] = f"rope@{size}", f"rope@{size}"
+        for seed, e in noise.items():
+            rope = 3.0 - 0.1 * math.log(n) + e
+            points.append((f"rope@{size}", seed, n, rope))
+            points.append((f"learned@{size}", seed, n, rope + diff_of_size(math.log(n / 1e6)) + e * (seed - 1)))
+    fit = scale_fits(points, control_of)["learned"]
+    assert fit["pairs"] == 9 and fit["trend"] == trend
+    xs = [math.log(n) for _, _, n, _ in points[::2]]
+    ds = [b[3] - a[3] for a, b in zip(points[::2], points[1::2])]
+    slope, want = expected_trend(xs, ds)
+    assert want == trend and fit["slope"] == pytest.approx(slope, rel=1e-9)
+    assert fit["exponent"] < 0 and "exponent" in scale_fits(points, control_of)["rope"]  # bpb falls with size
+
+
+@pytest.mark.slow
 def test_three_sizes_two_arms_two_seeds_fit_the_scale_trend(tmp_path):
     sweep = _sweep_file(tmp_path)
     exp_dir = tmp_path / "exp"
@@ -64,7 +105,13 @@ def test_three_sizes_two_arms_two_seeds_fit_the_scale_trend(tmp_path):
     rec = info["comparison"]
     fit = rec["scale"]["learned"]
     assert fit["pairs"] == 6 and fit["slope_lo"] <= fit["slope"] <= fit["slope_hi"]
-    assert fit["trend"] in ("grows with scale", "shrinks with scale", "no trend detectable at 95%")
+    # the trend the runs' own numbers must give: learned - rope at the same size and seed against log(params)
+    cell = {(r.data.tags["stlm.arm"], r.data.tags["stlm.seed"]): (int(r.data.params["params.total"]),
+                                                                   r.data.metrics["val_bpb"]) for r in runs}
+    xs = [math.log(cell[(f"rope@{s}", seed)][0]) for s in SIZES for seed in "01"]
+    ds = [cell[(f"learned@{s}", seed)][1] - cell[(f"rope@{s}", seed)][1] for s in SIZES for seed in "01"]
+    slope, trend = expected_trend(xs, ds)
+    assert fit["trend"] == trend and fit["slope"] == pytest.approx(slope, rel=1e-6)
     assert "exponent" in rec["scale"]["rope"] and rec["scale"]["rope"]["fit_n"] == 6
 
     # one set of numbers: terminal == sweep.json == report == the parent run's metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from stlm.errors import StlmError
+from stlm.offline import is_local
 from stlm.sweep.run.driver import main as sweep_main
 from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.schema import CONFIG_KEYS
@@ -44,16 +46,67 @@ def test_the_expected_sweep_files_ship():
         assert want in names
 
 
+def fitted(path: Path, shared_data: Path) -> list[str]:
+    """Overrides that fit a shipped sweep to this machine and to the shared data, offline, and keep its
+    plan (arms, sizes, steps, sequences per step): CPUs only, the cores there are, a micro-batch that fits
+    the memory (grad_accum keeps the batch), the local corpus, GPT-2 vocabulary and benchmarks."""
+    import dataclasses
+
+    from stlm.sweep.run.preflight import estimate_memory, local_resources
+
+    sweep, have = load_sweep(path), local_resources()
+    r = sweep.spec.resources
+    (per_step,) = {a.cfg.train.batch_size * a.cfg.train.grad_accum for a in sweep.arms}
+    batch = min(a.cfg.train.batch_size for a in sweep.arms)
+
+    def memory(b: int) -> float:
+        cfgs = [(dataclasses.replace(a.cfg, train=dataclasses.replace(a.cfg.train, batch_size=b)), a) for a in sweep.arms]
+        return r.workers * max(estimate_memory(cfg, a.count.total) for cfg, a in cfgs)
+
+    while memory(batch) > have["memory"] and batch % 2 == 0:
+        batch //= 2
+    return ["resources.gpus_per_worker=0", f"resources.cpus_per_worker={max(1, int(have['CPU']) // r.workers)}",
+            f"train.batch_size={batch}", f"train.grad_accum={per_step // batch}",
+            f"data.source={shared_data / 'corpora' / 'tinystories'}",
+            f"data.gpt2_vocab_file={shared_data / 'tokenizers' / 'gpt2' / 'gpt2.tiktoken'}",
+            f"eval.data_dir={shared_data / 'benchmarks'}"]
+
+
+@pytest.fixture
+def connects():
+    """Every address this test process connects a socket to (pytest-socket still guards each)."""
+    seen = []
+    guarded = socket.socket.connect
+
+    def recording(sock, address):
+        seen.append(address)
+        return guarded(sock, address)
+
+    socket.socket.connect = recording
+    yield seen
+    if socket.socket.connect is recording:  # pytest-socket may have put the real one back already
+        socket.socket.connect = guarded
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
-def test_every_sweep_file_passes_dry_run(path, capsys):
+def test_every_sweep_file_passes_dry_run(path, capsys, shared_data, connects):
+    """As shipped, a dry run opens no socket to a host but this one (the session is offline, STLM_OFFLINE=1:
+    pre-flight lists the hub data and GPT-2 download it did not try, and the GPUs this machine lacks).
+    Fitted to this machine, every shipped sweep passes pre-flight (exit 0) with its whole plan."""
     try:
-        rc = sweep_main([str(path), "--dry-run"])
-    except StlmError as e:  # the plan is printed first; what this machine lacks (GPUs, hub offline) is listed
-        assert "pre-flight found" in str(e)
-        rc = 2
+        sweep_main([str(path), "--dry-run"])
+    except StlmError as e:
+        assert "pre-flight found" in str(e) and "cannot be reached" not in str(e), str(e)
+    capsys.readouterr()
+    rc = sweep_main([str(path), *fitted(path, shared_data), "--dry-run"])
+    assert rc == 0
+    assert not [a for a in connects if isinstance(a, tuple) and not is_local(a[0])], connects
     out = capsys.readouterr().out
-    sweep = load_sweep(path)
-    assert rc == 2 or "nothing launched" in out
+    assert "pre-flight: data, tokenizers and eval data found; each trial's request fits this machine." in out
+    assert "nothing launched" in out
+    sweep = load_sweep(path)  # the plan as shipped: fitting it to this machine changed none of the below
+    t = sweep.arms[0].cfg.train
+    assert f"training: {t.batch_size * t.grad_accum} sequences per step" in out
     assert f"= {sweep.num_trials}" in out
     for arm in sweep.arms:
         assert arm.name in out
@@ -88,12 +141,23 @@ def test_a_gap_the_granularity_cannot_close_is_explained(tmp_path, capsys):
            "control's 992,384, and the next size above (1,008,768, +1.65%) is farther from the control" in out
 
 
-def test_compute_matched_sweep_gives_every_arm_the_controls_flops(capsys):
+def test_a_gpu_sweep_on_a_gpuless_machine_is_refused_naming_the_fix(shared_data, tmp_path):
+    """Everything else fitted, the shipped GPU request is the one problem pre-flight names: exit 2, the
+    numbers and the override that fixes it, nothing written. No GPU is visible to the CLI on any host."""
+    path = REPO / "sweeps" / "ffn_sharing.yaml"
+    overrides = [o for o in fitted(path, shared_data) if not o.startswith("resources.gpus_per_worker")]
+    r = _cli(str(path), *overrides, "--dry-run", cwd=tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == (
+        "error: pre-flight found 1 problem in sweep 'ffn_sharing'; nothing was started or written:\n"
+        "  1. resources: each trial asks for 1 worker(s) x 1 GPU = 1 GPUs, and this machine (a local Ray) has 0. "
+        "Run on CPUs with resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address.")
+    assert "nothing launched" not in r.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_compute_matched_sweep_gives_every_arm_the_controls_flops(capsys, shared_data):
     path = REPO / "sweeps" / "ffn_sharing_compute.yaml"
-    try:  # the plan is printed before pre-flight lists what this machine lacks (GPUs, the hub)
-        assert sweep_main([str(path), "--dry-run"]) == 0
-    except StlmError as e:
-        assert "pre-flight found" in str(e)
+    assert sweep_main([str(path), *fitted(path, shared_data), "--dry-run"]) == 0
     out = capsys.readouterr().out
     sweep = load_sweep(path)
     per_step = 64 * 512  # batch 64 x context 512, one worker
@@ -345,8 +409,8 @@ def test_pareto_front_of_a_multi_objective_sweep():
 # --------------------------------------------------------------------------- bad input through the CLI
 
 
-def _cli(*args, cwd):
-    env = dict(os.environ, STLM_QUIET="1")
+def _cli(*args, cwd, **env_vars):
+    env = dict(os.environ, STLM_QUIET="1", **env_vars)
     return subprocess.run([sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 

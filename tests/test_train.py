@@ -305,14 +305,21 @@ def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, port: int, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    built = []
+    built, init = [], {}
     real_build = stlm.models.build_model
-    stlm.models.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]  # keep a handle on it
+
+    def build_and_keep(*a, **k):  # a handle on the model, and a copy of its weights before training
+        model = real_build(*a, **k)
+        built.append(model)
+        init.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return model
+
+    stlm.models.build_model = build_and_keep
     try:
         reports = []
         final = train(build_config(cfg_dict), report=lambda m, d: reports.append((m["step"], d)))
-        torch.save({"final": final, "reports": reports, "world": World.detect(), "state": built[0].state_dict()},
-                   f"{out}/rank{rank}.pt")
+        torch.save({"final": final, "reports": reports, "world": World.detect(), "state": built[0].state_dict(),
+                    "init": init}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -331,6 +338,10 @@ def test_ddp_two_ranks_stay_in_sync(cache_dir, tmp_path, data):
     assert r0["world"] == World(0, 2, 0) and r1["world"].rank == 1
     # identical weights on both ranks after 6 data-parallel steps, and they moved from the init
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    names = list(r0["init"])  # every trainable parameter
+    assert len(names) > 10
+    unmoved = [k for k in names if torch.equal(r0["init"][k], r0["state"][k])]
+    assert not unmoved, f"parameters still at their init after 6 steps: {unmoved}"
     saved = ckpt.load_model_state(tmp_path / "runs" / "run")
     assert all(torch.equal(saved[k], r0["state"][k]) for k in saved)
     # report is called on every rank (a barrier under Ray); only rank 0 writes checkpoints

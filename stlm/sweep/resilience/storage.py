@@ -41,7 +41,7 @@ from pathlib import Path
 
 from stlm.atomic import write_atomic
 from stlm.errors import StlmError
-from stlm.offline import unreachable
+from stlm.offline import offline_reason, unreachable
 from stlm.sweep.resilience import layout
 
 SYNC_S = 2.0  # the most a mirror file lags behind in the bucket (a killed driver loses at most this)
@@ -298,6 +298,7 @@ def flush_all() -> None:
 def probe(uri: str, timeout: float = 10.0) -> str | None:
     """None when the bucket of `uri` can be listed and written within `timeout` seconds, else why not
     (one sentence). Writes and deletes one small object."""
+
     st = Storage(uri)
     box: dict = {}
     custom = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -305,6 +306,8 @@ def probe(uri: str, timeout: float = 10.0) -> str | None:
         why = unreachable(custom if "://" in custom else f"http://{custom}", timeout=min(3.0, timeout))
         if why:
             return why
+    elif st.uri.startswith(("s3://", "gs://", "abfs://")) and offline_reason():  # a cloud is never this machine
+        return f"{st.uri.split('://')[0]}'s default endpoint was not tried: {offline_reason()}"
 
     def go():
         try:

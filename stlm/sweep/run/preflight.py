@@ -22,10 +22,8 @@ Each problem is one sentence naming the key, file or address, and what to do ins
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,9 +36,6 @@ from stlm.eval.tasks import TASKS
 from stlm.eval.tasks.base import resolve_data_dir
 from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable, unreachable
 from stlm.sweep.resilience.storage import endpoint, probe
-
-GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
 
 
 def check(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> None:
@@ -139,21 +134,14 @@ def _tokenizer(cfg) -> list[str]:
             return [f"model.tokenizer=gpt2: the GPT-2 vocabulary file {vocab!r} (data.gpt2_vocab_file / "
                     "$STLM_GPT2_VOCAB) does not exist."]
         return []
-    if _tiktoken_cached():
-        return []
-    why = unreachable(GPT2_URLS[0])
+    from stlm.tokenizers import gpt2_unavailable
+
+    why = gpt2_unavailable()
     if why:
         return [f"model.tokenizer=gpt2 needs the GPT-2 vocabulary: it is not in tiktoken's cache and its download "
-                f"address cannot be reached ({why}). Point data.gpt2_vocab_file (or $STLM_GPT2_VOCAB) at a local "
+                f"address cannot be used now ({why}). Point data.gpt2_vocab_file (or $STLM_GPT2_VOCAB) at a local "
                 "gpt2.tiktoken file, e.g. shared/data/tokenizers/gpt2/gpt2.tiktoken."]
     return []
-
-
-def _tiktoken_cached() -> bool:
-    """Both files tiktoken's "gpt2" encoding reads are in its cache (tiktoken.load.read_file_cached)."""
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
-        os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    return all(Path(cache, hashlib.sha1(u.encode()).hexdigest()).is_file() for u in GPT2_URLS)
 
 
 # --------------------------------------------------------------------------- eval

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from stlm.errors import StlmError
+from stlm.offline import offline_reason
 from stlm.sweep.plan.describe import trial_resources
 from stlm.sweep.plan.sweep import Sweep
 from stlm.sweep.resilience import layout
 
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
-            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TIKTOKEN_CACHE_DIR",
+            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "STLM_OFFLINE",
+            "TIKTOKEN_CACHE_DIR",
             # where an s3:// experiment dir is (not the credentials: each node has its own, see storage.py)
             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 
@@ -130,6 +132,8 @@ def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboa
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)  # read by the Train controller
+    if offline_reason():  # STLM_OFFLINE: Ray's usage report would go to usage-stats.ray.io
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = dict(env)
     kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.WARNING)
     addr_dir = Path(exp_dir) / layout.RAY
