@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import SHARED, bench_config, emit, gpt2_vocab, machine, median  # noqa: E402
+from run import SHARED, bench_config, emit, gpt2_vocab, machine, median
 
 MODES = {
     # copies: the shared corpora are ~7 MB, where starting worker processes is a visible share of the
@@ -74,11 +74,15 @@ def corpus_config(chars: int | None, cache: str, num_proc: int, src: Path | None
     src = src or SHARED / "corpora"
     vocab = gpt2_vocab()
     if src.is_dir() and vocab:
-        data = {"model": {"tokenizer": "gpt2"},
-                "data": {"source": str(src), "gpt2_vocab_file": vocab, "max_chars": chars}}
+        data = {
+            "model": {"tokenizer": "gpt2"},
+            "data": {"source": str(src), "gpt2_vocab_file": vocab, "max_chars": chars},
+        }
     else:
-        data = {"model": {"tokenizer": "bpe", "vocab_size": 2048},
-                "data": {"source": "generated", "max_chars": chars or 8_000_000, "bpe_train_chars": 200_000}}
+        data = {
+            "model": {"tokenizer": "bpe", "vocab_size": 2048},
+            "data": {"source": "generated", "max_chars": chars or 8_000_000, "bpe_train_chars": 200_000},
+        }
     data["data"].update(cache_dir=cache, num_proc=num_proc)
     return build_config(data)
 
@@ -131,10 +135,16 @@ def bench_tokenize(mode: dict, work: Path) -> dict:
             n = s["train"]["tokens"] + s["val"]["tokens"]
             shutil.rmtree(d, ignore_errors=True)
             return dt, cpu, n
+
         return fn
 
-    jobs = {"prepare_np2": prepared(2), "prepare_np1": prepared(1), "tiktoken_loop": tiktoken_loop,
-            "tiktoken_batch": tiktoken_batch, "read_only": read}
+    jobs = {
+        "prepare_np2": prepared(2),
+        "prepare_np1": prepared(1),
+        "tiktoken_loop": tiktoken_loop,
+        "tiktoken_batch": tiktoken_batch,
+        "read_only": read,
+    }
     times: dict[str, list[float]] = {k: [] for k in jobs}
     cpus: dict[str, list[float]] = {k: [] for k in jobs}
     tokens = {}
@@ -157,7 +167,10 @@ def bench_tokenize(mode: dict, work: Path) -> dict:
     if len({tokens.get("prepare_np2"), tokens.get("tiktoken_loop")}) != 1:
         print(f"note: token counts differ: {tokens}")
     out = {
-        "corpus": str(base.data.source), "copies": mode["copies"], "tokenizer": tok.name, "mb": round(mb, 3),
+        "corpus": str(base.data.source),
+        "copies": mode["copies"],
+        "tokenizer": tok.name,
+        "mb": round(mb, 3),
         "documents": len(docs),
         "tokens": tokens.get("tiktoken_loop"),
         "seconds": {k: round(v, 3) for k, v in t.items()},
@@ -171,8 +184,12 @@ def bench_tokenize(mode: dict, work: Path) -> dict:
         "np2_vs_np1": round(t["prepare_np1"] / t["prepare_np2"], 3),
         "read_share_of_prepare_np2": round(t["read_only"] / t["prepare_np2"], 3),
     }
-    print("tokenization (MB/s): " + ", ".join(f"{k} {v:.2f}" for k, v in out["mb_per_s"].items())
-          + f"  on {mb:.1f} MB ({len(docs)} docs, {tok.name})", flush=True)
+    print(
+        "tokenization (MB/s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in out["mb_per_s"].items())
+        + f"  on {mb:.1f} MB ({len(docs)} docs, {tok.name})",
+        flush=True,
+    )
     return out
 
 
@@ -186,8 +203,12 @@ def bench_loader(mode: dict, smoke: bool) -> dict:
     from stlm.train.optim import build_optimizer
 
     ov = ["model.d_model=64", "model.n_layers=2", "model.context_length=32", "train.batch_size=2"] if smoke else []
-    cfg = bench_config(ov, vocab=512 if smoke else 2048, bpe_chars=100_000 if smoke else 500_000,
-                       max_chars=200_000 if smoke else 1_000_000)
+    cfg = bench_config(
+        ov,
+        vocab=512 if smoke else 2048,
+        bpe_chars=100_000 if smoke else 500_000,
+        max_chars=200_000 if smoke else 1_000_000,
+    )
     data = prepare(cfg)
     B, T = cfg.train.batch_size, cfg.model.context_length
     batcher = TokenBatcher(data.train, B, T, seed=0)
@@ -207,8 +228,9 @@ def bench_loader(mode: dict, smoke: bool) -> dict:
         batches = [batcher.next() for _ in range(mode["steps"])]  # made outside the timed region
         t0 = time.perf_counter()
         for b in batches:
-            loss, _ = train_step(model, opt, [b], grad_clip=1.0, amp_dtype=None, device=torch.device("cpu"),
-                                 want_grad_norm=False)
+            loss, _ = train_step(
+                model, opt, [b], grad_clip=1.0, amp_dtype=None, device=torch.device("cpu"), want_grad_norm=False
+            )
         float(loss)
         return (time.perf_counter() - t0) / len(batches)
 
@@ -233,8 +255,11 @@ def bench_loader(mode: dict, smoke: bool) -> dict:
         "batch": [B, T],
         "loader_next_us_32x512": round(big_us, 1),
     }
-    print(f"loader: next() {out['loader_next_us']:.0f} us vs step {out['step_ms']:.1f} ms at {B}x{T} "
-          f"-> overhead {out['loader_overhead']:.2%}; 32x512 next() {big_us:.0f} us", flush=True)
+    print(
+        f"loader: next() {out['loader_next_us']:.0f} us vs step {out['step_ms']:.1f} ms at {B}x{T} "
+        f"-> overhead {out['loader_overhead']:.2%}; 32x512 next() {big_us:.0f} us",
+        flush=True,
+    )
     return out
 
 
@@ -259,9 +284,18 @@ def main(argv=None) -> int:
         loader = bench_loader(mode, args.smoke)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    emit({"tokenize_speedup": tok["tokenize_speedup"], "tokenize_speedup_vs_batch": tok["tokenize_speedup_vs_batch"],
-          "loader_overhead": loader["loader_overhead"], "tokenize": tok, "loader": loader, "mode": name,
-          "machine": info, "load_avg_1m_end": round(os.getloadavg()[0], 2)})
+    emit(
+        {
+            "tokenize_speedup": tok["tokenize_speedup"],
+            "tokenize_speedup_vs_batch": tok["tokenize_speedup_vs_batch"],
+            "loader_overhead": loader["loader_overhead"],
+            "tokenize": tok,
+            "loader": loader,
+            "mode": name,
+            "machine": info,
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        }
+    )
     return 0
 
 

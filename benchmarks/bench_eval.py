@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import REPO, SHARED, emit, gpt2_vocab, machine, median  # noqa: E402
+from run import REPO, SHARED, emit, gpt2_vocab, machine, median
 
 MODES = {
     "full": dict(limit=300, rounds=3),
@@ -41,7 +41,7 @@ def naive_score(model, lm, items) -> None:
     for item in items:
         for ctx, cont in zip(item.contexts, item.continuations):
             c_ids, k_ids = lm.encode_pair(ctx, cont)
-            whole = (c_ids + k_ids)[-(L + 1):]
+            whole = (c_ids + k_ids)[-(L + 1) :]
             n = min(len(k_ids), len(whole) - 1)
             x = torch.tensor([whole[:-1]])
             logits, _ = model(x)
@@ -96,12 +96,14 @@ def main(argv=None) -> int:
             docs = task.docs(sub, str(data_dir))
             items += [task.item(docs[i], i, sub) for i in sample_ids(len(docs), limit, 1234, sub)]
         n = len(items)
-        evaluate(model, tok, [task_name], limit=min(limit, 2), data_dir=str(data_dir), batch_size=args.batch_size)  # warm
+        evaluate(
+            model, tok, [task_name], limit=min(limit, 2), data_dir=str(data_dir), batch_size=args.batch_size
+        )  # warm
         cached = StlmLM(model, tok, batch_size=args.batch_size, context_cache=True)
         t = {"stlm": [], "naive": [], "context_cache": [], "docs": []}
         for r in range(mode["rounds"]):
             order = ["stlm", "naive", "context_cache", "docs"]
-            for who in (order if r % 2 == 0 else order[::-1]):
+            for who in order if r % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
                 if who == "stlm":  # the entry point users call, end to end
                     evaluate(model, tok, [task_name], limit=limit, data_dir=str(data_dir), batch_size=args.batch_size)
@@ -115,25 +117,36 @@ def main(argv=None) -> int:
                 t[who].append(time.perf_counter() - t0)
         ratios = [b / a for a, b in zip(t["stlm"], t["naive"])]
         per_task[task_name] = {
-            "items": n, "requests": sum(len(i.continuations) for i in items),
-            "stlm_items_per_s": round(n / median(t["stlm"]), 2), "naive_items_per_s": round(n / median(t["naive"]), 2),
+            "items": n,
+            "requests": sum(len(i.continuations) for i in items),
+            "stlm_items_per_s": round(n / median(t["stlm"]), 2),
+            "naive_items_per_s": round(n / median(t["naive"]), 2),
             "speedup_vs_naive": round(median(ratios), 3),
             "context_cache_items_per_s": round(n / median(t["context_cache"]), 2),
             "docs_load_s": round(median(t["docs"]), 3),
         }
         r = per_task[task_name]
-        print(f"{task_name:<12} {n} items: stlm {r['stlm_items_per_s']:.1f} items/s, naive {r['naive_items_per_s']:.1f} "
-              f"items/s (speedup {r['speedup_vs_naive']:.2f}x); with context_cache {r['context_cache_items_per_s']:.1f} "
-              f"items/s; reading the task files {r['docs_load_s']:.2f}s per call", flush=True)
+        print(
+            f"{task_name:<12} {n} items: stlm {r['stlm_items_per_s']:.1f} items/s, naive {r['naive_items_per_s']:.1f} "
+            f"items/s (speedup {r['speedup_vs_naive']:.2f}x); with context_cache {r['context_cache_items_per_s']:.1f} "
+            f"items/s; reading the task files {r['docs_load_s']:.2f}s per call",
+            flush=True,
+        )
     total_items = sum(v["items"] for v in per_task.values())
     total_s = sum(v["items"] / v["stlm_items_per_s"] for v in per_task.values())
-    emit({
-        "eval_items_per_s": round(total_items / total_s, 2),
-        "eval_speedup_vs_naive": round(min(v["speedup_vs_naive"] for v in per_task.values()), 3),
-        "eval": per_task, "limit": limit, "model": "baseline-10m" + (" (smoke: 2x64)" if args.smoke else ""),
-        "params": sum(p.numel() for p in model.parameters()), "mode": name, "machine": info,
-        "load_avg_1m_end": round(os.getloadavg()[0], 2),
-    })
+    emit(
+        {
+            "eval_items_per_s": round(total_items / total_s, 2),
+            "eval_speedup_vs_naive": round(min(v["speedup_vs_naive"] for v in per_task.values()), 3),
+            "eval": per_task,
+            "limit": limit,
+            "model": "baseline-10m" + (" (smoke: 2x64)" if args.smoke else ""),
+            "params": sum(p.numel() for p in model.parameters()),
+            "mode": name,
+            "machine": info,
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        }
+    )
     return 0
 
 

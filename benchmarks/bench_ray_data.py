@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import corpus_config, repeated_corpus  # noqa: E402
-from run import emit, machine, median  # noqa: E402
+from bench_data import corpus_config, repeated_corpus
+from run import emit, machine, median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
 
-    import ray
-
     import importlib
+
+    import ray
 
     prepare = importlib.import_module("stlm.data.prepare")  # the module (stlm.data.prepare is also a function)
     from stlm.data.sources import get_source
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def ray_data_2() -> np.ndarray:
         ds = ray.data.from_items([{"docs": b} for b in batches]).map_batches(
-            Encode, batch_size=1, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_format="numpy")
+            Encode, batch_size=1, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_format="numpy"
+        )
         return np.concatenate([row["ids"] for row in ds.iter_rows()])
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -84,10 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
     assert np.array_equal(out["pool_np2"], out["ray_data_2"]), "the two paths tokenized differently"
     ratios = [r / p for r, p in zip(times["ray_data_2"], times["pool_np2"])]
-    emit({"bench": "ray_data", "machine": machine(), "mb": round(n_bytes / 1e6, 1), "tokens": int(out["pool_np2"].size),
-          "pool_np2_mb_s": round(n_bytes / 1e6 / median(times["pool_np2"]), 2),
-          "ray_data_2_mb_s": round(n_bytes / 1e6 / median(times["ray_data_2"]), 2),
-          "ratio_ray_data_over_pool": [round(r, 3) for r in ratios], "seconds": times})
+    emit(
+        {
+            "bench": "ray_data",
+            "machine": machine(),
+            "mb": round(n_bytes / 1e6, 1),
+            "tokens": int(out["pool_np2"].size),
+            "pool_np2_mb_s": round(n_bytes / 1e6 / median(times["pool_np2"]), 2),
+            "ray_data_2_mb_s": round(n_bytes / 1e6 / median(times["ray_data_2"]), 2),
+            "ratio_ray_data_over_pool": [round(r, 3) for r in ratios],
+            "seconds": times,
+        }
+    )
     return 0
 
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import REPO, cache_dir, emit, machine, median, quiet_env  # noqa: E402
+from run import REPO, cache_dir, emit, machine, median, quiet_env
 
 MODES = {  # trials, seconds per trial, concurrency
     "full": dict(trials=4, trial_s=120.0),
@@ -93,8 +93,17 @@ def standalone(work: Path, base_yaml: Path, seeds: list[int], threads: int) -> l
     db = work / "standalone.db"
     runs = []
     for s in seeds:
-        cmd = [sys.executable, "-m", "stlm.train", str(base_yaml), f"train.seed={s}", f"tracking.uri=sqlite:///{db}",
-               "tracking.experiment=bench-standalone", "--run-name", f"seed{s}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stlm.train",
+            str(base_yaml),
+            f"train.seed={s}",
+            f"tracking.uri=sqlite:///{db}",
+            "tracking.experiment=bench-standalone",
+            "--run-name",
+            f"seed{s}",
+        ]
         env = quiet_env() | {"OMP_NUM_THREADS": str(threads)}
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(work))
@@ -140,12 +149,16 @@ def mlflow_trials(db: Path) -> list[dict]:
                 continue  # the sweep's parent run
             hist = sorted(client.get_metric_history(run.info.run_id, "elapsed_s"), key=lambda m: m.step)
             tps = [m.value for m in client.get_metric_history(run.info.run_id, "tokens_per_s")]
-            out.append({
-                "tokens_per_s": median(tps) if tps else None,
-                "name": run.info.run_name, "trial_id": tags.get("stlm.trial_id"),
-                "start": run.info.start_time / 1000, "end": (run.info.end_time or 0) / 1000,
-                "reports": [(m.timestamp / 1000, m.value, m.step) for m in hist],
-            })
+            out.append(
+                {
+                    "tokens_per_s": median(tps) if tps else None,
+                    "name": run.info.run_name,
+                    "trial_id": tags.get("stlm.trial_id"),
+                    "start": run.info.start_time / 1000,
+                    "end": (run.info.end_time or 0) / 1000,
+                    "reports": [(m.timestamp / 1000, m.value, m.step) for m in hist],
+                }
+            )
     out.sort(key=lambda r: r["start"])
     return out
 
@@ -171,10 +184,12 @@ def train_logs(ray_tmp: Path) -> dict[str, dict]:
             ev = out.setdefault(run, {"parts": {}})
             if rec.get("component") != "worker":
                 ev["first"] = min(ev.get("first", t), t)
-            for key, text in (("wg_attempt", "Attempting to start training worker group"),
-                              ("wg_started", "Started training worker group"),
-                              ("process_group", "Setting up process group"),
-                              ("fn_launch", "Launching training function")):
+            for key, text in (
+                ("wg_attempt", "Attempting to start training worker group"),
+                ("wg_started", "Started training worker group"),
+                ("process_group", "Setting up process group"),
+                ("fn_launch", "Launching training function"),
+            ):
                 if msg.startswith(text) or (key == "fn_launch" and text in msg):
                     ev.setdefault(key, t)
             m = re.match(r"\[Worker Group Initialization\] (.*?) (?:in|completed in) ([\d.]+)s", msg)
@@ -188,8 +203,9 @@ def _med(xs):
     return round(median(xs), 2) if xs else None
 
 
-def breakdown(work: Path, sw: dict, standalone_runs: list[dict], tokens: int | None = None,
-              n_reports: int | None = None) -> dict:
+def breakdown(
+    work: Path, sw: dict, standalone_runs: list[dict], tokens: int | None = None, n_reports: int | None = None
+) -> dict:
     """Where the sweep's extra wall time goes, per trial (medians) and for the driver."""
     trials = mlflow_trials(work / "sweep.db")
     ctl = train_logs(sw["ray_tmp"])
@@ -202,7 +218,9 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict], tokens: int | N
         first_step = first_rx - first_el  # loop start (run_t0), on the wall clock
         c = ctl.get(t["trial_id"] or "", {})
         row = {
-            "trial": t["trial_id"], "loop_s": last_el, "loop_tokens_per_s": t["tokens_per_s"],
+            "trial": t["trial_id"],
+            "loop_s": last_el,
+            "loop_tokens_per_s": t["tokens_per_s"],
             "start_to_first_step_s": first_step - t["start"],
             "last_report_to_end_s": t["end"] - last_rx if t["end"] else None,
         }
@@ -222,15 +240,24 @@ def breakdown(work: Path, sw: dict, standalone_runs: list[dict], tokens: int | N
             continue
         first_rx, first_el, _ = t["reports"][0]
         last_rx, last_el, _ = t["reports"][-1]
-        srows.append({"loop_s": last_el, "loop_tokens_per_s": t["tokens_per_s"], "process_start_to_first_step_s": first_rx - first_el - r["t0"],
-                      "last_report_to_exit_s": r["t0"] + r["wall_s"] - last_rx, "wall_s": r["wall_s"]})
+        srows.append(
+            {
+                "loop_s": last_el,
+                "loop_tokens_per_s": t["tokens_per_s"],
+                "process_start_to_first_step_s": first_rx - first_el - r["t0"],
+                "last_report_to_exit_s": r["t0"] + r["wall_s"] - last_rx,
+                "wall_s": r["wall_s"],
+            }
+        )
     out: dict = {"per_trial": {}, "standalone": {}}
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "trial"})
     for k in keys:
         out["per_trial"][k] = _med([r.get(k) for r in rows])
     parts = [r.get("worker_group_parts_s") or {} for r in rows]
     if any(parts):
-        out["per_trial"]["worker_group_parts_s"] = {k: _med([p.get(k) for p in parts]) for k in sorted({k for p in parts for k in p})}
+        out["per_trial"]["worker_group_parts_s"] = {
+            k: _med([p.get(k) for p in parts]) for k in sorted({k for p in parts for k in p})
+        }
     for k in sorted({k for r in srows for k in r}):
         out["standalone"][k] = _med([r.get(k) for r in srows])
     if rows and srows:
@@ -297,8 +324,11 @@ def main(argv=None) -> int:
         steps = max(20, int(round(trial_s / step_s / 10)) * 10)
         eval_interval = max(10, steps // 4)
         base.write_text(BASE.format(cache=cache_dir(), steps=steps, eval_interval=eval_interval, out=work / "runs"))
-        print(f"calibrated: {step_s * 1e3:.0f} ms/step with {cpus} thread(s) -> {steps} steps "
-              f"(~{steps * step_s:.0f}s of training per trial), {n} trials, concurrency {conc}", flush=True)
+        print(
+            f"calibrated: {step_s * 1e3:.0f} ms/step with {cpus} thread(s) -> {steps} steps "
+            f"(~{steps * step_s:.0f}s of training per trial), {n} trials, concurrency {conc}",
+            flush=True,
+        )
 
         # standalone runs before AND after the sweep (A B A), so a drifting machine load hits both sides
         half = (n + 1) // 2
@@ -309,8 +339,13 @@ def main(argv=None) -> int:
         res["standalone"] = runs
         sum_standalone = sum(r["wall_s"] for r in res["standalone"])
         ratio = res["sweep"]["wall_s"] * conc / sum_standalone
-        bd = breakdown(work, res["sweep"], res["standalone"], tokens=steps * 16 * 128,  # batch x context of BASE
-                       n_reports=steps // eval_interval)
+        bd = breakdown(
+            work,
+            res["sweep"],
+            res["standalone"],
+            tokens=steps * 16 * 128,  # batch x context of BASE
+            n_reports=steps // eval_interval,
+        )
         result = {
             "sweep_overhead": round(ratio - 1, 4),
             "sweep_wall_ratio": round(ratio, 4),
@@ -328,8 +363,11 @@ def main(argv=None) -> int:
             "machine": info,
             "load_avg_1m_end": round(os.getloadavg()[0], 2),
         }
-        print(f"sweep {res['sweep']['wall_s']:.1f}s x {conc} vs standalone sum {sum_standalone:.1f}s "
-              f"-> overhead {ratio - 1:+.1%} (standalone runs of {result['trial_s']:.0f}s, {steps} steps)", flush=True)
+        print(
+            f"sweep {res['sweep']['wall_s']:.1f}s x {conc} vs standalone sum {sum_standalone:.1f}s "
+            f"-> overhead {ratio - 1:+.1%} (standalone runs of {result['trial_s']:.0f}s, {steps} steps)",
+            flush=True,
+        )
     except SystemExit as e:  # a failed run: say so in the JSON line instead of dying without one
         print(e)
         result["error"] = str(e).strip().splitlines()[0] if str(e).strip() else "failed"

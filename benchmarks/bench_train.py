@@ -1,6 +1,7 @@
 """Training throughput: stlm's model + training step vs a plain reference transformer (reference.py).
 
-    python benchmarks/bench_train.py [--quick | --smoke] [--variants rope_swiglu,byte_level] [--device cuda --compile --amp bf16]
+    python benchmarks/bench_train.py [--quick | --smoke] [--variants rope_swiglu,byte_level]
+                                     [--device cuda --compile --amp bf16]
     python benchmarks/bench_train.py --profile rope_swiglu        # torch.profiler tables of both steps
     python benchmarks/bench_train.py --gpu-baseline               # configs/baseline-50m.yaml, bf16 + compile, MFU
 
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference import fused_available, ref_model, ref_optimizer, ref_step  # noqa: E402
-from run import REPO, bench_config, emit, machine, median, median_ci  # noqa: E402
+from reference import fused_available, ref_model, ref_optimizer, ref_step
+from run import REPO, bench_config, emit, machine, median, median_ci
 
 # The variants the issue names: overrides of the benchmark's base config (run.bench_config).
 VARIANTS: dict[str, list[str]] = {
@@ -94,8 +95,11 @@ def compare_outputs(stlm_model, ref, mc, device, seed: int = 0) -> dict:
     stlm_model.train(modes[0]), ref.train(modes[1])
     la, lb = la.float(), lb.float().reshape(la.shape)
     std = float(la.std())
-    return {"logits": float((la - lb).abs().max()) / std, "loss": abs(float(loss_a) - float(loss_b)) / float(loss_a),
-            "logit_std": std}
+    return {
+        "logits": float((la - lb).abs().max()) / std,
+        "loss": abs(float(loss_a) - float(loss_b)) / float(loss_a),
+        "logit_std": std,
+    }
 
 
 def same_function(stlm_model, ref, mc, device) -> dict:
@@ -128,8 +132,9 @@ class Pair:
         if a != b:
             raise SystemExit(f"reference and stlm shapes differ for {mc}:\n stlm {a}\n ref  {b}")
         self.params = sum(p.numel() for p in self.stlm_raw.parameters())
-        assert self.params == sum(p.numel() for p in self.ref_raw.parameters()) == count_params(mc).total, \
+        assert self.params == sum(p.numel() for p in self.ref_raw.parameters()) == count_params(mc).total, (
             "stlm's model, the reference and count_params differ in size"
+        )
         self.flops_per_token = count_params(mc).flops_per_token
         self.same = same_function(self.stlm_raw, self.ref_raw, mc, device)
         self.opt = build_optimizer(self.stlm_raw, tc, device)
@@ -144,8 +149,15 @@ class Pair:
     def stlm_step(self, batch):
         from stlm.train.loop import train_step
 
-        loss, _ = train_step(self.stlm, self.opt, [batch], grad_clip=self.tc.grad_clip, amp_dtype=self.amp,
-                             device=self.device, want_grad_norm=False)
+        loss, _ = train_step(
+            self.stlm,
+            self.opt,
+            [batch],
+            grad_clip=self.tc.grad_clip,
+            amp_dtype=self.amp,
+            device=self.device,
+            want_grad_norm=False,
+        )
         self.sched.step()
         return loss
 
@@ -202,13 +214,26 @@ def load(variant: str, mode: dict, device_name: str):
 
     small = mode["smoke"]
     batch = mode["byte_batch"] if variant == "byte_level" else mode["batch"]
-    ov = VARIANTS[variant] + [f"train.batch_size={batch}", f"model.context_length={mode['ctx']}",
-                              f"train.device={device_name}"]
+    ov = VARIANTS[variant] + [
+        f"train.batch_size={batch}",
+        f"model.context_length={mode['ctx']}",
+        f"train.device={device_name}",
+    ]
     if small:
-        ov += ["model.d_model=64", "model.n_layers=2", "model.byte_level.byte_dim=32", "model.byte_level.chunk_len=8",
-               "model.byte_level.encoder_layers=1", "model.byte_level.decoder_layers=1"]
-    cfg = bench_config(ov, vocab=512 if small else 2048, bpe_chars=100_000 if small else 500_000,
-                       max_chars=200_000 if small else 1_000_000)
+        ov += [
+            "model.d_model=64",
+            "model.n_layers=2",
+            "model.byte_level.byte_dim=32",
+            "model.byte_level.chunk_len=8",
+            "model.byte_level.encoder_layers=1",
+            "model.byte_level.decoder_layers=1",
+        ]
+    cfg = bench_config(
+        ov,
+        vocab=512 if small else 2048,
+        bpe_chars=100_000 if small else 500_000,
+        max_chars=200_000 if small else 1_000_000,
+    )
     return cfg, prepare(cfg)
 
 
@@ -228,9 +253,13 @@ def run_variants(args, mode) -> dict:
         t0 = time.time()
         out[v] = compare(pair, batches, tps, mode["warmup"], mode["rounds"], mode["steps"])
         out[v]["seconds"] = round(time.time() - t0, 1)
-        print(f"{v:<14} stlm {out[v]['stlm_tokens_per_s']:>9,.0f} tok/s   reference {out[v]['ref_tokens_per_s']:>9,.0f} tok/s"
-              f"   ratio {out[v]['ratio']:.3f}{ci_text(out[v]['ratio_ci95'])}  ({len(out[v]['ratios'])} rounds, "
-              f"{out[v]['params']:,} params)", flush=True)
+        print(
+            f"{v:<14} stlm {out[v]['stlm_tokens_per_s']:>9,.0f} tok/s   "
+            f"reference {out[v]['ref_tokens_per_s']:>9,.0f} tok/s"
+            f"   ratio {out[v]['ratio']:.3f}{ci_text(out[v]['ratio_ci95'])}  ({len(out[v]['ratios'])} rounds, "
+            f"{out[v]['params']:,} params)",
+            flush=True,
+        )
         del pair
     return out
 
@@ -251,8 +280,13 @@ def optimizer_check(cfg, data, device, rounds: int = 7, steps: int = 5) -> dict:
     grads = [p.grad.clone() for p in model.parameters()]
     ours = build_optimizer(model, cfg.train, device)
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in ours.param_groups]  # the same split
-    fused = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps,
-                              fused=True) if fused_available(device) else None
+    fused = (
+        torch.optim.AdamW(
+            groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps, fused=True
+        )
+        if fused_available(device)
+        else None
+    )
     if fused is None:
         return {"fused_available": False}
 
@@ -274,17 +308,29 @@ def optimizer_check(cfg, data, device, rounds: int = 7, steps: int = 5) -> dict:
         else:
             b.append(run(fused)), a.append(run(ours))
     # foreach=None picks the multi-tensor kernels on CUDA only: on the CPU that is the per-parameter for-loop
-    kind = ("fused" if ours.defaults.get("fused") else "foreach" if ours.defaults.get("foreach")
-            else "foreach (default on CUDA)" if device.type == "cuda" else "per-parameter for-loop (default on CPU)")
-    return {"stlm_optimizer": kind, "stlm_step_ms": round(median(a) * 1e3, 2), "fused_step_ms": round(median(b) * 1e3, 2),
-            "speedup_if_fused": round(median([x / y for x, y in zip(a, b)]), 2)}
+    kind = (
+        "fused"
+        if ours.defaults.get("fused")
+        else "foreach"
+        if ours.defaults.get("foreach")
+        else "foreach (default on CUDA)"
+        if device.type == "cuda"
+        else "per-parameter for-loop (default on CPU)"
+    )
+    return {
+        "stlm_optimizer": kind,
+        "stlm_step_ms": round(median(a) * 1e3, 2),
+        "fused_step_ms": round(median(b) * 1e3, 2),
+        "speedup_if_fused": round(median([x / y for x, y in zip(a, b)]), 2),
+    }
 
 
 # --------------------------------------------------------------------------- profiling
 
 
 def profile(args, mode) -> None:
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     device = torch.device(args.device)
     for v in args.variants:
@@ -332,8 +378,15 @@ def gpu_baseline(args) -> dict:
     def stlm_step(i_batch):
         from stlm.train.loop import train_step
 
-        loss, _ = train_step(pair.stlm, pair.opt, [batches[(i_batch + j) % 8] for j in range(k)], grad_clip=tc.grad_clip,
-                             amp_dtype=torch.bfloat16, device=device, want_grad_norm=False)
+        loss, _ = train_step(
+            pair.stlm,
+            pair.opt,
+            [batches[(i_batch + j) % 8] for j in range(k)],
+            grad_clip=tc.grad_clip,
+            amp_dtype=torch.bfloat16,
+            device=device,
+            want_grad_norm=False,
+        )
         pair.sched.step()
         return loss
 
@@ -353,8 +406,14 @@ def gpu_baseline(args) -> dict:
 
     idx = list(range(8))
     tokens = B * T * k
-    res = compare(_Steps(pair, stlm_step, ref_steps), idx, tokens,
-                  warmup=args.gpu_warmup, rounds=args.gpu_rounds, steps=args.gpu_steps)
+    res = compare(
+        _Steps(pair, stlm_step, ref_steps),
+        idx,
+        tokens,
+        warmup=args.gpu_warmup,
+        rounds=args.gpu_rounds,
+        steps=args.gpu_steps,
+    )
     peak = peak_flops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     res["device"] = name
@@ -365,8 +424,11 @@ def gpu_baseline(args) -> dict:
     res["tokens_per_step"] = tokens
     if device.type == "cuda":
         res["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(f"baseline-50m on {name}: stlm {res['stlm_tokens_per_s']:,.0f} tok/s (MFU {res.get('mfu', float('nan')):.1%}), "
-          f"reference {res['ref_tokens_per_s']:,.0f} tok/s (MFU {res.get('ref_mfu', float('nan')):.1%}), ratio {res['ratio']:.3f}")
+    print(
+        f"baseline-50m on {name}: stlm {res['stlm_tokens_per_s']:,.0f} tok/s (MFU {res.get('mfu', float('nan')):.1%}), "
+        f"reference {res['ref_tokens_per_s']:,.0f} tok/s (MFU {res.get('ref_mfu', float('nan')):.1%}), "
+        f"ratio {res['ratio']:.3f}"
+    )
     return {"gpu_baseline": res}
 
 
@@ -398,8 +460,11 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-baseline", action="store_true", help="the 50M baseline on CUDA, bf16 + compile, MFU")
     p.add_argument("--gpu-warmup", type=int, default=15, help="untimed steps (compilation) for --gpu-baseline")
     p.add_argument("--gpu-rounds", type=int, default=6)
-    p.add_argument("--baseline-on-cpu", action="store_true",
-                   help="with --device cpu: run the --gpu-baseline code path on the CPU (to test it; slow, no MFU)")
+    p.add_argument(
+        "--baseline-on-cpu",
+        action="store_true",
+        help="with --device cpu: run the --gpu-baseline code path on the CPU (to test it; slow, no MFU)",
+    )
     p.add_argument("--gpu-steps", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="config overrides for --gpu-baseline (e.g. train.grad_accum=1)")
     args = p.parse_args(argv)
@@ -426,18 +491,23 @@ def main(argv=None) -> int:
     if "stlm_step_ms" in opt:
         step_ms = 1e3 * cfg.train.batch_size * cfg.model.context_length / res[args.variants[0]]["stlm_tokens_per_s"]
         opt["share_of_stlm_step"] = round(opt["stlm_step_ms"] / step_ms, 4)
-        print(f"optimizer.step(): stlm ({opt['stlm_optimizer']}) {opt['stlm_step_ms']:.1f} ms vs fused AdamW "
-              f"{opt['fused_step_ms']:.1f} ms ({opt['share_of_stlm_step']:.1%} of a {args.variants[0]} step)", flush=True)
-    emit({
-        "train_vs_reference": ratios,
-        "train_vs_reference_min": min(ratios.values()),
-        "train_vs_reference_ci95": {v: r["ratio_ci95"] for v, r in res.items()},
-        "train": res,
-        "optimizer": opt,
-        "settings": {"device": args.device, "compile": args.compile, "amp": args.amp, **mode},
-        "machine": info,
-        "load_avg_1m_end": round(__import__("os").getloadavg()[0], 2),
-    })
+        print(
+            f"optimizer.step(): stlm ({opt['stlm_optimizer']}) {opt['stlm_step_ms']:.1f} ms vs fused AdamW "
+            f"{opt['fused_step_ms']:.1f} ms ({opt['share_of_stlm_step']:.1%} of a {args.variants[0]} step)",
+            flush=True,
+        )
+    emit(
+        {
+            "train_vs_reference": ratios,
+            "train_vs_reference_min": min(ratios.values()),
+            "train_vs_reference_ci95": {v: r["ratio_ci95"] for v, r in res.items()},
+            "train": res,
+            "optimizer": opt,
+            "settings": {"device": args.device, "compile": args.compile, "amp": args.amp, **mode},
+            "machine": info,
+            "load_avg_1m_end": round(__import__("os").getloadavg()[0], 2),
+        }
+    )
     return 0
 
 

@@ -106,7 +106,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d, n_heads, n_kv, mlp: nn.Module, norm: str, eps: float, bias: bool, attn_p: float, resid_p: float):
+    def __init__(
+        self, d, n_heads, n_kv, mlp: nn.Module, norm: str, eps: float, bias: bool, attn_p: float, resid_p: float
+    ):
         super().__init__()
         self.ln_1 = Norm(d, norm, eps, bias)
         self.attn = SelfAttention(d, n_heads, n_kv, bias, attn_p)
@@ -144,9 +146,19 @@ class Core(nn.Module):
         shared = MLP(d, f, mc.ffn, mc.bias) if mc.sharing.mode == "ffn_all" else None
         dp = mc.dropout
         self.h = nn.ModuleList(
-            Block(d, mc.n_heads, mc.kv_heads, shared if shared is not None else MLP(d, f, mc.ffn, mc.bias),
-                  mc.norm, mc.norm_eps, mc.bias, dp.attention, dp.residual)
-            for _ in range(L))
+            Block(
+                d,
+                mc.n_heads,
+                mc.kv_heads,
+                shared if shared is not None else MLP(d, f, mc.ffn, mc.bias),
+                mc.norm,
+                mc.norm_eps,
+                mc.bias,
+                dp.attention,
+                dp.residual,
+            )
+            for _ in range(L)
+        )
         self.ln_f = Norm(d, mc.norm, mc.norm_eps, mc.bias)
         self.emb_p = dp.embedding
 
@@ -217,9 +229,19 @@ class ByteStack(nn.Module):
         dp = mc.dropout
         self.pos = nn.Parameter(torch.zeros(bl.chunk_len, bl.byte_dim))
         self.blocks = nn.ModuleList(
-            Block(bl.byte_dim, bl.n_heads, bl.n_heads, MLP(bl.byte_dim, f, mc.ffn, mc.bias), mc.norm, mc.norm_eps,
-                  mc.bias, dp.attention, dp.residual)
-            for _ in range(n_layers))
+            Block(
+                bl.byte_dim,
+                bl.n_heads,
+                bl.n_heads,
+                MLP(bl.byte_dim, f, mc.ffn, mc.bias),
+                mc.norm,
+                mc.norm_eps,
+                mc.bias,
+                dp.attention,
+                dp.residual,
+            )
+            for _ in range(n_layers)
+        )
         self.ln = Norm(bl.byte_dim, mc.norm, mc.norm_eps, mc.bias)
 
     def forward(self, x, causal: bool, key_mask=None):
@@ -283,8 +305,9 @@ def fused_available(device: torch.device) -> bool:
         return False
 
 
-def ref_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.1, betas=(0.9, 0.95),
-                  fused: bool | None = None) -> torch.optim.AdamW:
+def ref_optimizer(
+    model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.1, betas=(0.9, 0.95), fused: bool | None = None
+) -> torch.optim.AdamW:
     """nanoGPT's configure_optimizers: decay 2-D weights except embeddings; fused where available."""
     emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     params = [p for p in model.parameters() if p.requires_grad]  # shared tensors once

@@ -111,10 +111,23 @@ def bench_config(overrides: list[str] = (), *, vocab: int = 2048, bpe_chars: int
     from stlm.config import build_config
 
     data = {
-        "model": {"tokenizer": "bpe", "vocab_size": vocab, "context_length": 256, "n_layers": 4, "d_model": 256,
-                  "n_heads": 4, "positional": "rope", "ffn": "swiglu"},
-        "data": {"source": "generated", "max_chars": max_chars, "bpe_train_chars": bpe_chars, "num_proc": 1,
-                 "cache_dir": cache_dir()},
+        "model": {
+            "tokenizer": "bpe",
+            "vocab_size": vocab,
+            "context_length": 256,
+            "n_layers": 4,
+            "d_model": 256,
+            "n_heads": 4,
+            "positional": "rope",
+            "ffn": "swiglu",
+        },
+        "data": {
+            "source": "generated",
+            "max_chars": max_chars,
+            "bpe_train_chars": bpe_chars,
+            "num_proc": 1,
+            "cache_dir": cache_dir(),
+        },
         "train": {"device": "cpu", "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "max_steps": 10_000},
     }
     return build_config(data, overrides)
@@ -136,8 +149,15 @@ def run_script(name: str, mode: str, extra: list[str], timeout: float) -> dict:
     print(f"\n=== {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                              env=quiet_env(), cwd=str(REPO))
+        proc = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env=quiet_env(),
+            cwd=str(REPO),
+        )
     except subprocess.TimeoutExpired as e:
         out = e.stdout or ""
         if isinstance(out, bytes):
@@ -183,7 +203,9 @@ def summarize(results: dict[str, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="reduced versions (a few minutes on 2 cores)")
     g.add_argument("--smoke", action="store_true", help="tiny sizes: only proves the scripts run")
@@ -201,8 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     results = {name: run_script(name, mode, [], timeout) for name in names}
     summary = summarize(results)
-    summary.update({"mode": mode, "machine": info, "wall_s": round(time.time() - t0, 1),
-                    "load_avg_1m_end": round(os.getloadavg()[0], 2), "details": results})
+    summary.update(
+        {
+            "mode": mode,
+            "machine": info,
+            "wall_s": round(time.time() - t0, 1),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+            "details": results,
+        }
+    )
     emit(summary)
     return 0 if "errors" not in summary else 1
 

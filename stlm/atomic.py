@@ -50,7 +50,8 @@ def disk_full_error(path: str | os.PathLike, needed: int | None, then: str | Non
     return DiskFullError(
         f"The disk holding {path} is full: {human_bytes(free_bytes(path))} free, and this write needs about "
         f"{human_bytes(needed)}. Nothing complete was lost (the half-written file was removed). Free some space, "
-        f"{then}.")
+        f"{then}."
+    )
 
 
 @contextlib.contextmanager

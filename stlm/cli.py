@@ -1,12 +1,12 @@
 """`stlm <command> ...`: one entry point, each command implemented beside its code.
 
-    stlm train CONFIG [key=value ...]      stlm.train.__main__
-    stlm sweep SWEEP [--dry-run]           stlm.sweep.__main__
-    stlm eval CHECKPOINT --tasks ...       stlm.eval.__main__
-    stlm report SWEEP_DIR_OR_PARENT_RUN    stlm.sweep.report.cli
-    stlm count CONFIG [--json]             stlm.models.params
-    stlm generate CHECKPOINT --prompt ...  stlm.eval.generate
-    stlm export CHECKPOINT OUT_DIR         stlm.export.__main__
+stlm train CONFIG [key=value ...]      stlm.train.__main__
+stlm sweep SWEEP [--dry-run]           stlm.sweep.__main__
+stlm eval CHECKPOINT --tasks ...       stlm.eval.__main__
+stlm report SWEEP_DIR_OR_PARENT_RUN    stlm.sweep.report.cli
+stlm count CONFIG [--json]             stlm.models.params
+stlm generate CHECKPOINT --prompt ...  stlm.eval.generate
+stlm export CHECKPOINT OUT_DIR         stlm.export.__main__
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ COMMANDS = {
     "generate": ("stlm.eval.generate", "Sample text from a checkpoint."),
     "export": ("stlm.export.__main__", "Write a checkpoint as a Hugging Face transformers model with a model card."),
 }
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

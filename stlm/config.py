@@ -50,7 +50,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class SharingConfig:
     """Weight sharing across layers (the parameter count is of *unique* weights)."""
 
-    mode: str = "none"  # none | ffn_all (MobiLlama) | ffn_group | ffn_lora | block_all (ALBERT) | block_repeat (MobileLLM)
+    mode: str = (
+        "none"  # none | ffn_all (MobiLlama) | ffn_group | ffn_lora | block_all (ALBERT) | block_repeat (MobileLLM)
+    )
     group_size: int = 2  # ffn_group: one FFN per group of this many consecutive layers
     lora_rank: int = 8  # ffn_lora: rank of the per-layer adapter on the shared FFN
     repeats: int = 2  # block_repeat: each block is run this many times in a row
@@ -390,8 +392,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-EMPTY_FILE_HINT = ("A config needs at least one section (model, data, train, eval, tracking), for example "
-                   "`train: {max_steps: 200}`; configs/quickstart.yaml is a small complete one.")
+EMPTY_FILE_HINT = (
+    "A config needs at least one section (model, data, train, eval, tracking), for example "
+    "`train: {max_steps: 200}`; configs/quickstart.yaml is a small complete one."
+)
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -445,7 +449,10 @@ def validate(cfg: Config) -> None:
         m.n_kv_heads is None or (0 < m.n_kv_heads <= m.n_heads and m.n_heads % m.n_kv_heads == 0),
         f"model.n_kv_heads ({m.n_kv_heads}) must divide model.n_heads ({m.n_heads}).",
     )
-    need(m.positional != "rope" or m.head_dim % 2 == 0, f"model.positional=rope needs an even head dim, got {m.head_dim}.")
+    need(
+        m.positional != "rope" or m.head_dim % 2 == 0,
+        f"model.positional=rope needs an even head dim, got {m.head_dim}.",
+    )
     need(m.ffn_dim is None or m.ffn_dim > 0, f"model.ffn_dim must be positive, got {m.ffn_dim}.")
     if m.tokenizer in ("gpt2", "bytes"):
         need(
@@ -453,9 +460,14 @@ def validate(cfg: Config) -> None:
             f"model.vocab_size is fixed at {m.effective_vocab_size} for model.tokenizer={m.tokenizer}; remove it.",
         )
     else:
-        need(m.vocab_size is None or 260 <= m.vocab_size <= 65535, f"model.vocab_size must be in [260, 65535], got {m.vocab_size}.")
-    need(m.embedder != "byte_pooled" or m.tokenizer != "bytes",
-         "model.embedder=byte_pooled pools bytes on BPE token boundaries: use model.tokenizer=bpe or gpt2.")
+        need(
+            m.vocab_size is None or 260 <= m.vocab_size <= 65535,
+            f"model.vocab_size must be in [260, 65535], got {m.vocab_size}.",
+        )
+    need(
+        m.embedder != "byte_pooled" or m.tokenizer != "bytes",
+        "model.embedder=byte_pooled pools bytes on BPE token boundaries: use model.tokenizer=bpe or gpt2.",
+    )
     for key in ("embedding", "attention", "residual", "start", "end", "switch"):
         v = getattr(m.dropout, key)
         need(0.0 <= v <= 1.0, f"model.dropout.{key} must be in [0, 1], got {v}.")
@@ -464,7 +476,10 @@ def validate(cfg: Config) -> None:
     need(m.sharing.repeats >= 1, "model.sharing.repeats must be >= 1.")
     bl = m.byte_level
     need(bl.chunk_len >= 2, "model.byte_level.chunk_len must be >= 2.")
-    need(bl.byte_dim % bl.n_heads == 0, f"model.byte_level.byte_dim ({bl.byte_dim}) must be divisible by model.byte_level.n_heads ({bl.n_heads}).")
+    need(
+        bl.byte_dim % bl.n_heads == 0,
+        f"model.byte_level.byte_dim ({bl.byte_dim}) must be divisible by model.byte_level.n_heads ({bl.n_heads}).",
+    )
     need(t.max_steps > 0, "train.max_steps must be positive.")
     need(t.batch_size > 0 and t.grad_accum > 0, "train.batch_size and train.grad_accum must be positive.")
     need(t.lr > 0, "train.lr must be positive.")

@@ -21,13 +21,13 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 GRACE_S = 12.0  # the issue's bound is 15 s from the signal to the driver's exit
 
 
 class Interrupts:
-    _installed: "Interrupts | None" = None
+    _installed: Interrupts | None = None
 
     def __init__(self, grace_s: float):
         self.grace_s = grace_s
@@ -37,7 +37,7 @@ class Interrupts:
         self._watchdog: threading.Timer | None = None
 
     @classmethod
-    def install(cls, grace_s: float = GRACE_S) -> "Interrupts":
+    def install(cls, grace_s: float = GRACE_S) -> Interrupts:
         """Handle SIGINT and SIGTERM in this (main-thread) process; idempotent."""
         if cls._installed is None:
             cls._installed = cls(grace_s)
@@ -75,8 +75,11 @@ class Interrupts:
             self._watchdog.start()
             tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
             if self.in_tune and callable(tune_stop):
-                print(f"\n{name}: stopping the sweep (Tune saves its state; a second signal stops at once).",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\n{name}: stopping the sweep (Tune saves its state; a second signal stops at once).",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 tune_stop(signal.SIGUSR1, frame)  # Tune's handler: stop, checkpoint the experiment, return
                 return
         raise KeyboardInterrupt(name)

@@ -30,10 +30,12 @@ from urllib.parse import urlparse
 PROBE_TIMEOUT_S = 3.0
 TRUE = ("1", "true", "yes", "on")
 HUB_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-OFFLINE_HINT = ("Offline, point data.source at local .txt/.jsonl/.parquet files (or data.source=generated), "
-                "eval.data_dir / --data-dir / $STLM_BENCHMARKS at a benchmark directory laid out like "
-                "shared/data/benchmarks, and data.gpt2_vocab_file / $STLM_GPT2_VOCAB at a gpt2.tiktoken file; "
-                "a token cache prepared on a machine with network ($STLM_CACHE) is reused as it is (README, \"Offline\").")
+OFFLINE_HINT = (
+    "Offline, point data.source at local .txt/.jsonl/.parquet files (or data.source=generated), "
+    "eval.data_dir / --data-dir / $STLM_BENCHMARKS at a benchmark directory laid out like "
+    "shared/data/benchmarks, and data.gpt2_vocab_file / $STLM_GPT2_VOCAB at a gpt2.tiktoken file; "
+    'a token cache prepared on a machine with network ($STLM_CACHE) is reused as it is (README, "Offline").'
+)
 
 
 def _is_set(var: str) -> bool:
@@ -54,7 +56,7 @@ def offline_reason(download: bool = False) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def local_addresses() -> frozenset[str]:
     """This machine's own IP addresses: every interface's (Linux's /proc, read without any network)
     and what its hostname resolves to. A local Ray gives its node one of these (not only loopback)."""
@@ -104,7 +106,7 @@ def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S, *, download: bool = 
     return _connect(u.hostname, port, timeout)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _connect(host: str, port: int, timeout: float) -> str | None:
     """One TCP connect, its answer kept for the process (a sweep asks per arm)."""
     try:

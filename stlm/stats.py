@@ -65,7 +65,10 @@ def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float =
     at level alpha with the given power (None for n < 2 or no spread)."""
     if n < 2 or sd is None or not sd > 0:
         return None
-    gap = lambda e: paired_t_power(e, n, alpha) - power  # noqa: E731  increasing in e
+
+    def gap(e: float) -> float:  # increasing in e
+        return paired_t_power(e, n, alpha) - power
+
     hi = 1.0
     while gap(hi) < 0:  # bracket; with 2 pairs (df = 1) the answer is near d = 10
         hi *= 2.0
@@ -117,9 +120,7 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
-def paired_difference(
-    treatment: Mapping, control: Mapping, confidence: float = 0.95
-) -> PairedDiff | None:
+def paired_difference(treatment: Mapping, control: Mapping, confidence: float = 0.95) -> PairedDiff | None:
     """treatment - control paired by key (the seed); None when they share no seed."""
     seeds = tuple(sorted(set(treatment) & set(control), key=str))
     diffs = [float(treatment[s]) - float(control[s]) for s in seeds]

@@ -25,9 +25,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -208,14 +209,19 @@ def load_gpt2(vocab_file: str | None = None) -> TiktokenTokenizer:
 
 
 # The two files tiktoken's "gpt2" encoding downloads, and keeps in its cache (tiktoken_ext.openai_public).
-GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
+GPT2_URLS = (
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+)
 
 
 def gpt2_cached() -> bool:
     """Both files tiktoken's "gpt2" encoding reads are in its cache (tiktoken.load.read_file_cached)."""
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or \
-        os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    cache = (
+        os.environ.get("TIKTOKEN_CACHE_DIR")
+        or os.environ.get("DATA_GYM_CACHE_DIR")
+        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    )
     return all(Path(cache, hashlib.sha1(u.encode()).hexdigest()).is_file() for u in GPT2_URLS)
 
 
@@ -280,7 +286,7 @@ def _load_bpe(path: Path) -> TiktokenTokenizer | None:
     return tok if tok.identity == data.get("identity") else None
 
 
-def load_bpe(vocab_size: int, data_cfg: "DataConfig") -> TiktokenTokenizer:
+def load_bpe(vocab_size: int, data_cfg: DataConfig) -> TiktokenTokenizer:
     """The BPE for (corpus, vocab_size, bpe_train_chars): trained once, then read from the cache.
 
     Trained on the first data.bpe_train_chars characters of the *training* split (never val),
@@ -317,14 +323,14 @@ def load_bpe(vocab_size: int, data_cfg: "DataConfig") -> TiktokenTokenizer:
 
 # --------------------------------------------------------------------------- registry
 
-TOKENIZERS: dict[str, Callable[["ModelConfig", "DataConfig"], Tokenizer]] = {
+TOKENIZERS: dict[str, Callable[[ModelConfig, DataConfig], Tokenizer]] = {
     "bpe": lambda m, d: load_bpe(m.effective_vocab_size, d),
     "gpt2": lambda m, d: load_gpt2(d.gpt2_vocab_file),
     "bytes": lambda m, d: ByteTokenizer(),
 }
 
 
-def load_tokenizer(model_cfg: "ModelConfig", data_cfg: "DataConfig") -> Tokenizer:
+def load_tokenizer(model_cfg: ModelConfig, data_cfg: DataConfig) -> Tokenizer:
     """The tokenizer model.tokenizer names; its vocab_size equals model_cfg.effective_vocab_size."""
     if model_cfg.tokenizer not in TOKENIZERS:
         raise StlmError(f"model.tokenizer: {model_cfg.tokenizer!r} is not one of {', '.join(TOKENIZERS)}.")

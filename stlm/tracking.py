@@ -30,11 +30,21 @@ METRICS_PER_CALL = 1000
 MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit
 
 # a run's stlm status (its tag stlm.status) -> the MLflow state it ends in; any other status ends FAILED
-END_STATE = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "interrupted": "KILLED",
-             "overwritten": "KILLED"}
+END_STATE = {
+    "finished": "FINISHED",
+    "failed": "FAILED",
+    "stopped": "KILLED",
+    "interrupted": "KILLED",
+    "overwritten": "KILLED",
+}
 # the reverse, for a run without the tag
-STATUS_FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
-                      "SCHEDULED": "running"}
+STATUS_FROM_MLFLOW = {
+    "FINISHED": "finished",
+    "FAILED": "failed",
+    "KILLED": "stopped",
+    "RUNNING": "running",
+    "SCHEDULED": "running",
+}
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -50,7 +60,7 @@ def tracking_uri(explicit: str | None = None) -> str:
 def _absolutize(uri: str) -> str:
     """Make a relative sqlite path or bare directory absolute, leave server URIs alone."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     if "://" not in uri and not uri.startswith("databricks"):
         return str(Path(uri).resolve())
     return uri
@@ -71,7 +81,7 @@ def get_or_create_experiment(client, name: str) -> str:
     artifact_location = None
     uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
     if uri.startswith("sqlite:///"):
-        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        artifact_location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # another process created it in between
@@ -92,8 +102,14 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     return commit if out.returncode == 0 and commit else None
 
 
-def create_run(client, experiment: str, *, run_name: str | None = None, tags: dict[str, str] | None = None,
-               parent_run_id: str | None = None) -> str:
+def create_run(
+    client,
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """A new RUNNING run in `experiment`; tags include stlm.git_commit when known."""
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
@@ -116,7 +132,7 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(str(k), param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), PARAMS_PER_CALL):
-        client.log_batch(run_id, params=items[i:i + PARAMS_PER_CALL])
+        client.log_batch(run_id, params=items[i : i + PARAMS_PER_CALL])
 
 
 def log_config(client, run_id: str, cfg: Config, extra: dict[str, Any] | None = None) -> None:
@@ -127,8 +143,9 @@ def log_config(client, run_id: str, cfg: Config, extra: dict[str, Any] | None = 
     client.log_text(run_id, dump_yaml(cfg), "config.yaml")
 
 
-def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None = None, *,
-                synchronous: bool = True) -> None:
+def log_metrics(
+    client, run_id: str, metrics: dict[str, Any], step: int | None = None, *, synchronous: bool = True
+) -> None:
     """Numeric entries of `metrics` at `step` (default: metrics['step']); non-numbers are skipped.
 
     synchronous=False queues them for MLflow's background writer, which batches what has piled up
@@ -137,10 +154,13 @@ def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None =
 
     step = int(metrics.get("step", 0) if step is None else step)
     now = int(time.time() * 1000)
-    items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    items = [
+        Metric(str(k), float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     for i in range(0, len(items), METRICS_PER_CALL):
-        client.log_batch(run_id, metrics=items[i:i + METRICS_PER_CALL], synchronous=synchronous)
+        client.log_batch(run_id, metrics=items[i : i + METRICS_PER_CALL], synchronous=synchronous)
 
 
 def flush() -> None:

@@ -21,8 +21,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Set at import, before any test starts a process: subprocesses, `ray start` and Ray's workers inherit
 # them. stlm's probes then try no outside host; datasets, huggingface_hub and transformers read only
 # their caches; Ray sends no usage report.
-OFFLINE_ENV = {"STLM_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "RAY_USAGE_STATS_ENABLED": "0"}
+OFFLINE_ENV = {
+    "STLM_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 os.environ.update(OFFLINE_ENV)
 
 
@@ -56,8 +61,9 @@ def _local_names_only(getaddrinfo):
             try:
                 ipaddress.ip_address(name.strip("[]").split("%")[0])
             except ValueError:
-                raise SocketBlockedError(f"A test tried to resolve {name!r}: the tests are offline "
-                                         "(tests/conftest.py)") from None
+                raise SocketBlockedError(
+                    f"A test tried to resolve {name!r}: the tests are offline (tests/conftest.py)"
+                ) from None
         return getaddrinfo(host, *args, **kwargs)
 
     return guarded
@@ -68,8 +74,10 @@ def shared_data() -> Path:
     """../shared/data (real BLiMP, HellaSwag, ARC, ..., TinyStories). CI always has it: a checkout without
     it fails the tests that need it, naming the path, instead of passing them with fewer checks."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"the real test data is missing: {SHARED_DATA} does not exist (see its SOURCES.md; "
-                    "tests never download)", pytrace=False)
+        pytest.fail(
+            f"the real test data is missing: {SHARED_DATA} does not exist (see its SOURCES.md; tests never download)",
+            pytrace=False,
+        )
     return SHARED_DATA
 
 

@@ -22,10 +22,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_train import SAME_TOL, VARIANTS, compare_outputs, distinct_weights, same_function
-from reference import Block as RefBlock, ref_model
+from reference import Block as RefBlock
+from reference import ref_model
 
-KEYS = ("train_vs_reference", "train_vs_reference_min", "tokenize_speedup", "loader_overhead",
-        "eval_items_per_s", "sweep_overhead", "machine", "details")
+KEYS = (
+    "train_vs_reference",
+    "train_vs_reference_min",
+    "tokenize_speedup",
+    "loader_overhead",
+    "eval_items_per_s",
+    "sweep_overhead",
+    "machine",
+    "details",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,14 @@ def smoke_run(tmp_path_factory):
     env = dict(os.environ)
     env["STLM_CACHE"] = str(tmp_path_factory.mktemp("bench_cache"))
     env["STLM_QUIET"] = "1"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--skip-sweep"],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--skip-sweep"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=600,
+    )
     return proc
 
 
@@ -84,8 +99,13 @@ def test_gpu_baseline_says_when_there_is_no_gpu():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the real --gpu-baseline would run for minutes")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--gpu-baseline"],
-                          capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--gpu-baseline"],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "no CUDA device" in result["gpu_baseline"]["skipped"]
@@ -99,11 +119,35 @@ def test_gpu_baseline_code_path_runs_on_the_cpu():
     from stlm.config import load_config
     from stlm.models import build_model, count_params
 
-    overrides = ["model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.n_kv_heads=1",
-                 "model.ffn_dim=256", "model.context_length=64", "train.batch_size=2", "train.grad_accum=1"]
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--gpu-baseline",
-                           "--baseline-on-cpu", "--gpu-warmup", "1", "--gpu-rounds", "2", "--gpu-steps", "1",
-                           *overrides], capture_output=True, text=True, cwd=str(REPO), timeout=600)
+    overrides = [
+        "model.n_layers=2",
+        "model.d_model=128",
+        "model.n_heads=4",
+        "model.n_kv_heads=1",
+        "model.ffn_dim=256",
+        "model.context_length=64",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_train.py"),
+            "--gpu-baseline",
+            "--baseline-on-cpu",
+            "--gpu-warmup",
+            "1",
+            "--gpu-rounds",
+            "2",
+            "--gpu-steps",
+            "1",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])["gpu_baseline"]
     cfg = load_config(REPO / "configs" / "baseline-50m.yaml", overrides)
@@ -135,8 +179,15 @@ def test_the_median_confidence_interval_is_the_binomial_order_statistics():
 
 # --------------------------------------------------------------------------- the reference is stlm's network
 
-TINY = ["model.d_model=64", "model.n_layers=2", "model.context_length=32", "model.byte_level.byte_dim=32",
-        "model.byte_level.chunk_len=8", "model.byte_level.encoder_layers=1", "model.byte_level.decoder_layers=1"]
+TINY = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.context_length=32",
+    "model.byte_level.byte_dim=32",
+    "model.byte_level.chunk_len=8",
+    "model.byte_level.encoder_layers=1",
+    "model.byte_level.decoder_layers=1",
+]
 
 
 @pytest.fixture(scope="module")

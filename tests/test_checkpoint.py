@@ -35,9 +35,16 @@ def _write(tmp_path, step: int) -> Path:
 
     from stlm.config import build_config
 
-    cfg = build_config({"model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 16, "n_heads": 2, "context_length": 16}})
-    return ckpt.save_checkpoint(tmp_path / "run" / ckpt.step_dir_name(step), model_state={"w": torch.arange(1000.0 + step)},
-                                trainer_state={"step": step}, cfg=cfg, meta={"step": step})
+    cfg = build_config(
+        {"model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 16, "n_heads": 2, "context_length": 16}}
+    )
+    return ckpt.save_checkpoint(
+        tmp_path / "run" / ckpt.step_dir_name(step),
+        model_state={"w": torch.arange(1000.0 + step)},
+        trainer_state={"step": step},
+        cfg=cfg,
+        meta={"step": step},
+    )
 
 
 def test_damage_is_named_by_file_and_step_and_the_run_falls_back(tmp_path, capsys):
@@ -93,8 +100,9 @@ def test_a_full_disk_leaves_no_half_checkpoint(tmp_path, monkeypatch):
 def _cli(*args, cwd) -> subprocess.CompletedProcess:
     env = dict(os.environ, STLM_QUIET="1", PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "stlm.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stlm.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _val_bpb(cwd: Path) -> list[tuple[int, float]]:
@@ -112,8 +120,15 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     cfg = {
         "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
         "data": {"source": "generated", "max_chars": 100_000},
-        "train": {"max_steps": 30, "batch_size": 4, "eval_interval": 10, "log_interval": 10, "eval_batches": 2,
-                  "warmup_steps": 2, "out_dir": "runs"},
+        "train": {
+            "max_steps": 30,
+            "batch_size": 4,
+            "eval_interval": 10,
+            "log_interval": 10,
+            "eval_batches": 2,
+            "warmup_steps": 2,
+            "out_dir": "runs",
+        },
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     first = _cli("train", "tiny.yaml", cwd=tmp_path)
@@ -123,8 +138,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     with open(run_dir / "step_000030" / "trainer.pt", "r+b") as f:
         f.truncate(1000)
 
-    for cmd in (["eval", str(run_dir / "step_000030"), "--tasks", "bpb"],
-                ["generate", str(run_dir / "step_000030"), "--prompt", "Once", "--max-new-tokens", "4"]):
+    for cmd in (
+        ["eval", str(run_dir / "step_000030"), "--tasks", "bpb"],
+        ["generate", str(run_dir / "step_000030"), "--prompt", "Once", "--max-new-tokens", "4"],
+    ):
         r = _cli(*cmd, cwd=tmp_path)
         assert r.returncode == 2, r.stderr[-2000:]
         assert "Traceback" not in r.stderr and "trainer.pt" in r.stderr and "(step 30)" in r.stderr
@@ -149,10 +166,18 @@ def test_a_stopped_or_killed_stlm_train_leaves_no_run_running(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    cfg = {"model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
-           "data": {"source": "generated", "max_chars": 100_000},
-           "train": {"max_steps": 100_000, "batch_size": 4, "eval_interval": 100_000, "log_interval": 10,
-                     "warmup_steps": 2, "out_dir": "runs"}}
+    cfg = {
+        "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
+        "data": {"source": "generated", "max_chars": 100_000},
+        "train": {
+            "max_steps": 100_000,
+            "batch_size": 4,
+            "eval_interval": 100_000,
+            "log_interval": 10,
+            "warmup_steps": 2,
+            "out_dir": "runs",
+        },
+    }
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, STLM_QUIET="1", PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -163,8 +188,14 @@ def test_a_stopped_or_killed_stlm_train_leaves_no_run_running(tmp_path):
 
     def start_and_wait() -> tuple[subprocess.Popen, str]:
         """A `stlm train` that has made (or reopened) its MLflow run: the run file names its pid."""
-        p = subprocess.Popen([sys.executable, "-m", "stlm.cli", "train", "long.yaml", "--resume"], cwd=tmp_path,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "stlm.cli", "train", "long.yaml", "--resume"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started.append(p)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:

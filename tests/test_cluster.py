@@ -27,8 +27,14 @@ from test_sweep_e2e import _kill_group, live_pids
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
 VENV_PYTHON = sys.executable  # the interpreter running the tests has stlm, ray and mlflow installed
-COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands")
+COMMAND_KEYS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
 
 
 def _prepared(path: Path) -> dict:
@@ -214,8 +220,14 @@ def two_node_cluster(env_extra: dict[str, str] | None = None):
     # RAY_ADDRESS: every process of this cluster inherits it from `ray start`; without it, Ray code
     # that looks the cluster up (Ray Train's placement group cleaner) fails when other Ray
     # instances run on the same machine ("Found multiple active Ray instances").
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
-               RAY_ADDRESS=f"127.0.0.1:{gcs}", **(env_extra or {}))
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ADDRESS=f"127.0.0.1:{gcs}",
+        **(env_extra or {}),
+    )
     env.pop("STLM_CACHE", None)  # the test session's shared cache would make one cache of both nodes
     bin_dir = Path(VENV_PYTHON).parent
     ray = str(bin_dir / "ray")
@@ -223,20 +235,41 @@ def two_node_cluster(env_extra: dict[str, str] | None = None):
 
     def start(args: list[str], home: Path) -> float:
         t0 = time.monotonic()
-        r = subprocess.run([ray, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
-                           env=dict(env, HOME=str(home)), capture_output=True, text=True, timeout=180)
+        r = subprocess.run(
+            [ray, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
+            env=dict(env, HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert r.returncode == 0, f"ray start failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         return time.monotonic() - t0
 
     try:
         timings = {
-            "head_s": start(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--ray-client-server-port={_free_port()}"], homes["head"]),
+            "head_s": start(
+                [
+                    "--head",
+                    "--node-ip-address=127.0.0.1",
+                    f"--port={gcs}",
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}",
+                    f"--ray-client-server-port={_free_port()}",
+                ],
+                homes["head"],
+            ),
             "worker_s": start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1"], homes["worker"]),
         }
-        yield {"env": dict(env, HOME=str(homes["head"])), "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash}",
-               "ray": ray, "timings": timings, "temp_dir": temp_dir, "homes": homes}
+        yield {
+            "env": dict(env, HOME=str(homes["head"])),
+            "gcs": gcs,
+            "dashboard": f"http://127.0.0.1:{dash}",
+            "ray": ray,
+            "timings": timings,
+            "temp_dir": temp_dir,
+            "homes": homes,
+        }
     finally:
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -264,7 +297,9 @@ def _node_pids(home: Path) -> list[int]:
 
 def _state_api(cluster, path: str, token: bool = True) -> list[dict]:
     """GET the dashboard's state API (token auth: the token goes in the Authorization header)."""
-    headers = {"Authorization": f"Bearer {Path(cluster['env']['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"} if token else {}
+    headers = (
+        {"Authorization": f"Bearer {Path(cluster['env']['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"} if token else {}
+    )
     req = urllib.request.Request(cluster["dashboard"] + path, headers=headers)
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())["data"]["result"]["result"]
@@ -287,8 +322,12 @@ log_checkpoint: true
 
 def _manifests(*roots: Path) -> dict[Path, dict]:
     """Every prepared-data manifest under these cache roots / stores."""
-    return {m: json.loads(m.read_text()) for root in roots for m in sorted(root.glob("**/manifest.json"))
-            if m.parent.name != "checkpoint"}
+    return {
+        m: json.loads(m.read_text())
+        for root in roots
+        for m in sorted(root.glob("**/manifest.json"))
+        if m.parent.name != "checkpoint"
+    }
 
 
 @pytest.mark.slow
@@ -312,17 +351,34 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
         with pytest.raises(urllib.error.HTTPError, match="401"):  # token auth is really on
             _state_api(cluster, "/api/v0/nodes", token=False)
         entry = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--experiment-dir", str(exp_dir)]
-        job = subprocess.Popen([cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
-                               env=dict(cluster["env"], STLM_QUIET="1"), cwd=tmp_path, stdout=open(log, "w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        job = subprocess.Popen(
+            [cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--", *entry],
+            env=dict(cluster["env"], STLM_QUIET="1"),
+            cwd=tmp_path,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             # a spot preemption: once both trials have a persisted checkpoint, the worker node (its raylet,
             # agents and the Ray Train worker on it) is killed; its trial must resume on the head
-            persisted = lambda: [t for t in (exp_dir / "train").glob("*") if any(t.glob("step_*"))] \
-                if (exp_dir / "train").is_dir() else []
-            on_worker = lambda: [p for p in _node_pids(cluster["homes"]["worker"]) if b"RayTrainWorker" in _cmdline(p)]
-            _wait_until("a checkpoint of each trial while one trains on the worker node",
-                        lambda: len(persisted()) == 2 and on_worker(), 300, log, job)
+            def persisted():
+                return (
+                    [t for t in (exp_dir / "train").glob("*") if any(t.glob("step_*"))]
+                    if (exp_dir / "train").is_dir()
+                    else []
+                )
+
+            def on_worker():
+                return [p for p in _node_pids(cluster["homes"]["worker"]) if b"RayTrainWorker" in _cmdline(p)]
+
+            _wait_until(
+                "a checkpoint of each trial while one trains on the worker node",
+                lambda: len(persisted()) == 2 and on_worker(),
+                300,
+                log,
+                job,
+            )
             lost_node = _node_pids(cluster["homes"]["worker"])
             for pid in lost_node:
                 with contextlib.suppress(ProcessLookupError):
@@ -340,8 +396,10 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
         assert len(train_nodes) == 2, f"Ray Train workers ran on {len(train_nodes)} node(s), expected both"
         # data: one tokenization for the cluster (the driver's, on the head), copied to the worker node
         manifests = _manifests(exp_dir / "data", *(h / ".cache" / "stlm" for h in cluster["homes"].values()))
-    print(f"cluster start {cluster['timings']}, worker node killed at {kill_s:.1f}s ({len(lost_node)} processes), "
-          f"job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}")
+    print(
+        f"cluster start {cluster['timings']}, worker node killed at {kill_s:.1f}s ({len(lost_node)} processes), "
+        f"job done at {job_s:.1f}s; data: {[str(p) for p in manifests]}"
+    )
     builds = {m["build_id"] for m in manifests.values()}
     assert len(builds) == 1, f"the corpus was tokenized {len(builds)} times: {list(manifests)}"
     homes = {h for p in manifests for h in cluster["homes"].values() if h in p.parents}
@@ -357,14 +415,20 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
     assert parent.data.params["sweep.arms"] == "gelu,swiglu"
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "report"} <= parent_files
-    assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {"report/report.md", "report/report.html"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["stlm.arm"] for c in children) == ["gelu", "swiglu"]
     # the lost node's trial went on from its last checkpoint (not from step 0), on the head
-    resumed = {c.data.tags["stlm.trial_id"]: max(r.get("resumed_from_step", 0) for r in
-                                                  _tune_results(exp_dir, c.data.tags["stlm.trial_id"]))
-               for c in children}
+    resumed = {
+        c.data.tags["stlm.trial_id"]: max(
+            r.get("resumed_from_step", 0) for r in _tune_results(exp_dir, c.data.tags["stlm.trial_id"])
+        )
+        for c in children
+    }
     assert sorted(v > 0 for v in resumed.values()) == [False, True], resumed
     for c in children:
         tid = c.data.tags["stlm.trial_id"]
@@ -396,7 +460,7 @@ def _l40_mlflow_server_argv(db: Path, artifacts: Path, port: int) -> tuple[dict[
     config = _prepared(REPO / "cluster" / "l40.yaml")
     command = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
     words = shlex.split(next(part for part in command.split(";") if "mlflow server" in part))
-    words = words[:words.index(">")] if ">" in words else words  # the log redirection and the trailing &
+    words = words[: words.index(">")] if ">" in words else words  # the log redirection and the trailing &
     env = {}
     while "=" in words[0]:
         key, _, value = words.pop(0).partition("=")
@@ -404,8 +468,12 @@ def _l40_mlflow_server_argv(db: Path, artifacts: Path, port: int) -> tuple[dict[
     if words[0] == "nohup":
         words.pop(0)
     assert words[0].endswith("/mlflow") and words[1] == "server", words
-    local = {"--backend-store-uri": f"sqlite:///{db}", "--artifacts-destination": str(artifacts),
-             "--host": "127.0.0.1", "--port": str(port)}
+    local = {
+        "--backend-store-uri": f"sqlite:///{db}",
+        "--artifacts-destination": str(artifacts),
+        "--host": "127.0.0.1",
+        "--port": str(port),
+    }
     argv = [str(Path(VENV_PYTHON).parent / "mlflow"), "server"]
     rest = words[2:]
     assert set(local) <= set(rest), f"l40.yaml's mlflow server lacks {set(local) - set(rest)}"
@@ -437,9 +505,14 @@ class MlflowServer:
     def start(self, timeout: float = 120) -> float:
         t0 = time.monotonic()
         self.starts += 1
-        self.proc = subprocess.Popen(self.argv, cwd=self.root, env=dict(os.environ, **self.env),
-                                     stdout=open(self.root / f"server-{self.starts}.log", "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.root,
+            env=dict(os.environ, **self.env),
+            stdout=open(self.root / f"server-{self.starts}.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         while time.monotonic() - t0 < timeout:
             assert self.proc.poll() is None, (self.root / f"server-{self.starts}.log").read_text()[-3000:]
             try:
@@ -490,8 +563,13 @@ def _lost_and_duplicated(client, run_id: str, results: list[dict]) -> tuple[set,
     """(the (metric, step) points Tune received but MLflow lacks, the points MLflow holds twice)."""
     from stlm.sweep.tracking.callback import TUNE_KEYS
 
-    expected = {(k, int(r["step"])) for r in results if "step" in r for k, v in r.items()
-                if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    expected = {
+        (k, int(r["step"]))
+        for r in results
+        if "step" in r
+        for k, v in r.items()
+        if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     held = _points(client, run_id)
     logged = {(k, s) for k, steps in held.items() for s in steps}
     return expected - logged, sum(len(steps) - len(set(steps)) for steps in held.values())
@@ -512,8 +590,14 @@ seeds: [0]
 def _sweep_process(args: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
     env = dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), **env)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([VENV_PYTHON, "-m", "stlm.sweep", *args], cwd=cwd, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [VENV_PYTHON, "-m", "stlm.sweep", *args],
+        cwd=cwd,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_until(what: str, cond, timeout: float, log: Path, p: subprocess.Popen | None = None) -> float:
@@ -539,10 +623,26 @@ def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
     exp_dir = tmp_path / "sweep_runs" / "outage"
     args = [str(sweep_file), "--tracking-uri", mlflow_server.uri, "--experiment-dir", str(exp_dir)]
     log1, log2 = tmp_path / "first.log", tmp_path / "resume.log"
-    received = lambda: [r for t in sorted((exp_dir / "tune").glob("*")) if t.is_dir()
-                        for r in _tune_results(exp_dir, t.name)] if (exp_dir / "tune").is_dir() else []
-    ledger_step = lambda: max([t.get("last_step", -1) for t in json.loads((exp_dir / "mlflow_state.json").read_text())
-                               .get("trials", {}).values()] or [-1]) if (exp_dir / "mlflow_state.json").is_file() else -1
+
+    def received():
+        return (
+            [r for t in sorted((exp_dir / "tune").glob("*")) if t.is_dir() for r in _tune_results(exp_dir, t.name)]
+            if (exp_dir / "tune").is_dir()
+            else []
+        )
+
+    def ledger_step():
+        return (
+            max(
+                [
+                    t.get("last_step", -1)
+                    for t in json.loads((exp_dir / "mlflow_state.json").read_text()).get("trials", {}).values()
+                ]
+                or [-1]
+            )
+            if (exp_dir / "mlflow_state.json").is_file()
+            else -1
+        )
 
     # 1. the server dies for good after the first result: the sweep stops by itself, in bounded time
     # the product's 0.5 s Train poll (the test session polls at 0.1 s): the trial must outlast both outages
@@ -576,8 +676,10 @@ def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
     finally:
         _kill_group(p)
     out = log2.read_text()
-    print(f"outage: stopped {stop_s:.0f}s after the server died for good (limit {limit_s}s), at step {step_a}; "
-          f"{during} results reached the driver during a 30 s outage; server back {restart_s:.1f}s after that")
+    print(
+        f"outage: stopped {stop_s:.0f}s after the server died for good (limit {limit_s}s), at step {step_a}; "
+        f"{during} results reached the driver during a 30 s outage; server back {restart_s:.1f}s after that"
+    )
     assert rc == 0, out[-4000:]
     assert during >= 5, f"the Tune loop stalled during the outage ({during} results in 30 s):\n{out[-3000:]}"
     assert (exp_dir / "report" / "report.md").is_file()
@@ -586,11 +688,15 @@ def test_a_sweep_outlives_its_tracking_server(tmp_path, mlflow_server):
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)  # read back through the server's REST API
     info = json.loads((exp_dir / "sweep.json").read_text())
-    [run] = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
-                               filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    [run] = client.search_runs(
+        [client.get_run(info["parent_run_id"]).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'",
+    )
     assert run.data.tags["stlm.status"] == "finished" and run.info.status == "FINISHED"
     assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
-    lost, duplicated = _lost_and_duplicated(client, run.info.run_id, _tune_results(exp_dir, run.data.tags["stlm.trial_id"]))
+    lost, duplicated = _lost_and_duplicated(
+        client, run.info.run_id, _tune_results(exp_dir, run.data.tags["stlm.trial_id"])
+    )
     print(f"outage: lost {len(lost)} points, duplicated {duplicated}")
     assert not lost and duplicated == 0, (sorted(lost)[:20], duplicated)
     assert _points(client, run.info.run_id)["val_bpb"] == list(range(2, max_steps + 1, 2))

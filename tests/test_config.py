@@ -56,8 +56,10 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_overrides_parse_yaml_scalars_and_human_sizes():
-    cfg = build_config({}, ["train.lr=3e-4", "model.n_kv_heads=2", "model.qk_norm=true", "data.max_chars=2M",
-                            "eval.tasks=blimp,arc_easy"])
+    cfg = build_config(
+        {},
+        ["train.lr=3e-4", "model.n_kv_heads=2", "model.qk_norm=true", "data.max_chars=2M", "eval.tasks=blimp,arc_easy"],
+    )
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.model.n_kv_heads == 2 and cfg.model.qk_norm is True
     assert cfg.data.max_chars == 2_000_000
@@ -207,13 +209,32 @@ def _base(root: Path, overrides: dict) -> Config:
     """A 1-layer d_model 16 model on bytes, 4 steps on 20k characters of the generated corpus, evaluated on 3
     ARC-Easy items; `overrides` on top ("{root}" in a value: this run's directory)."""
     data = {
-        "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 16, "n_heads": 2, "context_length": 16,
-                  "multiple_of": 8, "byte_level": {"byte_dim": 8, "chunk_len": 6, "encoder_layers": 1,
-                                                   "decoder_layers": 1, "n_heads": 2}},
-        "data": {"source": "generated", "max_chars": 20_000, "num_proc": 1, "bpe_train_chars": 20_000,
-                 "cache_dir": f"{root}/cache"},
-        "train": {"max_steps": 4, "batch_size": 2, "eval_interval": 2, "log_interval": 1, "eval_batches": 1,
-                  "warmup_steps": 1, "out_dir": f"{root}/runs", "device": "cpu"},
+        "model": {
+            "tokenizer": "bytes",
+            "n_layers": 1,
+            "d_model": 16,
+            "n_heads": 2,
+            "context_length": 16,
+            "multiple_of": 8,
+            "byte_level": {"byte_dim": 8, "chunk_len": 6, "encoder_layers": 1, "decoder_layers": 1, "n_heads": 2},
+        },
+        "data": {
+            "source": "generated",
+            "max_chars": 20_000,
+            "num_proc": 1,
+            "bpe_train_chars": 20_000,
+            "cache_dir": f"{root}/cache",
+        },
+        "train": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "eval_interval": 2,
+            "log_interval": 1,
+            "eval_batches": 1,
+            "warmup_steps": 1,
+            "out_dir": f"{root}/runs",
+            "device": "cpu",
+        },
         "eval": {"tasks": ["arc_easy"], "limit": 3, "data_dir": str(BENCHMARKS)},
     }
     filled = {k: v.replace("{root}", str(root)) if isinstance(v, str) else v for k, v in overrides.items()}
@@ -250,8 +271,11 @@ def _model_probe(cfg: Config, root: Path) -> dict:
 
 def _files(root: Path) -> list[str]:
     """The files a run wrote, with the cache's content hashes left out of their names."""
-    return sorted(re.sub(r"[0-9a-f]{12,}", "<hash>", str(p.relative_to(root))) for p in root.rglob("*")
-                  if p.is_file() and not p.name.startswith("docs."))
+    return sorted(
+        re.sub(r"[0-9a-f]{12,}", "<hash>", str(p.relative_to(root)))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith("docs.")
+    )
 
 
 def _train_probe(cfg: Config, root: Path) -> dict:
@@ -259,7 +283,10 @@ def _train_probe(cfg: Config, root: Path) -> dict:
     from stlm.train.loop import train
 
     logged: list[dict] = []
-    train(cfg, on_log=lambda m: logged.append({k: v for k, v in m.items() if k not in ("tokens_per_s", "elapsed_s", "mfu")}))
+    train(
+        cfg,
+        on_log=lambda m: logged.append({k: v for k, v in m.items() if k not in ("tokens_per_s", "elapsed_s", "mfu")}),
+    )
     run_dir = Path(cfg.train.out_dir) / (cfg.train.run_name or "run")
     return {"logged": logged, "weights": ckpt.load_model_state(run_dir), "files": _files(root)}
 
@@ -302,8 +329,10 @@ def _same(a, b) -> bool:
 def test_every_config_key_is_in_one_table():
     keys = {path for path, _ in _all_key_paths(Config)}
     assert not set(EFFECTS) & set(NO_EFFECT)
-    assert set(EFFECTS) | set(NO_EFFECT) == keys, (sorted(keys - set(EFFECTS) - set(NO_EFFECT)),
-                                                   sorted(set(EFFECTS) | set(NO_EFFECT) - keys))
+    assert set(EFFECTS) | set(NO_EFFECT) == keys, (
+        sorted(keys - set(EFFECTS) - set(NO_EFFECT)),
+        sorted(set(EFFECTS) | set(NO_EFFECT) - keys),
+    )
 
 
 def test_every_config_key_changes_the_model_the_run_or_its_evaluation(tmp_path, shared_data):

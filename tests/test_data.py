@@ -12,9 +12,9 @@ import os
 import re
 import signal
 import subprocess
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,8 +81,12 @@ def test_generated_stories_look_like_stories():
     text = " ".join(stories)
     # past-tense narration and pronoun agreement: "named <girl>" stories use she/her for her
     assert len(re.findall(r"\b(was|went|saw|said|felt|had)\b", text)) > len(stories) * 5
-    lily = [s for s in stories if s.startswith(("Once upon a time, there was a", "One day, there was a"))
-            and " girl named " in s.split("\n")[0]]
+    lily = [
+        s
+        for s in stories
+        if s.startswith(("Once upon a time, there was a", "One day, there was a"))
+        and " girl named " in s.split("\n")[0]
+    ]
     assert lily and all(" she " in s or " She " in s for s in lily)
     assert len(set(re.findall(r"[A-Za-z]+", text))) > 900  # a vocabulary rich enough for a 2048 BPE
 
@@ -147,10 +151,17 @@ def test_contiguous_split_holds_out_the_last_paragraphs_of_tiny_shakespeare(shar
 
     hashed = get_source(dataclasses.replace(cfg, split="hashed"))
     assert set(hashed.documents("val")) != set(val)
-    keys = {split: prep_mod.cache_location(_cfg(tmp_path, source=str(path), split=split))[0]
-            for split in ("hashed", "contiguous")}
-    assert keys["hashed"] != keys["contiguous"] and data.cache_path == prep_mod.cache_location(
-        _cfg(tmp_path, source=str(path), val_fraction=0.1, split="contiguous", max_chars=100_000))[0]
+    keys = {
+        split: prep_mod.cache_location(_cfg(tmp_path, source=str(path), split=split))[0]
+        for split in ("hashed", "contiguous")
+    }
+    assert (
+        keys["hashed"] != keys["contiguous"]
+        and data.cache_path
+        == prep_mod.cache_location(
+            _cfg(tmp_path, source=str(path), val_fraction=0.1, split="contiguous", max_chars=100_000)
+        )[0]
+    )
 
 
 def test_contiguous_split_is_refused_where_it_cannot_apply():
@@ -160,8 +171,11 @@ def test_contiguous_split_is_refused_where_it_cannot_apply():
         build_config({"data": {"split": "contigous"}})
     with pytest.raises(StlmError, match="data.split=contiguous does not apply to data.source='tinystories'"):
         get_source(DataConfig(source="tinystories", split="contiguous"))  # its own validation split
-    with pytest.raises(StlmError, match="data.split=contiguous cannot be used with data.source='someone/corpus'"
-                                        ".*length of a streamed corpus is not known"):
+    with pytest.raises(
+        StlmError,
+        match="data.split=contiguous cannot be used with data.source='someone/corpus'"
+        ".*length of a streamed corpus is not known",
+    ):
         get_source(DataConfig(source="someone/corpus", split="contiguous"))
 
 
@@ -191,8 +205,15 @@ def test_source_names_resolve_without_network(tmp_path):
     s = get_source(DataConfig(source="simple_en_wiki"))
     assert s.identity()["subset"] == "20231101.simple" and not s.native_val
     s = get_source(DataConfig(source="someone/their-corpus", revision="abc123", text_column="content"))
-    assert s.identity() == {"kind": "hub", "path": "someone/their-corpus", "subset": None, "revision": "abc123",
-                            "text_column": "content", "train_split": "train", "val_split": None}
+    assert s.identity() == {
+        "kind": "hub",
+        "path": "someone/their-corpus",
+        "subset": None,
+        "revision": "abc123",
+        "text_column": "content",
+        "train_split": "train",
+        "val_split": None,
+    }
     with pytest.raises(StlmError, match="tinystories") as e:  # a typo of a built-in name lists the built-ins
         get_source(DataConfig(source="tinystorys"))
     assert "tinystorys" in str(e.value)
@@ -207,13 +228,21 @@ def test_source_names_resolve_without_network(tmp_path):
 
 @pytest.mark.parametrize("tokenizer,vocab", [("bytes", None), ("bpe", 512), ("gpt2", None)])
 def test_prepare_writes_exact_shards_and_manifest(tmp_path, shared_data, tokenizer, vocab):
-    cfg = _cfg(tmp_path, tokenizer=tokenizer, vocab_size=vocab,
-               gpt2_vocab_file=str(shared_data / "tokenizers" / "gpt2" / "gpt2.tiktoken"))
+    cfg = _cfg(
+        tmp_path,
+        tokenizer=tokenizer,
+        vocab_size=vocab,
+        gpt2_vocab_file=str(shared_data / "tokenizers" / "gpt2" / "gpt2.tiktoken"),
+    )
     data = prepare(cfg)
     tok, m = data.tokenizer, data.manifest
     assert isinstance(data, PreparedData) and data.train.dtype == np.uint16
-    assert m["tokenizer"] == {"name": tokenizer, "identity": tok.identity, "vocab_size": tok.vocab_size,
-                              "eot_id": tok.eot_id}
+    assert m["tokenizer"] == {
+        "name": tokenizer,
+        "identity": tok.identity,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+    }
     assert m["max_chars"] == 200_000 and m["val_chars"] == 250_000 and m["format_version"] == 1
     for split, arr in (("train", data.train), ("val", data.val)):
         s = m["splits"][split]
@@ -251,7 +280,8 @@ def test_unguarded_script_with_parallel_gpt2_preparation_fails_instead_of_hangin
         f"cfg.data.source = {str(shared_data / 'corpora' / 'tinystories')!r}\n"
         f"cfg.data.gpt2_vocab_file = {str(shared_data / 'tokenizers' / 'gpt2' / 'gpt2.tiktoken')!r}\n"
         f"cfg.data.cache_dir = {str(tmp_path / 'cache')!r}\ncfg.data.num_proc = 2\n"
-        "prepare(cfg)\n")
+        "prepare(cfg)\n"
+    )
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert r.returncode != 0
     assert "data.num_proc=2 tokenization processes could not run" in r.stderr and "__main__" in r.stderr
@@ -338,8 +368,13 @@ def _racer(cfg, barrier, queue, counter):
     prep_mod._build = counted
     barrier.wait()
     data = prepare(cfg)
-    queue.put((data.manifest["build_id"], hashlib.sha256(data.train.tobytes() + data.val.tobytes()).hexdigest(),
-               data.tokenizer.identity))
+    queue.put(
+        (
+            data.manifest["build_id"],
+            hashlib.sha256(data.train.tobytes() + data.val.tobytes()).hexdigest(),
+            data.tokenizer.identity,
+        )
+    )
 
 
 def test_concurrent_processes_prepare_once_and_agree(tmp_path):

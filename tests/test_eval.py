@@ -33,7 +33,6 @@ def first_item(task: str, data_dir, subtask: str | None = None) -> Item:
     return t.item(t.docs(sub, str(data_dir))[0], 0, sub)
 
 
-
 @pytest.fixture(scope="module")
 def bench(shared_data):
     return shared_data / "benchmarks"
@@ -57,7 +56,9 @@ def test_hellaswag_first_item_matches_harness_format(bench):
 
 def test_hellaswag_bz2_export_reads_like_the_jsonl(bench, tmp_path):
     (tmp_path / "hellaswag").mkdir()
-    (tmp_path / "hellaswag" / "hellaswag_val_full.txt.bz2").symlink_to(bench / "hellaswag" / "hellaswag_val_full.txt.bz2")
+    (tmp_path / "hellaswag" / "hellaswag_val_full.txt.bz2").symlink_to(
+        bench / "hellaswag" / "hellaswag_val_full.txt.bz2"
+    )
     t = TASKS["hellaswag"]()
     a = t.docs("hellaswag", str(bench))
     b = t.docs("hellaswag", str(tmp_path))
@@ -69,10 +70,22 @@ def test_hellaswag_bz2_export_reads_like_the_jsonl(bench, tmp_path):
 def test_hellaswag_original_fields_use_the_harness_preprocess(tmp_path):
     # original rowanz / HF row: WikiHow tags, an empty ctx_b, and an ActivityNet row with ctx_b to capitalise
     rows = [
-        {"ind": 4, "activity_label": "Home and Garden", "ctx_a": "[header] How to clean a roof. [title] Get a ladder.",
-         "ctx_b": "", "endings": ["[step] Climb up  carefully.", "Jump [substeps] now.", "a", "b"], "label": "0"},
-        {"ind": 5, "activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell.", "ctx_b": "the lady",
-         "endings": ["lifts it.", "drops it.", "c", "d"], "label": 1},
+        {
+            "ind": 4,
+            "activity_label": "Home and Garden",
+            "ctx_a": "[header] How to clean a roof. [title] Get a ladder.",
+            "ctx_b": "",
+            "endings": ["[step] Climb up  carefully.", "Jump [substeps] now.", "a", "b"],
+            "label": "0",
+        },
+        {
+            "ind": 5,
+            "activity_label": "Clean and jerk",
+            "ctx_a": "A lady walks to a barbell.",
+            "ctx_b": "the lady",
+            "endings": ["lifts it.", "drops it.", "c", "d"],
+            "label": 1,
+        },
     ]
     (tmp_path / "hellaswag").mkdir()
     (tmp_path / "hellaswag" / "hellaswag_val.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -89,7 +102,10 @@ def test_hellaswag_original_fields_use_the_harness_preprocess(tmp_path):
 
 def test_arc_easy_first_item(bench):
     it = first_item("arc_easy", bench)
-    assert it.contexts[0] == "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"
+    assert (
+        it.contexts[0]
+        == "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"
+    )
     assert it.continuations == [
         " Sunlight is the source of energy for nearly all ecosystems.",
         " Most ecosystems are found on land instead of in water.",
@@ -101,7 +117,12 @@ def test_arc_easy_first_item(bench):
 
 
 def test_arc_hf_format_and_numeric_keys(tmp_path):
-    row = {"id": "x", "question": "2+2?", "choices": {"text": ["3", "4", "5"], "label": ["1", "2", "3"]}, "answerKey": "2"}
+    row = {
+        "id": "x",
+        "question": "2+2?",
+        "choices": {"text": ["3", "4", "5"], "label": ["1", "2", "3"]},
+        "answerKey": "2",
+    }
     (tmp_path / "arc").mkdir()
     (tmp_path / "arc" / "ARC-Easy-Test.jsonl").write_text(json.dumps(row) + "\n")
     it = first_item("arc_easy", tmp_path)
@@ -111,22 +132,30 @@ def test_arc_hf_format_and_numeric_keys(tmp_path):
 def test_winogrande_first_item_partial_scoring(bench):
     it = first_item("winogrande", bench)
     # "Sarah was a much better surgeon than Maria so _ always got the easier cases.", answer "2"
-    assert it.contexts == ["Sarah was a much better surgeon than Maria so Sarah",
-                           "Sarah was a much better surgeon than Maria so Maria"]
+    assert it.contexts == [
+        "Sarah was a much better surgeon than Maria so Sarah",
+        "Sarah was a much better surgeon than Maria so Maria",
+    ]
     assert it.continuations == [" always got the easier cases."] * 2
     assert it.gold == 1
 
 
 def test_mmlu_row_and_description(bench):
     it = first_item("mmlu", bench, "mmlu_abstract_algebra")
-    assert it.contexts == [
-        "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
-        "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
-        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
-    ] * 4
+    assert (
+        it.contexts
+        == [
+            "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+            "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+            "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
+        ]
+        * 4
+    )
     assert it.continuations == [" A", " B", " C", " D"] and it.choices == ["A", "B", "C", "D"] and it.gold == 1
     us = first_item("mmlu", bench, "mmlu_us_foreign_policy")
-    assert us.contexts[0].startswith("The following are multiple choice questions (with answers) about us foreign policy.\n\n")
+    assert us.contexts[0].startswith(
+        "The following are multiple choice questions (with answers) about us foreign policy.\n\n"
+    )
 
 
 def test_mmlu_original_headerless_letter_csv(tmp_path):
@@ -143,7 +172,10 @@ def test_mmlu_original_headerless_letter_csv(tmp_path):
 def test_blimp_empty_context_whole_sentence(bench):
     it = first_item("blimp", bench, "blimp_adjunct_island")
     assert it.contexts == ["", ""]
-    assert it.continuations == [" Who should Derek hug after shocking Richard?", " Who should Derek hug Richard after shocking?"]
+    assert it.continuations == [
+        " Who should Derek hug after shocking Richard?",
+        " Who should Derek hug Richard after shocking?",
+    ]
     assert it.gold == 0 and len(TASKS["blimp"]().subtasks()) == 67
 
 
@@ -219,15 +251,29 @@ def test_acc_norm_uses_characters_and_acc_bytes_uses_utf8_bytes():
 
 def test_evaluate_with_stub_lm_on_local_files(tmp_path):
     rows = [
-        {"question": {"stem": "q1", "choices": [{"text": "yes", "label": "A"}, {"text": "no way", "label": "B"}]}, "answerKey": "A"},
-        {"question": {"stem": "q2", "choices": [{"text": "up", "label": "A"}, {"text": "down", "label": "B"}]}, "answerKey": "B"},
-        {"question": {"stem": "q3", "choices": [{"text": "left", "label": "A"}, {"text": "right", "label": "B"}]}, "answerKey": "B"},
+        {
+            "question": {"stem": "q1", "choices": [{"text": "yes", "label": "A"}, {"text": "no way", "label": "B"}]},
+            "answerKey": "A",
+        },
+        {
+            "question": {"stem": "q2", "choices": [{"text": "up", "label": "A"}, {"text": "down", "label": "B"}]},
+            "answerKey": "B",
+        },
+        {
+            "question": {"stem": "q3", "choices": [{"text": "left", "label": "A"}, {"text": "right", "label": "B"}]},
+            "answerKey": "B",
+        },
     ]
     (tmp_path / "arc").mkdir()
     (tmp_path / "arc" / "ARC-Easy-Test.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    table = {" yes": -3.0, " no way": -4.0,  # acc right; norm -3/3 = -1 < -4/6 = -0.67: wrong
-             " up": -1.0, " down": -1.9,  # acc wrong; norm -1/2 = -0.5 < -1.9/4 = -0.475: right
-             " left": -9.0, " right": -1.0}  # both right
+    table = {
+        " yes": -3.0,
+        " no way": -4.0,  # acc right; norm -3/3 = -1 < -4/6 = -0.67: wrong
+        " up": -1.0,
+        " down": -1.9,  # acc wrong; norm -1/2 = -0.5 < -1.9/4 = -0.475: right
+        " left": -9.0,
+        " right": -1.0,
+    }  # both right
     lm = StubLM(table)
     items = tmp_path / "out" / "items.jsonl"
     res = evaluate(lm, None, "arc_easy", data_dir=str(tmp_path), items_path=items)["arc_easy"]
@@ -318,14 +364,17 @@ def test_batched_scoring_equals_one_at_a_time(bench):
     # and both equal the model's own token_logprobs on the (left-truncated) sequence
     ctx, cont = reqs[0]
     whole = (ctx + cont)[-65:]
-    lp = model.token_logprobs(torch.tensor([whole[:-1]]), torch.tensor([whole[1:]]))[0, -len(cont):].sum()
+    lp = model.token_logprobs(torch.tensor([whole[:-1]]), torch.tensor([whole[1:]]))[0, -len(cont) :].sum()
     assert one[0][0] == pytest.approx(float(lp.detach()), abs=1e-4)
 
 
 def test_context_cache_equals_plain_scoring():
     model, tok, _ = tiny_model(context_length=64)
     g = random.Random(0)
-    tokens = lambda n: [g.randrange(256) for _ in range(n)]  # noqa: E731
+
+    def tokens(n):
+        return [g.randrange(256) for _ in range(n)]
+
     reqs = []
     for plen in (5, 5, 5, 9, 9, 30, 1):  # groups of equal context length share a batch; 1: EOT-like, plain
         ctx = tokens(plen)
@@ -338,7 +387,10 @@ def test_context_cache_equals_plain_scoring():
     for bs in (4, 32):
         lm = StlmLM(model, tok, batch_size=bs, context_cache=True)
         shared_batches = []
-        lm._score_shared = lambda plen, chunk, *a, _f=lm._score_shared: (shared_batches.append(plen), _f(plen, chunk, *a))
+        lm._score_shared = lambda plen, chunk, *a, _f=lm._score_shared: (
+            shared_batches.append(plen),  # noqa: B023 - each round's lambda is used in that round
+            _f(plen, chunk, *a),
+        )
         cached = lm.loglikelihood(reqs)
         assert sorted(set(shared_batches)) == [4, 8, 29]  # the cache served every shared-context group
         for (a, ga), (b, gb) in zip(plain, cached):
@@ -374,11 +426,20 @@ def _save_tiny_checkpoint(tmp_path):
     from stlm.config import build_config
 
     model, tok, _ = tiny_model()
-    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 64, "n_layers": 2, "d_model": 32, "n_heads": 2},
-                        "eval": {"tasks": ["arc_easy"]}})
+    cfg = build_config(
+        {
+            "model": {"tokenizer": "bytes", "context_length": 64, "n_layers": 2, "d_model": 32, "n_heads": 2},
+            "eval": {"tasks": ["arc_easy"]},
+        }
+    )
     path = tmp_path / "run" / "step_000010"
-    ck.save_checkpoint(path, model_state=model.state_dict(), trainer_state={}, cfg=cfg,
-                       meta={"step": 10, "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    ck.save_checkpoint(
+        path,
+        model_state=model.state_dict(),
+        trainer_state={},
+        cfg=cfg,
+        meta={"step": 10, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
     return path
 
 
@@ -389,11 +450,31 @@ def test_limit_first_takes_the_harness_items(bench, tmp_path, capsys):
     assert sample_ids(1000, 25, 1234, "blimp_passive_1", "first") == list(range(25))
     path = _save_tiny_checkpoint(tmp_path)
     items, out = tmp_path / "items.jsonl", tmp_path / "res.json"
-    rc = main(["eval", str(path.parent), "--tasks", "arc_easy,winogrande", "--limit", "3", "--subset", "first",
-               "--data-dir", str(bench), "--items", str(items), "--json", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            str(path.parent),
+            "--tasks",
+            "arc_easy,winogrande",
+            "--limit",
+            "3",
+            "--subset",
+            "first",
+            "--data-dir",
+            str(bench),
+            "--items",
+            str(items),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in items.read_text().splitlines()]
-    assert [(r["task"], r["doc_id"]) for r in rows] == [("arc_easy", i) for i in range(3)] + [("winogrande", i) for i in range(3)]
+    assert [(r["task"], r["doc_id"]) for r in rows] == [("arc_easy", i) for i in range(3)] + [
+        ("winogrande", i) for i in range(3)
+    ]
     assert "the first 3 documents per (sub)task (as lm-evaluation-harness --limit 3)" in capsys.readouterr().out
     assert json.loads(out.read_text())["selection"] == {"limit": 3, "subset": "first"}
     main(["eval", str(path.parent), "--tasks", "arc_easy", "--limit", "3", "--data-dir", str(bench), "--device", "cpu"])
@@ -403,8 +484,11 @@ def test_limit_first_takes_the_harness_items(bench, tmp_path, capsys):
 def test_mmlu_stderr_is_pooled_over_the_57_subjects(bench):
     model, tok, _ = tiny_model()
     r = evaluate(model, tok, ["mmlu"], limit=3, data_dir=str(bench))
-    subjects = [v for k, v in r.items() if k.startswith("mmlu_") and k.removeprefix("mmlu_") not in
-                ("stem", "other", "social_sciences", "humanities")]
+    subjects = [
+        v
+        for k, v in r.items()
+        if k.startswith("mmlu_") and k.removeprefix("mmlu_") not in ("stem", "other", "social_sciences", "humanities")
+    ]
     assert len(subjects) == 57
     # lm_eval.api.metrics.pooled_sample_stderr over the subjects, written out
     sizes, ses = [s["n"] for s in subjects], [s["acc_stderr"] for s in subjects]
@@ -417,11 +501,14 @@ def test_mmlu_stderr_is_pooled_over_the_57_subjects(bench):
 def test_hellaswag_doc_1673_is_capitalised_like_the_harness(bench):
     t = TASKS["hellaswag"]()
     docs = t.docs("hellaswag", str(bench))
-    # the row's fields: ctx_a = 'The words "... machetes!" appears on screen.', ctx_b = 'a volunteer named " irene zimmerman "';
+    # the row's fields: ctx_a = 'The words "... machetes!" appears on screen.',
+    # ctx_b = 'a volunteer named " irene zimmerman "';
     # harness: activity_label + ": " + ctx_a + " " + ctx_b.capitalize(), written out
     got = t.item(docs[1673], 1673, "hellaswag").contexts[0]
-    assert got == ('Cutting the grass: The words "the good works tour cuts the lawn with machetes!" appears on screen. '
-                   'A volunteer named " irene zimmerman "')
+    assert got == (
+        'Cutting the grass: The words "the good works tour cuts the lawn with machetes!" appears on screen. '
+        'A volunteer named " irene zimmerman "'
+    )
 
 
 def test_hf_wrapper_passes_dtype_not_the_deprecated_torch_dtype(shared_data, tmp_path, capfd):
@@ -451,8 +538,24 @@ def test_stlm_eval_cli_on_a_checkpoint(bench, tmp_path, capsys):
 
     path = _save_tiny_checkpoint(tmp_path)
     items, out = tmp_path / "items.jsonl", tmp_path / "res.json"
-    rc = main(["eval", str(path.parent), "--tasks", "arc_easy,winogrande", "--limit", "4", "--data-dir", str(bench),
-               "--items", str(items), "--json", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            str(path.parent),
+            "--tasks",
+            "arc_easy,winogrande",
+            "--limit",
+            "4",
+            "--data-dir",
+            str(bench),
+            "--items",
+            str(items),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["arc_easy"]["n"] == 4 and res["winogrande"]["n"] == 4
@@ -492,8 +595,12 @@ def test_bpb_task_uses_the_prepared_val_split(tmp_path):
     from stlm.eval.bpb import evaluate_bpb
 
     model, tok, _ = tiny_model(context_length=64)
-    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 64, "n_layers": 2, "d_model": 32, "n_heads": 2},
-                        "data": {"source": "generated", "max_chars": 20_000, "cache_dir": str(tmp_path), "num_proc": 1}})
+    cfg = build_config(
+        {
+            "model": {"tokenizer": "bytes", "context_length": 64, "n_layers": 2, "d_model": 32, "n_heads": 2},
+            "data": {"source": "generated", "max_chars": 20_000, "cache_dir": str(tmp_path), "num_proc": 1},
+        }
+    )
     res = evaluate(model, tok, ["bpb"], config=cfg, limit=5)["bpb"]
     data = prepare(cfg)
     want = evaluate_bpb(model, val_windows(data.val, 64, 5), tok.byte_lengths, "cpu")
@@ -516,9 +623,15 @@ def test_val_bpb_scores_only_text_targets_and_val_loss_every_target(request, emb
         from stlm.config import ByteLevelConfig
 
         tok = request.getfixturevalue("gpt2_tok")
-        cfg = ModelConfig(tokenizer="gpt2", embedder="byte_pooled", context_length=32, n_layers=1, d_model=32,
-                          n_heads=2, byte_level=ByteLevelConfig(byte_dim=16, chunk_len=8, encoder_layers=1,
-                                                                decoder_layers=1, n_heads=2))
+        cfg = ModelConfig(
+            tokenizer="gpt2",
+            embedder="byte_pooled",
+            context_length=32,
+            n_layers=1,
+            d_model=32,
+            n_heads=2,
+            byte_level=ByteLevelConfig(byte_dim=16, chunk_len=8, encoder_layers=1, decoder_layers=1, n_heads=2),
+        )
         torch.manual_seed(0)
         model = build_model(cfg, tok).eval()
     docs = ["To be, or not to be: that is the question.", "Ay, there's the rub.", "Words, words, words."] * 8
@@ -557,8 +670,24 @@ def test_stlm_eval_resolves_an_mlflow_run_id(bench, tmp_path):
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     run = client.create_run(exp, tags={"stlm.checkpoint": str(path)})
     out = tmp_path / "r.json"
-    rc = main(["eval", run.info.run_id, "--tracking-uri", uri, "--tasks", "winogrande", "--limit", "2",
-               "--data-dir", str(bench), "--json", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            run.info.run_id,
+            "--tracking-uri",
+            uri,
+            "--tasks",
+            "winogrande",
+            "--limit",
+            "2",
+            "--data-dir",
+            str(bench),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and json.loads(out.read_text())["winogrande"]["n"] == 2
     # the results went back to the run the checkpoint came from: metrics at the checkpoint's step, items under eval/
     hist = client.get_metric_history(run.info.run_id, "eval/winogrande/acc")

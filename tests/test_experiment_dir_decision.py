@@ -26,7 +26,9 @@ TABLE = {
     **{("started", True, o, False): ("resume", None) for o in (False, True)},
     **{(s, True, o, True): ("describe", None) for s in ("planned", "started") for o in (False, True)},
     # --dry-run alone describes whatever is there: it writes nothing, so it refuses nothing
-    **{(s, False, o, True): ("describe", None) for s in ("empty", "planned", "started", "other") for o in (False, True)},
+    **{
+        (s, False, o, True): ("describe", None) for s in ("empty", "planned", "started", "other") for o in (False, True)
+    },
     # a new sweep
     ("empty", False, False, False): ("fresh", None),
     ("empty", False, True, False): ("fresh", None),

@@ -19,16 +19,16 @@ import torch
 import yaml
 
 transformers = pytest.importorskip("transformers")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stlm.config import ModelConfig, SharingConfig, build_config  # noqa: E402
-from stlm.errors import StlmError  # noqa: E402
-from stlm.export import choose_target, max_logit_diff, to_hf_tokenizer, to_transformers  # noqa: E402
-from stlm.export.convert import exported_params  # noqa: E402
-from stlm.export.tokenizer import save_tokenizer  # noqa: E402
-from stlm.models import build_model, count_params  # noqa: E402
-from stlm.tokenizers import ByteTokenizer, load_gpt2, train_bpe  # noqa: E402
+from stlm.config import ModelConfig, SharingConfig, build_config
+from stlm.errors import StlmError
+from stlm.export import choose_target, max_logit_diff, to_hf_tokenizer, to_transformers
+from stlm.export.convert import exported_params
+from stlm.export.tokenizer import save_tokenizer
+from stlm.models import build_model, count_params
+from stlm.tokenizers import ByteTokenizer, load_gpt2, train_bpe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,8 +55,9 @@ CASES = [
 
 
 def random_model(**kw):
-    cfg = ModelConfig(**{"tokenizer": "bytes", "context_length": 48, "n_layers": 3, "d_model": 32, "n_heads": 4,
-                         "ffn_dim": 48, **kw})
+    cfg = ModelConfig(
+        **{"tokenizer": "bytes", "context_length": 48, "n_layers": 3, "d_model": 32, "n_heads": 4, "ffn_dim": 48, **kw}
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with torch.no_grad():  # off the init: norm weights != 1, biases and LoRA B != 0
@@ -65,8 +66,9 @@ def random_model(**kw):
     return model, cfg
 
 
-@pytest.mark.parametrize("target,kw", CASES, ids=[f"{t}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'base'}"
-                                                  for t, kw in CASES])
+@pytest.mark.parametrize(
+    "target,kw", CASES, ids=[f"{t}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'base'}" for t, kw in CASES]
+)
 def test_exported_logits_equal_stlm_logits(target, kw):
     from stlm.data.generated import story
 
@@ -98,19 +100,22 @@ def test_a_wrong_weight_is_caught():
     assert max_logit_diff(model, hf)[0] > 1e-2
 
 
-@pytest.mark.parametrize("kw,key", [
-    (dict(embedder="byte_pooled", tokenizer="gpt2"), "model.embedder=byte_pooled"),
-    (dict(positional="alibi"), "model.positional=alibi"),
-    (dict(positional="sincos"), "model.positional=sincos"),
-    (dict(positional="none"), "model.positional=none"),
-    (dict(ffn="relu2"), "model.ffn=relu2"),
-    (dict(ffn="gelu"), "model.ffn=gelu"),  # RoPE + GeLU: not Llama
-    (dict(norm="layernorm"), "model.norm=layernorm"),
-    (dict(norm="none"), "model.norm=none"),
-    (dict(qk_norm=True, bias=True), "model.bias=True"),
-    (dict(positional="learned", ffn="swiglu", norm="layernorm"), "model.ffn=swiglu"),
-    (dict(**GPT2, qk_norm=True), "model.qk_norm=True"),
-])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        (dict(embedder="byte_pooled", tokenizer="gpt2"), "model.embedder=byte_pooled"),
+        (dict(positional="alibi"), "model.positional=alibi"),
+        (dict(positional="sincos"), "model.positional=sincos"),
+        (dict(positional="none"), "model.positional=none"),
+        (dict(ffn="relu2"), "model.ffn=relu2"),
+        (dict(ffn="gelu"), "model.ffn=gelu"),  # RoPE + GeLU: not Llama
+        (dict(norm="layernorm"), "model.norm=layernorm"),
+        (dict(norm="none"), "model.norm=none"),
+        (dict(qk_norm=True, bias=True), "model.bias=True"),
+        (dict(positional="learned", ffn="swiglu", norm="layernorm"), "model.ffn=swiglu"),
+        (dict(**GPT2, qk_norm=True), "model.qk_norm=True"),
+    ],
+)
 def test_what_has_no_transformers_equivalent_is_refused(kw, key):
     with pytest.raises(StlmError) as e:
         choose_target(ModelConfig(**kw))
@@ -123,8 +128,14 @@ def test_what_has_no_transformers_equivalent_is_refused(kw, key):
 
 def corpora(shared_data) -> dict[str, str]:
     c = shared_data / "corpora"
-    return {p.name: p.read_text() for p in [c / "tinyshakespeare.txt", c / "wikitext-2" / "wiki.valid.tokens",
-                                            c / "tinystories" / "tinystories_valid_sample.txt"]}
+    return {
+        p.name: p.read_text()
+        for p in [
+            c / "tinyshakespeare.txt",
+            c / "wikitext-2" / "wiki.valid.tokens",
+            c / "tinystories" / "tinystories_valid_sample.txt",
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +169,15 @@ def test_exported_tokenizer_encodes_the_shared_corpora_like_stlm(name, request, 
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(st.characters(codec="utf-8"), max_size=60)
-       | st.lists(st.sampled_from([" ", "  ", "\n", "\r\n", "\t", "a", "'s", "'LL", "1", "123", "é", "日本", "😀", ".",
-                                   "<|endoftext|>"]), max_size=25).map("".join))
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=60)
+    | st.lists(
+        st.sampled_from(
+            [" ", "  ", "\n", "\r\n", "\t", "a", "'s", "'LL", "1", "123", "é", "日本", "😀", ".", "<|endoftext|>"]
+        ),
+        max_size=25,
+    ).map("".join)
+)
 def test_exported_tokenizers_encode_random_unicode_like_stlm(gpt2, bpe, text):
     for tok in (gpt2, bpe, ByteTokenizer()):
         hf = _hf_cached(tok)
@@ -210,8 +227,9 @@ def trained_run(shared_data, tmp_path_factory):
 
 def _cli(*args, env_extra=None):
     env = {**os.environ, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", "STLM_QUIET": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "stlm.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "stlm.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypatch, capsys):
@@ -223,12 +241,32 @@ def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypa
     bench = str(shared_data / "benchmarks")
     scores = tmp_path / "scores.json"
     ours = tmp_path / "ours.jsonl"
-    assert main(["eval", str(run_dir), "--tasks", EVAL_TASKS, "--limit", "2", "--data-dir", bench, "--items", str(ours),
-                 "--json", str(scores), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir),
+                "--tasks",
+                EVAL_TASKS,
+                "--limit",
+                "2",
+                "--data-dir",
+                bench,
+                "--items",
+                str(ours),
+                "--json",
+                str(scores),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     out = tmp_path / "hf"
-    r = _cli("export", str(run_dir), str(out), "--license", "mit", "--name", "someone/stlm-tiny",
-             "--eval-json", str(scores))
+    r = _cli(
+        "export", str(run_dir), str(out), "--license", "mit", "--name", "someone/stlm-tiny", "--eval-json", str(scores)
+    )
     assert r.returncode == 0, r.stderr
     assert "LlamaForCausalLM" in r.stdout
     files = {p.name for p in out.iterdir()}
@@ -238,8 +276,26 @@ def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypa
     # offline load, exact per-item log-likelihoods on every task through `stlm eval --hf`
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     theirs = tmp_path / "theirs.jsonl"
-    assert main(["eval", str(out), "--hf", "--tasks", EVAL_TASKS, "--limit", "2", "--data-dir", bench,
-                 "--items", str(theirs), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--hf",
+                "--tasks",
+                EVAL_TASKS,
+                "--limit",
+                "2",
+                "--data-dir",
+                bench,
+                "--items",
+                str(theirs),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     a = [json.loads(x) for x in ours.read_text().splitlines()]
     b = [json.loads(x) for x in theirs.read_text().splitlines()]
     assert len(a) == len(b) > 6 * 2 and {r["task"] for r in a} >= {"hellaswag", "arc_easy", "winogrande"}
@@ -256,11 +312,26 @@ def test_stlm_export_cli_end_to_end(trained_run, shared_data, tmp_path, monkeypa
     ids = hf_tok(prompt, return_tensors="pt").input_ids
     assert ids[0].tolist() == tok.encode(prompt)
     want = generate_ids(model, tok.encode(prompt), 40, temperature=0.0, eot_id=tok.eot_id)
-    got = hf.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:].tolist()
+    got = hf.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1] :].tolist()
     assert got[: len(want)] == want and len(want) > 0
     capsys.readouterr()
-    assert main(["generate", str(run_dir), "--prompt", prompt, "--max-new-tokens", "40", "--temperature", "0",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run_dir),
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                "40",
+                "--temperature",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.rstrip("\n") == prompt + hf_tok.decode(got[: len(want)])
 
     # the model card: hub front matter and the run's numbers
@@ -281,12 +352,26 @@ def test_stlm_export_refuses_with_one_paragraph_and_exit_code_2(tmp_path, capsys
     from stlm.cli import main
     from stlm.train import checkpoint as ck
 
-    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 32, "n_layers": 2, "d_model": 32,
-                                  "n_heads": 2, "positional": "alibi"}})
+    cfg = build_config(
+        {
+            "model": {
+                "tokenizer": "bytes",
+                "context_length": 32,
+                "n_layers": 2,
+                "d_model": 32,
+                "n_heads": 2,
+                "positional": "alibi",
+            }
+        }
+    )
     tok = ByteTokenizer()
-    path = ck.save_checkpoint(tmp_path / "run" / "step_000001", model_state=build_model(cfg.model).state_dict(),
-                              trainer_state={}, cfg=cfg, meta={"step": 1, "tokenizer": {"name": tok.name,
-                                                                                        "identity": tok.identity}})
+    path = ck.save_checkpoint(
+        tmp_path / "run" / "step_000001",
+        model_state=build_model(cfg.model).state_dict(),
+        trainer_state={},
+        cfg=cfg,
+        meta={"step": 1, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
     assert main(["export", str(path), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: stlm export: model.positional=alibi") and "Traceback" not in err
@@ -295,8 +380,13 @@ def test_stlm_export_refuses_with_one_paragraph_and_exit_code_2(tmp_path, capsys
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     cfg.model.positional = "rope"
-    ck.save_checkpoint(path, model_state=build_model(cfg.model).state_dict(), trainer_state={}, cfg=cfg,
-                       meta={"step": 1, "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    ck.save_checkpoint(
+        path,
+        model_state=build_model(cfg.model).state_dict(),
+        trainer_state={},
+        cfg=cfg,
+        meta={"step": 1, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
     assert main(["export", str(path), str(tmp_path / "full")]) == 2
     assert "--force" in capsys.readouterr().err and (tmp_path / "full" / "x").read_text() == "keep me"
 
@@ -307,15 +397,31 @@ def test_gpt2_checkpoint_exports_as_gpt2_with_the_gpt2_tokenizer(shared_data, tm
     from stlm.export import export_checkpoint
     from stlm.train import checkpoint as ck
 
-    cfg = build_config({"model": {"tokenizer": "gpt2", "context_length": 64, "n_layers": 2, "d_model": 32,
-                                  "n_heads": 4, "n_kv_heads": 2, **GPT2, "tie_embeddings": False},
-                        "data": {"gpt2_vocab_file": str(shared_data / "tokenizers" / "gpt2" / "gpt2.tiktoken")}})
+    cfg = build_config(
+        {
+            "model": {
+                "tokenizer": "gpt2",
+                "context_length": 64,
+                "n_layers": 2,
+                "d_model": 32,
+                "n_heads": 4,
+                "n_kv_heads": 2,
+                **GPT2,
+                "tie_embeddings": False,
+            },
+            "data": {"gpt2_vocab_file": str(shared_data / "tokenizers" / "gpt2" / "gpt2.tiktoken")},
+        }
+    )
     tok = load_gpt2(cfg.data.gpt2_vocab_file)
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    ck.save_checkpoint(tmp_path / "run" / "step_000005", model_state=model.state_dict(), trainer_state={},
-                       cfg=cfg, meta={"step": 5, "tokens": 320,
-                                      "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    ck.save_checkpoint(
+        tmp_path / "run" / "step_000005",
+        model_state=model.state_dict(),
+        trainer_state={},
+        cfg=cfg,
+        meta={"step": 5, "tokens": 320, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
     r = export_checkpoint(tmp_path / "run", tmp_path / "out")
     assert r.target.hf_class == "GPT2LMHeadModel" and r.max_abs_diff < 1e-4
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= set(r.files)
@@ -330,7 +436,7 @@ def test_gpt2_checkpoint_exports_as_gpt2_with_the_gpt2_tokenizer(shared_data, tm
     assert max_logit_diff(model, hf, ids)[0] < 1e-4
     prompt = tok.encode("First Citizen:")
     want = generate_ids(model, prompt, 20, temperature=0.0, eot_id=tok.eot_id)
-    got = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[0, len(prompt):].tolist()
+    got = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[0, len(prompt) :].tolist()
     assert got[: len(want)] == want and len(want) > 0
 
 
@@ -342,18 +448,36 @@ def test_export_by_mlflow_run_id_puts_the_runs_eval_scores_in_the_card(tmp_path)
     from stlm.tracking import mlflow_client
     from stlm.train import checkpoint as ck
 
-    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 32, "n_layers": 2, "d_model": 32,
-                                  "n_heads": 2, "sharing": {"mode": "block_all"}}})
+    cfg = build_config(
+        {
+            "model": {
+                "tokenizer": "bytes",
+                "context_length": 32,
+                "n_layers": 2,
+                "d_model": 32,
+                "n_heads": 2,
+                "sharing": {"mode": "block_all"},
+            }
+        }
+    )
     tok = ByteTokenizer()
-    path = ck.save_checkpoint(tmp_path / "trial" / "step_000040", model_state=build_model(cfg.model).state_dict(),
-                              trainer_state={"metrics": {"val_bpb": 2.3456, "val_loss": 1.6}}, cfg=cfg,
-                              meta={"step": 40, "tokens": 40960, "tokenizer": {"name": tok.name, "identity": tok.identity}})
+    path = ck.save_checkpoint(
+        tmp_path / "trial" / "step_000040",
+        model_state=build_model(cfg.model).state_dict(),
+        trainer_state={"metrics": {"val_bpb": 2.3456, "val_loss": 1.6}},
+        cfg=cfg,
+        meta={"step": 40, "tokens": 40960, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     run = client.create_run(exp, tags={"stlm.checkpoint": str(path)})
-    for k, v in {"eval/arc_easy/acc": 0.3125, "eval/arc_easy/acc_stderr": 0.05, "eval/arc_easy/n": 64.0,
-                 "eval/blimp_adjunct_island/acc": 0.9}.items():
+    for k, v in {
+        "eval/arc_easy/acc": 0.3125,
+        "eval/arc_easy/acc_stderr": 0.05,
+        "eval/arc_easy/n": 64.0,
+        "eval/blimp_adjunct_island/acc": 0.9,
+    }.items():
         client.log_metric(run.info.run_id, k, v)
     out = tmp_path / "hf"
     assert main(["export", run.info.run_id, str(out), "--tracking-uri", uri]) == 0

@@ -34,8 +34,12 @@ time.sleep(120)
 
 
 def _holder(exp_dir: Path) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(exp_dir)], stdout=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(exp_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -66,8 +70,12 @@ def test_without_shared_locks_the_file_content_decides(tmp_path):
     """NFS mounted with nolock: a record lock proves nothing across hosts, so the content decides."""
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        alive = {"host": socket.gethostname(), "pid": sleeper.pid, "boot_id": lock._boot_id(),
-                 "start_ticks": lock._start_ticks(sleeper.pid)}
+        alive = {
+            "host": socket.gethostname(),
+            "pid": sleeper.pid,
+            "boot_id": lock._boot_id(),
+            "start_ticks": lock._start_ticks(sleeper.pid),
+        }
         now = time.time()
         assert lock.owner_alive(alive, now)
         assert not lock.owner_alive({**alive, "start_ticks": alive["start_ticks"] + 1}, now)  # pid reused since
@@ -113,9 +121,17 @@ def test_a_same_size_damaged_token_shard_is_rebuilt(tmp_path):
     from stlm.config import build_config
     from stlm.data import prepare
 
-    cfg = build_config({"model": {"tokenizer": "bpe", "vocab_size": 2048},
-                        "data": {"source": "generated", "max_chars": 300_000, "bpe_train_chars": 200_000,
-                                 "cache_dir": str(tmp_path)}})
+    cfg = build_config(
+        {
+            "model": {"tokenizer": "bpe", "vocab_size": 2048},
+            "data": {
+                "source": "generated",
+                "max_chars": 300_000,
+                "bpe_train_chars": 200_000,
+                "cache_dir": str(tmp_path),
+            },
+        }
+    )
     first = prepare(cfg)
     good = np.array(first.train)
     size = (first.cache_path / "train.bin").stat().st_size
@@ -144,10 +160,19 @@ def _fault_sweep(tmp_path: Path, name: str, arms: list[dict]) -> Path:
         "config": {
             "model": {"tokenizer": "bytes", "n_layers": 2, "d_model": 64, "n_heads": 2, "context_length": 64},
             "data": {"source": "generated", "max_chars": 200_000, "num_proc": 1},
-            "train": {"max_steps": STEPS, "batch_size": 8, "eval_interval": EVERY, "log_interval": EVERY,
-                      "eval_batches": 2, "warmup_steps": 5, "lr": 3e-3},
+            "train": {
+                "max_steps": STEPS,
+                "batch_size": 8,
+                "eval_interval": EVERY,
+                "log_interval": EVERY,
+                "eval_batches": 2,
+                "warmup_steps": 5,
+                "lr": 3e-3,
+            },
         },
-        "arms": arms, "control": arms[0]["name"], "seeds": [0, 1],
+        "arms": arms,
+        "control": arms[0]["name"],
+        "seeds": [0, 1],
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent": 2},
         "max_failures": 1,
     }
@@ -204,10 +229,14 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     good without spending its Ray Train retry, and a further `--resume` reruns nothing."""
     from test_sweep_e2e import _kill_group, _start
 
-    sweep = _fault_sweep(tmp_path, "faults", [
-        {"name": "ok", "set": {}},
-        {"name": "diverge", "set": {"train.lr": 1.0e9, "train.warmup_steps": 0, "train.grad_clip": 0.0}},
-    ])
+    sweep = _fault_sweep(
+        tmp_path,
+        "faults",
+        [
+            {"name": "ok", "set": {}},
+            {"name": "diverge", "set": {"train.lr": 1.0e9, "train.warmup_steps": 0, "train.grad_clip": 0.0}},
+        ],
+    )
     exp_dir = tmp_path / "sweep_runs" / "faults"
     ledger = exp_dir / "mlflow_state.json"
 
@@ -230,7 +259,9 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     stale = {}  # trial -> (registered step, steps persisted beyond it)
     for run in (exp_dir / "train").iterdir():
         snap = run / "checkpoint_manager_snapshot.json"
-        registered = json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"] if snap.is_file() else None
+        registered = (
+            json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"] if snap.is_file() else None
+        )
         top = step_of(registered) if registered else 0
         ahead = [step_of(c) for c in run.glob("step_*") if step_of(c) > top]
         if ahead:
@@ -244,9 +275,14 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
         while time.time() < deadline and f'"pid": {p.pid}' not in layout.lock_path(exp_dir).read_text():
             time.sleep(0.2)
         for extra in (["--resume"], ["--overwrite"]):
-            second = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), *extra], cwd=tmp_path,
-                                    capture_output=True, text=True, timeout=120,
-                                    env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+            second = subprocess.run(
+                [sys.executable, "-m", "stlm.sweep", str(sweep), *extra],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"),
+            )
             assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
             assert f"in use by another sweep driver: pid {p.pid} on host {socket.gethostname()!r}" in second.stderr
             assert "Traceback" not in second.stderr
@@ -264,14 +300,22 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     for tid, (top, ahead) in stale.items():  # continued from the registered step, not from the stale ones
         resumed = [m.value for m in client.get_metric_history(by_trial[tid].info.run_id, "resumed_from_step")]
         assert max(resumed) == top, (tid, top, ahead, resumed)
-    fatal = {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime
-             for tid, r in by_trial.items() if r.data.tags["stlm.arm"] == "diverge"}
+    fatal = {
+        tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime
+        for tid, r in by_trial.items()
+        if r.data.tags["stlm.arm"] == "diverge"
+    }
     assert len(fatal) == 2
 
     # 3. a further --resume (what a user tries after failures) reruns nothing: no diverging trial trains again
-    again = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--resume"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+    again = subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", str(sweep), "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"),
+    )
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert {tid: (exp_dir / "trials" / tid / "fatal_error.json").stat().st_mtime for tid in fatal} == fatal
     _check_sweep(exp_dir, "ok", "diverge", failed_match="became")
@@ -300,8 +344,14 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
         env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", STLM_QUIET="1")
         env.pop("RAY_ADDRESS", None)
         env.pop("MLFLOW_TRACKING_URI", None)
-        first = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--experiment-dir", str(exp_dir)],
-                               cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+        first = subprocess.run(
+            [sys.executable, "-m", "stlm.sweep", str(sweep), "--experiment-dir", str(exp_dir)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
         assert first.returncode == 2, first.stdout[-3000:] + first.stderr[-3000:]
         msg = first.stderr.strip().splitlines()[-1]
         assert "Traceback" not in first.stderr and msg.startswith("error: The disk holding") and str(exp_dir) in msg
@@ -310,8 +360,9 @@ def test_a_full_disk_ends_the_sweep_cleanly_and_resume_completes_it(tmp_path):
         assert command.endswith(f"--resume --experiment-dir {exp_dir}")
 
         ballast.unlink()  # the user frees space, then runs what stlm printed
-        again = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
-                               timeout=400, env=env)
+        again = subprocess.run(
+            [sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env
+        )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         _check_sweep(exp_dir, "ok")
     finally:
@@ -368,8 +419,14 @@ def test_a_driver_killed_while_preparing_data_leaves_nothing_in_the_way(tmp_path
         _kill_group(p)
     assert not (exp_dir / "tune").exists()  # killed before Tune's first save, as in the issue
 
-    again = subprocess.run([sys.executable, "-m", "stlm.sweep", str(path)], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=400, env=dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE="disabled"))
+    again = subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE="disabled"),
+    )
     print(f"tokenization workers gone {gone_s:.1f}s after the driver's kill -9")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "--resume" not in again.stdout.split("experiment dir:")[0], again.stdout[-2000:]  # no dead-end advice
@@ -441,8 +498,13 @@ def test_tunes_experiment_state_is_replaced_whole_or_not_at_all():
         os.rmdir(disk)
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        r = subprocess.run([sys.executable, "-c", TUNE_STATE, disk, "stlm"], capture_output=True, text=True, timeout=240,
-                           env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"))
+        r = subprocess.run(
+            [sys.executable, "-c", TUNE_STATE, disk, "stlm"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled"),
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         said, result = r.stdout.strip().splitlines()[-2:]
         assert said.startswith("disk full: The disk holding") and "experiment_state-" in said, said

@@ -10,7 +10,6 @@ from stlm.errors import StlmError
 from stlm.eval.generate import generate, generate_ids, sample_next
 
 
-
 def tiny(context_length: int = 32, **kw):
     models = pytest.importorskip("stlm.models")
     if not hasattr(models, "build_model"):
@@ -86,10 +85,19 @@ def test_stlm_generate_cli(tmp_path, capsys):
     from stlm.config import build_config
 
     model, tok = tiny()
-    cfg = build_config({"model": {"tokenizer": "bytes", "context_length": 32, "n_layers": 2, "d_model": 32, "n_heads": 2}})
-    path = ck.save_checkpoint(tmp_path / "run" / "step_000001", model_state=model.state_dict(), trainer_state={},
-                              cfg=cfg, meta={"step": 1, "tokenizer": {"name": tok.name, "identity": tok.identity}})
-    rc = main(["generate", str(path), "--prompt", "Once", "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu"])
+    cfg = build_config(
+        {"model": {"tokenizer": "bytes", "context_length": 32, "n_layers": 2, "d_model": 32, "n_heads": 2}}
+    )
+    path = ck.save_checkpoint(
+        tmp_path / "run" / "step_000001",
+        model_state=model.state_dict(),
+        trainer_state={},
+        cfg=cfg,
+        meta={"step": 1, "tokenizer": {"name": tok.name, "identity": tok.identity}},
+    )
+    rc = main(
+        ["generate", str(path), "--prompt", "Once", "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu"]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and out.startswith("Once")
     assert out.rstrip("\n") == "Once" + generate(model, tok, "Once", 8, temperature=0.0)

@@ -14,8 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from stlm.eval import evaluate  # noqa: E402
-from stlm.eval.hf import HFLM  # noqa: E402
+from stlm.eval import evaluate
+from stlm.eval.hf import HFLM
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _direct_loglikelihood(model, tok, context: str, continuation: str) -> float:
     """By hand, one request per forward pass: sum of log p(continuation token | everything before it)."""
     ctx = tok.encode(context, add_special_tokens=False)
     whole = tok.encode(context + continuation, add_special_tokens=False)
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].float(), dim=-1)
     return sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
@@ -49,8 +49,14 @@ def tiny_gpt2():
 def test_hf_model_goes_through_the_same_evaluator(shared_data, gpt2_tokenizer, tiny_gpt2, tmp_path):
     tok = gpt2_tokenizer
     items = tmp_path / "items.jsonl"
-    res = evaluate(HFLM(tiny_gpt2, tok, batch_size=3), None, ["arc_easy"], limit=8,
-                   data_dir=str(shared_data / "benchmarks"), items_path=items)["arc_easy"]
+    res = evaluate(
+        HFLM(tiny_gpt2, tok, batch_size=3),
+        None,
+        ["arc_easy"],
+        limit=8,
+        data_dir=str(shared_data / "benchmarks"),
+        items_path=items,
+    )["arc_easy"]
     rows = [json.loads(line) for line in items.read_text().splitlines()]
     assert len(rows) == res["n"] == 8
     for r in rows:  # batched, padded scoring gives each request's own log-likelihood
@@ -83,12 +89,33 @@ def test_stlm_eval_cli_loads_a_local_hf_model_directory(shared_data, gpt2_tokeni
     gpt2_tokenizer.save_pretrained(model_dir)
     bench = str(shared_data / "benchmarks")
     out, items = tmp_path / "results.json", tmp_path / "cli_items.jsonl"
-    assert main(["eval", str(model_dir), "--hf", "--tasks", "arc_easy", "--limit", "6", "--data-dir", bench,
-                 "--device", "cpu", "--json", str(out), "--items", str(items)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(model_dir),
+                "--hf",
+                "--tasks",
+                "arc_easy",
+                "--limit",
+                "6",
+                "--data-dir",
+                bench,
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+                "--items",
+                str(items),
+            ]
+        )
+        == 0
+    )
     cli = json.loads(out.read_text())["arc_easy"]
     direct_items = tmp_path / "direct_items.jsonl"
-    direct = evaluate(HFLM(tiny_gpt2, gpt2_tokenizer), None, ["arc_easy"], limit=6, data_dir=bench,
-                      items_path=direct_items)["arc_easy"]
+    direct = evaluate(
+        HFLM(tiny_gpt2, gpt2_tokenizer), None, ["arc_easy"], limit=6, data_dir=bench, items_path=direct_items
+    )["arc_easy"]
     assert cli["n"] == direct["n"] == 6
     assert cli["acc"] == direct["acc"] and cli["acc_norm"] == direct["acc_norm"]
     for a, b in zip(items.read_text().splitlines(), direct_items.read_text().splitlines(), strict=True):

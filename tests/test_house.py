@@ -72,5 +72,7 @@ def test_no_module_imports_a_private_name():
             if isinstance(node, ast.ImportFrom) and node.module != "__future__":
                 private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 if private:
-                    offenders.append(f"{path.relative_to(STLM.parent)}:{node.lineno} from {node.module} import {private}")
+                    offenders.append(
+                        f"{path.relative_to(STLM.parent)}:{node.lineno} from {node.module} import {private}"
+                    )
     assert offenders == []

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 def _legacy_tree(dest: Path) -> Path:
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY, "stlm"], capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", LEGACY, "stlm"], capture_output=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.fail(f"this test needs the repository's history (commit {LEGACY[:7]}): git archive failed: {e}")
     dest.mkdir()
@@ -53,8 +55,14 @@ def test_a_directory_written_before_the_split_resumes_and_reports(tmp_path):
         "config": {
             "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
             "data": {"source": "generated", "max_chars": 100_000, "num_proc": 1},
-            "train": {"max_steps": 20, "batch_size": 4, "eval_interval": 10, "log_interval": 10, "eval_batches": 1,
-                      "warmup_steps": 2},
+            "train": {
+                "max_steps": 20,
+                "batch_size": 4,
+                "eval_interval": 10,
+                "log_interval": 10,
+                "eval_batches": 1,
+                "warmup_steps": 2,
+            },
         },
         "seeds": [0, 1],
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent": 1},
@@ -66,8 +74,14 @@ def test_a_directory_written_before_the_split_resumes_and_reports(tmp_path):
 
     # the old driver: stopped (SIGINT, as Ctrl-C) once its first trial is finished in the ledger
     log = tmp_path / "old.log"
-    first = subprocess.Popen([sys.executable, "-m", "stlm.sweep", *args], cwd=tmp_path, env=_env(old),
-                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "stlm.sweep", *args],
+        cwd=tmp_path,
+        env=_env(old),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ledger = exp / "mlflow_state.json"
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
@@ -83,8 +97,14 @@ def test_a_directory_written_before_the_split_resumes_and_reports(tmp_path):
     assert "stlm/sweep/runner.py" not in log.read_text()  # (no traceback from the old code either)
 
     # today's driver continues it, and today's report reads it
-    resumed = subprocess.run([sys.executable, "-m", "stlm.sweep", *args, "--resume"], cwd=tmp_path, env=_env(None),
-                             capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", *args, "--resume"],
+        cwd=tmp_path,
+        env=_env(None),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     from test_sweep_e2e import _child_runs
 
@@ -93,8 +113,14 @@ def test_a_directory_written_before_the_split_resumes_and_reports(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_bpb")] == [10, 20]
-    report = subprocess.run([str(Path(sys.executable).parent / "stlm"), "report", str(exp)], cwd=tmp_path, env=_env(None),
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [str(Path(sys.executable).parent / "stlm"), "report", str(exp)],
+        cwd=tmp_path,
+        env=_env(None),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     md = (exp / "report" / "report.md").read_text()
     assert "legacy" in md and "val_bpb" in md

@@ -21,8 +21,6 @@ from stlm.models.layers.norms import NORMS
 from stlm.models.layers.positional import POSITIONALS
 from stlm.models.sharing import SHARING
 
-
-
 V = 300  # vocab of the fake BPE tokenizer
 EOT_ID = V - 1
 
@@ -200,7 +198,9 @@ def test_block_repeat_runs_each_block_twice_in_a_row_and_flops_count_each_use():
 
 
 def test_dropout_schedules():
-    f = lambda s, t, **kw: dropout_scale(DropoutConfig(schedule=s, **kw), t, 100)  # noqa: E731
+    def f(s, t, **kw):
+        return dropout_scale(DropoutConfig(schedule=s, **kw), t, 100)
+
     assert [f("constant", t) for t in (0, 50, 100)] == [1.0, 1.0, 1.0]
     assert [f("linear", t, start=1.0, end=0.0) for t in (0, 25, 100)] == [1.0, 0.75, 0.0]
     assert [f("linear", t, start=0.0, end=1.0) for t in (0, 50, 100)] == [0.0, 0.5, 1.0]

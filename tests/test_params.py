@@ -21,7 +21,6 @@ from stlm.models import params as params_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 class FakeTokenizer:
     def __init__(self, vocab_size: int):
         self.vocab_size, self.eot_id = vocab_size, vocab_size - 1

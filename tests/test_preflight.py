@@ -18,8 +18,14 @@ def _stlm(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess
     env = dict(os.environ, HF_HUB_OFFLINE="1", STLM_QUIET="1", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "stlm.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stlm.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _refused(p: subprocess.CompletedProcess, *words: str) -> str:
@@ -36,8 +42,13 @@ def test_dry_run_lists_every_problem_and_the_real_run_writes_nothing(tmp_path):
     import torch
 
     p = _stlm("sweep", REPO / "sweeps/ffn_sharing.yaml", "--dry-run", cwd=tmp_path)
-    words = ["pre-flight found", "fineweb", "HF_HUB_OFFLINE", "gpt2", "openaipublic.blob.core.windows.net:443 was not tried: "
-             "STLM_OFFLINE=1 is set"]  # the test session is offline: the vocabulary's host is not even looked up
+    words = [
+        "pre-flight found",
+        "fineweb",
+        "HF_HUB_OFFLINE",
+        "gpt2",
+        "openaipublic.blob.core.windows.net:443 was not tried: STLM_OFFLINE=1 is set",
+    ]  # the test session is offline: the vocabulary's host is not even looked up
     if not torch.cuda.is_available():
         words += ["resources.gpus_per_worker"]
     _refused(p, *words)
@@ -58,15 +69,25 @@ def test_sweep_level_overrides(tmp_path):
     p = _stlm("sweep", q, "train.lr=0.002", "--dry-run", cwd=tmp_path)  # a searched knob is pinned, and said so
     assert p.returncode == 0 and "pins a knob the sweep searches" in p.stdout and "search: none" in p.stdout
     _refused(_stlm("sweep", q, "model.positional=rope", "--dry-run", cwd=tmp_path), "grid.model.positional")
-    _refused(_stlm("sweep", q, "budget.tolerance=0.00001", "--dry-run", cwd=tmp_path), "budget.tolerance", "budget.free")
+    _refused(
+        _stlm("sweep", q, "budget.tolerance=0.00001", "--dry-run", cwd=tmp_path), "budget.tolerance", "budget.free"
+    )
 
 
 def test_unreachable_address_fails_in_bounded_time(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    p = _stlm("sweep", REPO / "sweeps/quickstart.yaml", "--address", f"127.0.0.1:{port}", "--connect-timeout", "3",
-              cwd=tmp_path, timeout=90)
+    p = _stlm(
+        "sweep",
+        REPO / "sweeps/quickstart.yaml",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--connect-timeout",
+        "3",
+        cwd=tmp_path,
+        timeout=90,
+    )
     _refused(p, f"127.0.0.1:{port}", "--connect-timeout")
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -89,8 +110,11 @@ def test_small_refusals(tmp_path):
     (tmp_path / "empty.yaml").write_text("# nothing yet\n")
     _refused(_stlm("train", tmp_path / "empty.yaml", cwd=tmp_path), "is empty", "section")
     _refused(_stlm("sweep", tmp_path / "empty.yaml", "--dry-run", cwd=tmp_path), "is empty", "`name`")
-    _refused(_stlm("generate", tmp_path / "nowhere", "--temperature", "-1", "--top-k", "0", cwd=tmp_path),
-             "--temperature", "--top-k")
+    _refused(
+        _stlm("generate", tmp_path / "nowhere", "--temperature", "-1", "--top-k", "0", cwd=tmp_path),
+        "--temperature",
+        "--top-k",
+    )
     p = _stlm("--version", cwd=tmp_path)
     assert p.returncode == 0 and p.stdout.startswith("stlm ")
 
@@ -115,9 +139,17 @@ def test_the_test_session_reaches_no_host_but_this_machine():
         port = server.getsockname()[1]
         for host in ["localhost", socket.gethostname(), *sorted(a for a in local_addresses() if ":" not in a)]:
             socket.create_connection((host, port), timeout=5).close()
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('STLM_OFFLINE'), "
-                          "os.environ.get('HF_HUB_OFFLINE'), os.environ.get('HF_DATASETS_OFFLINE'))"],
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; print(os.environ.get('STLM_OFFLINE'), "
+            "os.environ.get('HF_HUB_OFFLINE'), os.environ.get('HF_DATASETS_OFFLINE'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert out.split() == ["1", "1", "1"]
 
 
@@ -164,7 +196,8 @@ def test_offline_probes_name_the_variable_and_connect_nowhere(tmp_path, monkeypa
     # HF_HUB_OFFLINE alone: the downloads are not tried (a server the user set up elsewhere still would be)
     monkeypatch.delenv("STLM_OFFLINE")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert tokenizers.gpt2_unavailable().startswith("openaipublic.blob.core.windows.net:443 was not tried: "
-                                                    "HF_HUB_OFFLINE=1 is set")
+    assert tokenizers.gpt2_unavailable().startswith(
+        "openaipublic.blob.core.windows.net:443 was not tried: HF_HUB_OFFLINE=1 is set"
+    )
     assert offline.hub_unreachable() == "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
     assert offline.hub_down() is None  # datasets reads its cache of an earlier download, without the network

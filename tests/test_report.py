@@ -96,8 +96,19 @@ def _val_bpb(arm: str, seed: int) -> float:
     return {"A": base, "B": base + B_EFFECT + B_NOISE[seed], "C": base + C_NOISE[seed], "D": base - 0.1}[arm]
 
 
-def _log_trial(client, exp_id, parent_id, sweep, arm, seed, final_bpb, status="finished", params_total=10_000_000, evals=True,
-               extra_params=None):
+def _log_trial(
+    client,
+    exp_id,
+    parent_id,
+    sweep,
+    arm,
+    seed,
+    final_bpb,
+    status="finished",
+    params_total=10_000_000,
+    evals=True,
+    extra_params=None,
+):
     from mlflow.entities import Metric, Param, RunTag
 
     run = client.create_run(
@@ -130,7 +141,11 @@ def _log_trial(client, exp_id, parent_id, sweep, arm, seed, final_bpb, status="f
             Metric("eval/arc_easy/acc", acc - 0.2, 0, 100),
             Metric("eval/arc_easy/acc_stderr", 0.02, 0, 100),
         ]
-    params = [Param("params.total", str(params_total)), Param("flops_per_token", str(6 * params_total)), Param("model.d_model", "256")]
+    params = [
+        Param("params.total", str(params_total)),
+        Param("flops_per_token", str(6 * params_total)),
+        Param("model.d_model", "256"),
+    ]
     params += [Param(k, str(v)) for k, v in (extra_params or {}).items()]
     client.log_batch(rid, metrics=metrics, params=params, tags=[RunTag("stlm.git_commit", "abc")])
     if status == "failed":
@@ -255,13 +270,27 @@ def test_cli_prints_table(store, tmp_path):
     sweep_dir.mkdir()
     (sweep_dir / "sweep.json").write_text(
         json.dumps(
-            {"name": "ffn_sharing", "tracking_uri": store["uri"], "experiment": "stlm-test", "parent_run_id": store["parent"],
-             "metric": "val_bpb", "mode": "min", "control_arm": "A", "arms": ["A", "B", "C", "D"], "seeds": SEEDS, "spec_path": "x.yaml"}
+            {
+                "name": "ffn_sharing",
+                "tracking_uri": store["uri"],
+                "experiment": "stlm-test",
+                "parent_run_id": store["parent"],
+                "metric": "val_bpb",
+                "mode": "min",
+                "control_arm": "A",
+                "arms": ["A", "B", "C", "D"],
+                "seeds": SEEDS,
+                "spec_path": "x.yaml",
+            }
         )
     )
     env = dict(os.environ, STLM_QUIET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "stlm.cli", "report", str(sweep_dir), "--no-log"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "stlm.cli", "report", str(sweep_dir), "--no-log"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -272,8 +301,8 @@ def test_cli_prints_table(store, tmp_path):
 
 
 def test_errors_are_clear(store, tmp_path):
-    from stlm.sweep.report.document import build_report
     from stlm.sweep.report.cli import main
+    from stlm.sweep.report.document import build_report
 
     with pytest.raises(StlmError, match="neither a sweep dir"):
         main([str(tmp_path / "nope")])
@@ -295,7 +324,9 @@ def test_multi_objective_pareto(store, tmp_path):
     from stlm.sweep.report.document import build_report
 
     client = store["client"]
-    parent = client.create_run(store["exp_id"], tags={"stlm.sweep": "nas", "stlm.metric": '["val_bpb", "params"]'}).info.run_id
+    parent = client.create_run(
+        store["exp_id"], tags={"stlm.sweep": "nas", "stlm.metric": '["val_bpb", "params"]'}
+    ).info.run_id
     # (params, bpb): 1M/3.0, 2M/2.5, 3M/2.7 (dominated by 2M), 4M/2.2
     ids = {}
     for i, (n, bpb) in enumerate([(1_000_000, 3.0), (2_000_000, 2.5), (3_000_000, 2.7), (4_000_000, 2.2)]):
@@ -310,14 +341,27 @@ def test_multi_objective_pareto(store, tmp_path):
 
 def test_search_cells_keep_their_best_trial():
     """An Optuna search runs several trials per (arm, seed): the arm comparison uses the best of each cell."""
-    from stlm.sweep.analysis.trials import Trial
     from stlm.sweep.analysis.arms import best_per_cell
+    from stlm.sweep.analysis.trials import Trial
 
     def trial(arm, seed, bpb):
-        return Trial(run_id=f"{arm}{seed}{bpb}", run_name="", arm=arm, seed=seed, status="finished", params={},
-                     metrics={"val_bpb": bpb})
+        return Trial(
+            run_id=f"{arm}{seed}{bpb}",
+            run_name="",
+            arm=arm,
+            seed=seed,
+            status="finished",
+            params={},
+            metrics={"val_bpb": bpb},
+        )
 
-    trials = [trial("A", 0, 2.0), trial("A", 0, 1.8), trial("A", 1, 2.1), trial("B", 0, 1.9), trial("B", 0, float("nan"))]
+    trials = [
+        trial("A", 0, 2.0),
+        trial("A", 0, 1.8),
+        trial("A", 1, 2.1),
+        trial("B", 0, 1.9),
+        trial("B", 0, float("nan")),
+    ]
     best = best_per_cell(trials, "val_bpb", "min")
     assert sorted((t.arm, t.seed, t.metrics["val_bpb"]) for t in best) == [("A", 0, 1.8), ("A", 1, 2.1), ("B", 0, 1.9)]
     assert [t.metrics["val_bpb"] for t in best_per_cell(trials[:2], "val_bpb", "max")] == [2.0]
@@ -326,22 +370,38 @@ def test_search_cells_keep_their_best_trial():
 def test_terminal_sweep_json_and_report_use_one_rule():
     """The quickstart's shape (2 arms x 2 seeds x 2 samples): the terminal/sweep.json comparison (from
     Tune's rows) and the report's (from MLflow trials) pick the same trial per cell and agree to the digit."""
+    from stlm.sweep.analysis.arms import analyse
     from stlm.sweep.analysis.summary import comparison_of
     from stlm.sweep.analysis.trials import Trial
-    from stlm.sweep.analysis.arms import analyse
     from stlm.sweep.plan.sweep import load_sweep
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml")
-    bpb = {("rope", 0): [1.30, 1.10], ("rope", 1): [1.25, 1.40], ("learned", 0): [1.20, 1.35], ("learned", 1): [1.31, 1.29]}
+    bpb = {
+        ("rope", 0): [1.30, 1.10],
+        ("rope", 1): [1.25, 1.40],
+        ("learned", 0): [1.20, 1.35],
+        ("learned", 1): [1.31, 1.29],
+    }
     rows, trials = [], []
     for (arm, seed), vals in bpb.items():
         for i, v in enumerate(vals):
             rows.append({"trial_id": f"{arm}{seed}{i}", "arm": arm, "seed": seed, "val_bpb": v, "status": "finished"})
-            trials.append(Trial(run_id=f"{arm}{seed}{i}", run_name="", arm=arm, seed=seed, status="finished",
-                                params={}, metrics={"val_bpb": v}))
+            trials.append(
+                Trial(
+                    run_id=f"{arm}{seed}{i}",
+                    run_name="",
+                    arm=arm,
+                    seed=seed,
+                    status="finished",
+                    params={},
+                    metrics={"val_bpb": v},
+                )
+            )
     rows.append({"trial_id": "x", "arm": "rope", "seed": 0, "val_bpb": 0.5, "status": "failed"})  # never chosen
     rec = comparison_of(sweep, rows)
-    a = analyse(trials, name="q", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="rope")
+    a = analyse(
+        trials, name="q", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="rope"
+    )
     assert rec == a.record
     assert rec["arms"]["rope"]["mean"] == pytest.approx((1.10 + 1.25) / 2)  # best of each cell, not all 4 trials
     assert rec["arms"]["learned"]["diff"] == pytest.approx(((1.20 - 1.10) + (1.29 - 1.25)) / 2)
@@ -366,9 +426,9 @@ def searched(store, tmp_path_factory):
 
     import yaml
 
-    from stlm.sweep.report.document import build_report
     from stlm.sweep.plan.space import SearchSpace
     from stlm.sweep.plan.sweep import load_sweep
+    from stlm.sweep.report.document import build_report
     from stlm.sweep.tracking.ledger import Ledger
     from stlm.sweep.tracking.runs import start_parent
 
@@ -376,8 +436,13 @@ def searched(store, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     spec = yaml.safe_load((repo / "sweeps" / "quickstart.yaml").read_text())
     spec.update(name="lrsearch", base=str(repo / "configs" / "quickstart.yaml"), tracking={"experiment": "stlm-test"})
-    spec["search"].update(samples=4, params={"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-                                             "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.2}})
+    spec["search"].update(
+        samples=4,
+        params={
+            "train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+            "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.2},
+        },
+    )
     (root / "lrsearch.yaml").write_text(yaml.safe_dump(spec))
     sweep = load_sweep(root / "lrsearch.yaml")
     client = store["client"]
@@ -385,8 +450,17 @@ def searched(store, tmp_path_factory):
     rng = random.Random(0)
     for arm, seed in [(a, s) for _ in range(4) for a, s in sweep.cells]:
         lr, wd = 10 ** rng.uniform(-4, -1), rng.uniform(0.0, 0.2)
-        _log_trial(client, store["exp_id"], parent, "lrsearch", arm, seed, _searched_bpb(arm, seed, lr), evals=False,
-                   extra_params={"search.train.lr": lr, "search.train.weight_decay": wd, "train.lr": lr})
+        _log_trial(
+            client,
+            store["exp_id"],
+            parent,
+            "lrsearch",
+            arm,
+            seed,
+            _searched_bpb(arm, seed, lr),
+            evals=False,
+            extra_params={"search.train.lr": lr, "search.train.weight_decay": wd, "train.lr": lr},
+        )
     client.set_terminated(parent, "FINISHED")
     md = build_report(store["uri"], parent, root / "report", metric=None, mode=None)
     return {"md": md, "parent": parent, "sweep": sweep}
@@ -430,16 +504,29 @@ def test_sweep_without_search_says_why_importances_are_absent(report):
 def test_knob_importances_need_two_trials_that_differ():
     """Too few finished trials, or a knob that took one value: the section says why, nothing fails."""
     from stlm.sweep.analysis import knobs
-    from stlm.sweep.analysis.trials import Trial
     from stlm.sweep.analysis.arms import analyse
+    from stlm.sweep.analysis.trials import Trial
 
-    space = json.dumps({"train.lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 0.1, "log": True,
-                                                                                  "step": None}}})
+    space = json.dumps(
+        {"train.lr": {"name": "FloatDistribution", "attributes": {"low": 1e-4, "high": 0.1, "log": True, "step": None}}}
+    )
 
     def analysis(*lrs, status="finished"):
-        trials = [Trial(run_id=f"r{i}", run_name="", arm="A", seed=i, status=status if i else "finished",
-                        params={"search.train.lr": str(lr)}, metrics={"val_bpb": 2.0 + i}) for i, lr in enumerate(lrs)]
-        a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
+        trials = [
+            Trial(
+                run_id=f"r{i}",
+                run_name="",
+                arm="A",
+                seed=i,
+                status=status if i else "finished",
+                params={"search.train.lr": str(lr)},
+                metrics={"val_bpb": 2.0 + i},
+            )
+            for i, lr in enumerate(lrs)
+        ]
+        a = analyse(
+            trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A"
+        )
         return knobs.analyse_knobs(a, space)
 
     assert "fewer than 2 finished trials" in analysis(1e-3, 2e-3, status="failed").absent
@@ -453,13 +540,26 @@ def test_knobs_of_a_sweep_that_recorded_no_space_are_inferred_and_importances_ar
     """An older sweep (no sweep.search on its parent run): the knobs are its trials' search.* params, the
     ranges those seen; fANOVA is seeded, so the same trials give the report the same numbers."""
     from stlm.sweep.analysis import knobs
-    from stlm.sweep.analysis.trials import Trial
     from stlm.sweep.analysis.arms import analyse
+    from stlm.sweep.analysis.trials import Trial
 
-    trials = [Trial(run_id=f"r{i}", run_name="", arm="AB"[i % 2], seed=i // 2, status="finished",
-                    params={"search.train.lr": str(10 ** (-4 + 0.3 * i)), "search.model.n_layers": str(2 + i % 3),
-                            "search.arch.kv_index": "0", "train.seed": str(i // 2)},
-                    metrics={"val_bpb": 2.0 + (-4 + 0.3 * i + 2.5) ** 2}) for i in range(10)]
+    trials = [
+        Trial(
+            run_id=f"r{i}",
+            run_name="",
+            arm="AB"[i % 2],
+            seed=i // 2,
+            status="finished",
+            params={
+                "search.train.lr": str(10 ** (-4 + 0.3 * i)),
+                "search.model.n_layers": str(2 + i % 3),
+                "search.arch.kv_index": "0",
+                "train.seed": str(i // 2),
+            },
+            metrics={"val_bpb": 2.0 + (-4 + 0.3 * i + 2.5) ** 2},
+        )
+        for i in range(10)
+    ]
     a = analyse(trials, name="s", parent_run_id="p", tracking_uri="u", metrics=["val_bpb"], modes=["min"], control="A")
     runs = [knobs.analyse_knobs(a, None) for _ in range(2)]
     r = runs[0]

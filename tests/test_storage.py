@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 import test_cluster
+import yaml
 from test_cluster import TINY_SWEEP, VENV_PYTHON, _free_port, _lost_and_duplicated, _points, two_node_cluster
 from test_sweep_e2e import _kill_group
 
@@ -33,9 +33,12 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
         self.log = root / "moto.log"
-        self.proc = subprocess.Popen([str(Path(VENV_PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p",
-                                      str(self.port)], stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(Path(VENV_PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=open(self.log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         t0 = time.monotonic()
         while True:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
@@ -50,8 +53,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
-                            aws_secret_access_key="testing", region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
 
     def keys(self, prefix: str) -> dict[str, int]:
         """key -> size of every object under prefix (through the S3 API)."""
@@ -83,8 +91,14 @@ def s3_server(tmp_path, monkeypatch):
 
 
 def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([VENV_PYTHON, "-m", "stlm.sweep", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, STLM_QUIET="1", **env))
+    return subprocess.run(
+        [VENV_PYTHON, "-m", "stlm.sweep", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, STLM_QUIET="1", **env),
+    )
 
 
 def test_an_unreachable_bucket_fails_preflight_at_once(tmp_path):
@@ -119,9 +133,9 @@ def test_a_query_string_uri_is_refused(tmp_path):
 def test_the_mirror_follows_the_last_session(s3_server, tmp_path, monkeypatch):
     """--resume keeps this machine's mirror when this machine ran the last session (its newest writes
     may not be uploaded yet) and takes the bucket's copy otherwise; a missing bucket is named."""
+    from stlm.errors import StlmError
     from stlm.sweep.resilience import storage
     from stlm.sweep.run import preflight
-    from stlm.errors import StlmError
 
     uri = f"s3://{BUCKET}/sweeps/mirror"
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
@@ -149,12 +163,16 @@ def test_the_mirror_follows_the_last_session(s3_server, tmp_path, monkeypatch):
     from stlm.sweep.resilience.lock import STALE_S, ObjectLock
 
     other = {"host": "other-host", "pid": 4242, "started": "earlier", "command": "python -m stlm.sweep x"}
-    s3_server.client().put_object(Bucket=BUCKET, Key="sweeps/mirror.lock",
-                                  Body=json.dumps({**other, "heartbeat": time.time()}).encode())
+    s3_server.client().put_object(
+        Bucket=BUCKET, Key="sweeps/mirror.lock", Body=json.dumps({**other, "heartbeat": time.time()}).encode()
+    )
     with pytest.raises(StlmError, match=r"in use by another sweep driver: pid 4242 on host 'other-host'"):
         ObjectLock(storage.open(uri)).acquire()
-    s3_server.client().put_object(Bucket=BUCKET, Key="sweeps/mirror.lock",
-                                  Body=json.dumps({**other, "heartbeat": time.time() - STALE_S - 1}).encode())
+    s3_server.client().put_object(
+        Bucket=BUCKET,
+        Key="sweeps/mirror.lock",
+        Body=json.dumps({**other, "heartbeat": time.time() - STALE_S - 1}).encode(),
+    )
     lock = ObjectLock(storage.open(uri)).acquire()
     assert json.loads(s3_server.get("sweeps/mirror.lock"))["pid"] == os.getpid()
     lock.release()
@@ -209,19 +227,31 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
     t0 = time.monotonic()
     with two_node_cluster({"MLFLOW_TRACKING_URI": mlflow_server.uri, **s3_server.env}) as cluster:
         env = dict(cluster["env"], STLM_QUIET="1", **s3_server.env)
-        args = [VENV_PYTHON, "-m", "stlm.sweep", str(sweep_file), "--experiment-dir", uri,
-                "--address", f"127.0.0.1:{cluster['gcs']}"]
+        args = [
+            VENV_PYTHON,
+            "-m",
+            "stlm.sweep",
+            str(sweep_file),
+            "--experiment-dir",
+            uri,
+            "--address",
+            f"127.0.0.1:{cluster['gcs']}",
+        ]
         log1, log2 = tmp_path / "first.log", tmp_path / "resume.log"
 
         def running_far_enough() -> bool:
             trials = _bucket_ledger(s3_server, prefix).get("trials", {})
             keys = s3_server.keys(f"{prefix}/")
-            return (len(trials) == 2 and all(t["last_step"] >= 10 for t in trials.values())
-                    and any("/tune/experiment_state-" in k for k in keys)
-                    and sum(1 for k in keys if "/train/" in k and k.endswith("/model.pt")) >= 2)
+            return (
+                len(trials) == 2
+                and all(t["last_step"] >= 10 for t in trials.values())
+                and any("/tune/experiment_state-" in k for k in keys)
+                and sum(1 for k in keys if "/train/" in k and k.endswith("/model.pt")) >= 2
+            )
 
-        p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=open(log1, "w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=open(log1, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 300
             while not running_far_enough():
@@ -235,8 +265,14 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
 
         fresh_home = tmp_path / "another-machine"
         fresh_home.mkdir()
-        p = subprocess.Popen([*args, "--resume"], cwd=tmp_path, env=dict(env, HOME=str(fresh_home)),
-                             stdout=open(log2, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [*args, "--resume"],
+            cwd=tmp_path,
+            env=dict(env, HOME=str(fresh_home)),
+            stdout=open(log2, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             rc = p.wait(timeout=400)
         finally:
@@ -267,15 +303,19 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     parent = client.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["stlm.trial_id"] for c in children) == sorted(tids)
     resumed_from = {}
     for c in children:
         tid = c.data.tags["stlm.trial_id"]
         assert c.info.status == "FINISHED" and c.data.tags["stlm.checkpoint"] == f"{uri}/train/{tid}", c.data.tags
-        results = [json.loads(line) for line in s3_server.get(f"{prefix}/tune/{tid}/result.json").decode().splitlines()
-                   if line.strip()]
+        results = [
+            json.loads(line)
+            for line in s3_server.get(f"{prefix}/tune/{tid}/result.json").decode().splitlines()
+            if line.strip()
+        ]
         lost, duplicated = _lost_and_duplicated(client, c.info.run_id, results)
         assert not lost and duplicated == 0, (tid, sorted(lost)[:20], duplicated)
         assert _points(client, c.info.run_id)["val_bpb"] == list(range(2, SWEEP_STEPS + 1, 2))
@@ -283,7 +323,9 @@ def test_a_two_node_sweep_lives_in_the_bucket_and_resumes_from_it(tmp_path, mlfl
         assert 0.0 <= c.data.metrics["eval/blimp/acc"] <= 1.0
         assert [a.path for a in client.list_artifacts(c.info.run_id, "eval")] == ["eval/items.jsonl"]
         resumed_from[tid] = int(c.data.metrics.get("resumed_from_step", -1))
-    print(f"s3 sweep: {total_s:.0f}s in all; resumed from the bucket and finished {resume_s:.0f}s after the kill; "
-          f"steps at the kill {steps_at_kill}, resumed from {resumed_from}; {len(keys)} objects, "
-          f"{total_bytes / 1e6:.1f} MB in the bucket")
+    print(
+        f"s3 sweep: {total_s:.0f}s in all; resumed from the bucket and finished {resume_s:.0f}s after the kill; "
+        f"steps at the kill {steps_at_kill}, resumed from {resumed_from}; {len(keys)} objects, "
+        f"{total_bytes / 1e6:.1f} MB in the bucket"
+    )
     assert all(s > 0 for s in resumed_from.values()), resumed_from  # from the bucket's checkpoints, not afresh

@@ -1,9 +1,9 @@
 """End to end: the quickstart sweep, reduced, through Ray Tune + Ray Train + Optuna + MLflow for real.
 
 One combined test (start-up dominates on 2 cores): start the sweep, SIGTERM the driver as soon as
-the first results are in (it must end within 15 s with its parent run KILLED), continue it with --resume, then read the MLflow sqlite store back and
-check that every trial finished exactly once, with its config, params, an unbroken val_bpb history
-without repeated steps, and the eval metrics.
+the first results are in (it must end within 15 s with its parent run KILLED), continue it with --resume,
+then read the MLflow sqlite store back and check that every trial finished exactly once, with its config,
+params, an unbroken val_bpb history without repeated steps, and the eval metrics.
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ pytestmark = pytest.mark.slow
 
 MAX_STEPS = 30
 OVERRIDES = [
-    f"train.max_steps={MAX_STEPS}", "train.eval_interval=10", "train.log_interval=10", "train.warmup_steps=3",
-    "train.batch_size=8", "train.eval_batches=2", "data.max_chars=400000", "data.bpe_train_chars=200000",
+    f"train.max_steps={MAX_STEPS}",
+    "train.eval_interval=10",
+    "train.log_interval=10",
+    "train.warmup_steps=3",
+    "train.batch_size=8",
+    "train.eval_batches=2",
+    "data.max_chars=400000",
+    "data.bpe_train_chars=200000",
 ]
 
 
@@ -41,8 +47,14 @@ def _env() -> dict:
 
 def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     # own session: the driver and the Ray processes it starts form one process group we can kill
-    return subprocess.Popen([sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=_env(),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stlm.sweep", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _kill_group(p: subprocess.Popen) -> None:
@@ -76,7 +88,9 @@ def _wait_group_empty(pgid: int, timeout: float) -> list[str]:
         left = []
         for pid in live_pids("pgrp", pgid):
             with contextlib.suppress(OSError):
-                left.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
+                left.append(
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+                )
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
@@ -102,8 +116,10 @@ def _child_runs(exp_dir: Path):
 
     info = json.loads((exp_dir / "sweep.json").read_text())
     client = MlflowClient(tracking_uri=info["tracking_uri"])
-    runs = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    runs = client.search_runs(
+        [client.get_run(info["parent_run_id"]).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'",
+    )
     return client, runs
 
 
@@ -230,8 +246,9 @@ def test_the_driver_frees_the_workers_of_a_killed_trial(tmp_path):
     """What lets a local ASHA sweep run without Ray Train's cleaner actors and the dashboard: once the
     actor that made a placement group is killed, the driver's callback frees that group's CPUs
     (Ray alone keeps it until the job ends), and leaves the driver's own groups alone."""
-    r = subprocess.run([sys.executable, "-c", PG_SCRIPT], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                       timeout=180)
+    r = subprocess.run(
+        [sys.executable, "-c", PG_SCRIPT], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180
+    )
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
     assert line, r.stdout[-2000:] + r.stderr[-4000:]
     assert line[0].split()[1:] == ["0", "CREATED", "REMOVED", "CREATED"]
@@ -243,10 +260,16 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path, shared_data):
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     # broken: weights drawn with std 1e38 overflow float32, so its loss is NaN at step 1 on any host
     # (CPU or GPU) and training stops with NonFiniteLossError
-    spec.update(name="asha", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
-                arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"model.init_std": 1e38}}],
-                control="ok", seeds=[0], scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
-                max_failures=0)
+    spec.update(
+        name="asha",
+        base=str(REPO / "configs" / "quickstart.yaml"),
+        grid={},
+        arms=[{"name": "ok", "set": {}}, {"name": "broken", "set": {"model.init_std": 1e38}}],
+        control="ok",
+        seeds=[0],
+        scheduler={"type": "asha", "grace_period": 10, "reduction_factor": 2},
+        max_failures=0,
+    )
     spec["search"]["samples"] = 4  # ok: 4 trials racing through the rungs; broken: 4 trials that diverge
     spec["eval"] = {"tasks": ["blimp"], "limit": 4, "data_dir": str(shared_data / "benchmarks")}
     sweep_file = tmp_path / "asha.yaml"
@@ -265,8 +288,9 @@ def test_asha_stops_trials_and_the_sweep_goes_on(tmp_path, shared_data):
         by_status.setdefault(r.data.tags["stlm.status"], []).append(r)
     assert {r.data.tags["stlm.arm"] for r in by_status["failed"]} == {"broken"} and len(by_status["failed"]) == 4
     for r in by_status["failed"]:
-        assert r.info.status == "FAILED" and "training loss became nan at step 1" in r.data.tags["stlm.error"], \
+        assert r.info.status == "FAILED" and "training loss became nan at step 1" in r.data.tags["stlm.error"], (
             r.data.tags["stlm.error"]
+        )
     ok = by_status.get("finished", []) + by_status.get("stopped", [])
     assert len(ok) == 4 and by_status.get("finished")
     for r in ok:
@@ -286,10 +310,18 @@ def test_a_trial_with_two_workers_trains_data_parallel(tmp_path):
         "config": {
             "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": context},
             "data": {"source": "generated", "max_chars": 200000, "num_proc": 1},
-            "train": {"max_steps": steps, "batch_size": batch, "eval_interval": 3, "log_interval": 3,
-                      "eval_batches": 1, "warmup_steps": 1},
+            "train": {
+                "max_steps": steps,
+                "batch_size": batch,
+                "eval_interval": 3,
+                "log_interval": 3,
+                "eval_batches": 1,
+                "warmup_steps": 1,
+            },
         },
-        "arms": [{"name": "ddp", "set": {}}], "control": "ddp", "seeds": [0],
+        "arms": [{"name": "ddp", "set": {}}],
+        "control": "ddp",
+        "seeds": [0],
         "resources": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0},
     }
     sweep_file = tmp_path / "ddp.yaml"
@@ -312,8 +344,11 @@ def _train_workers_of(exp_dir: Path) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
-                    and str(exp_dir).encode() in (proc / "environ").read_bytes():
+            if (
+                proc.name.isdigit()
+                and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker")
+                and str(exp_dir).encode() in (proc / "environ").read_bytes()
+            ):
                 pids.append(int(proc.name))
         except OSError:  # gone, or not ours
             continue
@@ -326,8 +361,15 @@ def test_a_killed_train_worker_is_restarted_from_its_checkpoint(tmp_path):
     history has each validation once."""
     steps = 80
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
-    spec.update(name="retry", base=str(REPO / "configs" / "quickstart.yaml"), grid={},
-                arms=[{"name": "rope", "set": {}}], control="rope", seeds=[0], max_failures=1)
+    spec.update(
+        name="retry",
+        base=str(REPO / "configs" / "quickstart.yaml"),
+        grid={},
+        arms=[{"name": "rope", "set": {}}],
+        control="rope",
+        seeds=[0],
+        max_failures=1,
+    )
     spec["search"]["samples"] = 1
     sweep_file = tmp_path / "retry.yaml"
     sweep_file.write_text(yaml.safe_dump(spec))
@@ -339,7 +381,9 @@ def test_a_killed_train_worker_is_restarted_from_its_checkpoint(tmp_path):
         killed = _train_workers_of(exp_dir)
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        assert killed, "no Train worker to kill before the trial ended:\n" + (tmp_path / "retry.log").read_text()[-3000:]
+        assert killed, (
+            "no Train worker to kill before the trial ended:\n" + (tmp_path / "retry.log").read_text()[-3000:]
+        )
         rc = p.wait(timeout=300)
     finally:
         _kill_group(p)

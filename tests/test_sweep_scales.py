@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from test_sweep_e2e import REPO, _child_runs, _env
 
 from stlm.sweep.analysis.compare import scale_fits
-from test_sweep_e2e import REPO, _child_runs, _env
 
 SIZES = ["300k", "600k", "1.2M"]
 
@@ -24,14 +24,24 @@ SIZES = ["300k", "600k", "1.2M"]
 def _sweep_file(tmp_path):
     (tmp_path / "base.yaml").write_text((REPO / "configs" / "quickstart.yaml").read_text())
     body = {
-        "name": "scales", "base": "base.yaml",
-        "config": {"model": {"n_heads": 2, "multiple_of": 4, "ffn_dim": None},
-                   "train": {"max_steps": 10, "eval_interval": 5, "log_interval": 5, "warmup_steps": 2, "batch_size": 8,
-                             "eval_batches": 2},
-                   "data": {"max_chars": 400000, "bpe_train_chars": 200000}},
+        "name": "scales",
+        "base": "base.yaml",
+        "config": {
+            "model": {"n_heads": 2, "multiple_of": 4, "ffn_dim": None},
+            "train": {
+                "max_steps": 10,
+                "eval_interval": 5,
+                "log_interval": 5,
+                "warmup_steps": 2,
+                "batch_size": 8,
+                "eval_batches": 2,
+            },
+            "data": {"max_chars": 400000, "bpe_train_chars": 200000},
+        },
         "budget": {"target": SIZES, "tolerance": 0.05, "free": "d_model"},
         "grid": {"model.positional": ["rope", "learned"]},
-        "control": "rope", "seeds": [0, 1],
+        "control": "rope",
+        "seeds": [0, 1],
         "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent": 3},
         "tracking": {"experiment": "scales"},
     }
@@ -55,12 +65,15 @@ def expected_trend(xs: list[float], ds: list[float]) -> tuple[float, str]:
     return slope, "grows with scale" if (slope > 0) == (d.mean() > 0) else "shrinks with scale"
 
 
-@pytest.mark.parametrize("diff_of_size,trend", [
-    (lambda logn: 0.02 + 0.05 * logn, "grows with scale"),  # positive and growing
-    (lambda logn: -0.02 - 0.05 * logn, "grows with scale"),  # negative and growing in size
-    (lambda logn: 0.4 - 0.05 * logn, "shrinks with scale"),  # positive and falling
-    (lambda logn: 0.1, "no trend detectable at 95%"),  # a constant difference, only noise around it
-])
+@pytest.mark.parametrize(
+    "diff_of_size,trend",
+    [
+        (lambda logn: 0.02 + 0.05 * logn, "grows with scale"),  # positive and growing
+        (lambda logn: -0.02 - 0.05 * logn, "grows with scale"),  # negative and growing in size
+        (lambda logn: 0.4 - 0.05 * logn, "shrinks with scale"),  # positive and falling
+        (lambda logn: 0.1, "no trend detectable at 95%"),  # a constant difference, only noise around it
+    ],
+)
 def test_the_scale_trend_is_what_constructed_data_must_give(diff_of_size, trend):
     """3 sizes x 3 seeds with a known difference from the control at each size, plus seed noise."""
     noise = {0: 0.004, 1: -0.003, 2: -0.001}
@@ -84,8 +97,14 @@ def test_the_scale_trend_is_what_constructed_data_must_give(diff_of_size, trend)
 def test_three_sizes_two_arms_two_seeds_fit_the_scale_trend(tmp_path):
     sweep = _sweep_file(tmp_path)
     exp_dir = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-m", "stlm.sweep", str(sweep), "--experiment-dir", str(exp_dir)],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", str(sweep), "--experiment-dir", str(exp_dir)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
 
@@ -106,8 +125,13 @@ def test_three_sizes_two_arms_two_seeds_fit_the_scale_trend(tmp_path):
     fit = rec["scale"]["learned"]
     assert fit["pairs"] == 6 and fit["slope_lo"] <= fit["slope"] <= fit["slope_hi"]
     # the trend the runs' own numbers must give: learned - rope at the same size and seed against log(params)
-    cell = {(r.data.tags["stlm.arm"], r.data.tags["stlm.seed"]): (int(r.data.params["params.total"]),
-                                                                   r.data.metrics["val_bpb"]) for r in runs}
+    cell = {
+        (r.data.tags["stlm.arm"], r.data.tags["stlm.seed"]): (
+            int(r.data.params["params.total"]),
+            r.data.metrics["val_bpb"],
+        )
+        for r in runs
+    }
     xs = [math.log(cell[(f"rope@{s}", seed)][0]) for s in SIZES for seed in "01"]
     ds = [cell[(f"learned@{s}", seed)][1] - cell[(f"rope@{s}", seed)][1] for s in SIZES for seed in "01"]
     slope, trend = expected_trend(xs, ds)
@@ -132,7 +156,9 @@ def test_three_sizes_two_arms_two_seeds_fit_the_scale_trend(tmp_path):
     parent = MlflowClient(tracking_uri=info["tracking_uri"]).get_run(info["parent_run_id"])
     metrics = parent.data.metrics
     assert metrics["compare/learned_1.2M/val_bpb/diff"] == pytest.approx(rec["arms"]["learned@1.2M"]["diff"], rel=1e-9)
-    assert metrics["compare/learned_300k/val_bpb/diff_hi"] == pytest.approx(rec["arms"]["learned@300k"]["diff_hi"], rel=1e-9)
+    assert metrics["compare/learned_300k/val_bpb/diff_hi"] == pytest.approx(
+        rec["arms"]["learned@300k"]["diff_hi"], rel=1e-9
+    )
     assert metrics["compare/rope_600k/val_bpb/mean"] == pytest.approx(rec["arms"]["rope@600k"]["mean"], rel=1e-9)
     assert metrics["scale/learned/val_bpb/diff_slope"] == pytest.approx(fit["slope"], rel=1e-9)
     # two seeds: the sweep says the intervals are not informative and what it could have detected

@@ -17,10 +17,10 @@ import yaml
 
 from stlm.errors import StlmError
 from stlm.offline import is_local
-from stlm.sweep.run.driver import main as sweep_main
-from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.schema import CONFIG_KEYS
+from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.sweep import load_sweep
+from stlm.sweep.run.driver import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -41,8 +41,19 @@ def write_sweep(tmp_path: Path, body: dict, name: str = "s.yaml") -> Path:
 
 def test_the_expected_sweep_files_ship():
     names = {p.stem for p in SWEEPS}
-    for want in ("quickstart", "positional_encoding", "ffn_type", "weight_tying", "ffn_sharing", "dropout_schedule",
-                 "byte_level", "lr_schedule", "search_10m", "search_50m", "search_100m"):
+    for want in (
+        "quickstart",
+        "positional_encoding",
+        "ffn_type",
+        "weight_tying",
+        "ffn_sharing",
+        "dropout_schedule",
+        "byte_level",
+        "lr_schedule",
+        "search_10m",
+        "search_50m",
+        "search_100m",
+    ):
         assert want in names
 
 
@@ -60,16 +71,22 @@ def fitted(path: Path, shared_data: Path) -> list[str]:
     batch = min(a.cfg.train.batch_size for a in sweep.arms)
 
     def memory(b: int) -> float:
-        cfgs = [(dataclasses.replace(a.cfg, train=dataclasses.replace(a.cfg.train, batch_size=b)), a) for a in sweep.arms]
+        cfgs = [
+            (dataclasses.replace(a.cfg, train=dataclasses.replace(a.cfg.train, batch_size=b)), a) for a in sweep.arms
+        ]
         return r.workers * max(estimate_memory(cfg, a.count.total) for cfg, a in cfgs)
 
     while memory(batch) > have["memory"] and batch % 2 == 0:
         batch //= 2
-    return ["resources.gpus_per_worker=0", f"resources.cpus_per_worker={max(1, int(have['CPU']) // r.workers)}",
-            f"train.batch_size={batch}", f"train.grad_accum={per_step // batch}",
-            f"data.source={shared_data / 'corpora' / 'tinystories'}",
-            f"data.gpt2_vocab_file={shared_data / 'tokenizers' / 'gpt2' / 'gpt2.tiktoken'}",
-            f"eval.data_dir={shared_data / 'benchmarks'}"]
+    return [
+        "resources.gpus_per_worker=0",
+        f"resources.cpus_per_worker={max(1, int(have['CPU']) // r.workers)}",
+        f"train.batch_size={batch}",
+        f"train.grad_accum={per_step // batch}",
+        f"data.source={shared_data / 'corpora' / 'tinystories'}",
+        f"data.gpt2_vocab_file={shared_data / 'tokenizers' / 'gpt2' / 'gpt2.tiktoken'}",
+        f"eval.data_dir={shared_data / 'benchmarks'}",
+    ]
 
 
 @pytest.fixture
@@ -132,13 +149,20 @@ def test_every_sweep_file_passes_dry_run(path, capsys, shared_data, connects):
 
 
 def test_a_gap_the_granularity_cannot_close_is_explained(tmp_path, capsys):
-    p = write_sweep(tmp_path, {"budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
-                               "grid": {"model.positional": ["rope", "learned"]}})
+    p = write_sweep(
+        tmp_path,
+        {
+            "budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
+            "grid": {"model.positional": ["rope", "learned"]},
+        },
+    )
     assert sweep_main([str(p), "model.multiple_of=16", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "largest pairwise parameter gap: 0.83% (above 0.5%)" in out
-    assert "learned: ffn_dim moves in steps of 16, 24,576 parameters a step here; 984,192 is -0.83% from the " \
-           "control's 992,384, and the next size above (1,008,768, +1.65%) is farther from the control" in out
+    assert (
+        "learned: ffn_dim moves in steps of 16, 24,576 parameters a step here; 984,192 is -0.83% from the "
+        "control's 992,384, and the next size above (1,008,768, +1.65%) is farther from the control" in out
+    )
 
 
 def test_a_gpu_sweep_on_a_gpuless_machine_is_refused_naming_the_fix(shared_data, tmp_path):
@@ -151,7 +175,8 @@ def test_a_gpu_sweep_on_a_gpuless_machine_is_refused_naming_the_fix(shared_data,
     assert r.stderr.strip() == (
         "error: pre-flight found 1 problem in sweep 'ffn_sharing'; nothing was started or written:\n"
         "  1. resources: each trial asks for 1 worker(s) x 1 GPU = 1 GPUs, and this machine (a local Ray) has 0. "
-        "Run on CPUs with resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address.")
+        "Run on CPUs with resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address."
+    )
     assert "nothing launched" not in r.stdout and list(tmp_path.iterdir()) == []
 
 
@@ -169,7 +194,9 @@ def test_compute_matched_sweep_gives_every_arm_the_controls_flops(capsys, shared
     gap = float(re.search(r"largest pairwise training-FLOPs gap: ([0-9.]+)%", out).group(1))
     assert gap <= 0.5
     for a in sweep.arms:  # the dry run prints steps, tokens and total FLOPs of every arm
-        assert re.search(rf"^{re.escape(a.name)} .* {a.cfg.train.max_steps} .* {re.escape(format(flops[a.name], '.4g'))} ", out, re.M), a.name
+        assert re.search(
+            rf"^{re.escape(a.name)} .* {a.cfg.train.max_steps} .* {re.escape(format(flops[a.name], '.4g'))} ", out, re.M
+        ), a.name
     # trials resolve to the same steps as their arm (the runner trains space.resolve's config)
     space = SearchSpace(sweep)
     assert space.resolve({"arm": "ffn_all", "seed": 1}).train.max_steps == 2903
@@ -185,10 +212,12 @@ def test_absolute_token_and_flop_budgets(tmp_path):
     for a in sweep.arms:
         total = a.count.flops_per_token * a.cfg.train.max_steps * 16 * 128
         assert abs(total - 2e12) / 2e12 < 0.005
-    bad = [({"tokens": "1M", "flops": 1e12}, "budget.flops fixes"),
-           ({"compute": "match"}, None),
-           ({"compute": "equal"}, "budget.compute"),
-           ({"tolerance": 0.01}, "give a parameter target")]
+    bad = [
+        ({"tokens": "1M", "flops": 1e12}, "budget.flops fixes"),
+        ({"compute": "match"}, None),
+        ({"compute": "equal"}, "budget.compute"),
+        ({"tolerance": 0.01}, "give a parameter target"),
+    ]
     for budget, msg in bad:
         p = write_sweep(tmp_path, {"budget": budget, **arms})
         if msg is None:
@@ -217,14 +246,21 @@ def test_quickstart_is_a_small_cpu_sweep():
 
 
 def test_grid_product_named_arms_and_overrides(tmp_path):
-    p = write_sweep(tmp_path, {
-        "grid": {"model.positional": ["rope", "learned"], "model.ffn": ["swiglu", "gelu"]},
-        "seeds": [3, 4],
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "grid": {"model.positional": ["rope", "learned"], "model.ffn": ["swiglu", "gelu"]},
+            "seeds": [3, 4],
+        },
+    )
     sweep = load_sweep(p, ["train.max_steps=7"])
     names = [a.name for a in sweep.arms]
-    assert names == ["positional=rope,ffn=swiglu", "positional=rope,ffn=gelu",
-                     "positional=learned,ffn=swiglu", "positional=learned,ffn=gelu"]
+    assert names == [
+        "positional=rope,ffn=swiglu",
+        "positional=rope,ffn=gelu",
+        "positional=learned,ffn=swiglu",
+        "positional=learned,ffn=gelu",
+    ]
     assert sweep.control_arm == names[0]  # default control: the first arm
     assert all(a.cfg.train.max_steps == 7 for a in sweep.arms)
     assert sweep.arms[3].cfg.model.positional == "learned" and sweep.arms[3].cfg.model.ffn == "gelu"
@@ -233,10 +269,13 @@ def test_grid_product_named_arms_and_overrides(tmp_path):
 
 
 def test_budget_rematches_every_arm(tmp_path):
-    p = write_sweep(tmp_path, {
-        "budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
-        "grid": {"model.ffn": ["swiglu", "gelu"]},
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "budget": {"target": "1M", "tolerance": 0.02, "free": "ffn_dim"},
+            "grid": {"model.ffn": ["swiglu", "gelu"]},
+        },
+    )
     sweep = load_sweep(p)
     swiglu, gelu = sweep.arms
     for a in sweep.arms:
@@ -245,33 +284,44 @@ def test_budget_rematches_every_arm(tmp_path):
 
 
 def test_infeasible_arm_fails_before_launch_with_nearest_sizes(tmp_path):
-    p = write_sweep(tmp_path, {
-        "budget": {"target": "50k", "tolerance": 0.01, "free": "ffn_dim"},
-        "grid": {"model.positional": ["rope", "learned"]},
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "budget": {"target": "50k", "tolerance": 0.01, "free": "ffn_dim"},
+            "grid": {"model.positional": ["rope", "learned"]},
+        },
+    )
     with pytest.raises(StlmError) as e:
         load_sweep(p)
     msg = str(e.value)
     assert "arm 'rope'" in msg and "nearest feasible" in msg and "50,000" in msg
 
 
-@pytest.mark.parametrize("body, needle", [
-    ({"grid": {"model.positonal": ["rope"]}}, "'model.positional'"),
-    ({"grid": {"model.positional_encoding": ["rope"]}}, "'model.positional'"),
-    ({"arms": [{"name": "a", "set": {"train.learning_rate": 1e-3}}]}, "train.lr"),
-    ({"search": {"params": {"train.lrr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}, "'train.lr'"),
-    ({"serach": {}}, "'search'"),
-    ({"grid": {"model.positional": ["rope", "spiral"]}}, "model.positional"),
-    ({"search": {"algorithm": "cmaes"}}, "tpe"),
-    ({"search": {"params": {"train.lr": {"type": "loguniform", "low": 0, "high": 1e-2}}}}, "low > 0"),
-    ({"scheduler": {"type": "pbt"}}, "pbt is not supported"),
-    ({"control": "ropee", "grid": {"model.positional": ["rope", "learned"]}}, "Did you mean 'rope'"),
-    ({"grid": {"model": ["x"]}}, "config section"),
-    ({"grid": {"train.lr": [1e-3, 2e-3]},
-      "search": {"params": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}, "or searched, not both"),
-    ({"search": {"architecture": True}}, "needs a `budget`"),
-    ({"metric": ["val_bpb", "params"], "mode": ["min"]}, "one mode per metric"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"grid": {"model.positonal": ["rope"]}}, "'model.positional'"),
+        ({"grid": {"model.positional_encoding": ["rope"]}}, "'model.positional'"),
+        ({"arms": [{"name": "a", "set": {"train.learning_rate": 1e-3}}]}, "train.lr"),
+        ({"search": {"params": {"train.lrr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}, "'train.lr'"),
+        ({"serach": {}}, "'search'"),
+        ({"grid": {"model.positional": ["rope", "spiral"]}}, "model.positional"),
+        ({"search": {"algorithm": "cmaes"}}, "tpe"),
+        ({"search": {"params": {"train.lr": {"type": "loguniform", "low": 0, "high": 1e-2}}}}, "low > 0"),
+        ({"scheduler": {"type": "pbt"}}, "pbt is not supported"),
+        ({"control": "ropee", "grid": {"model.positional": ["rope", "learned"]}}, "Did you mean 'rope'"),
+        ({"grid": {"model": ["x"]}}, "config section"),
+        (
+            {
+                "grid": {"train.lr": [1e-3, 2e-3]},
+                "search": {"params": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+            },
+            "or searched, not both",
+        ),
+        ({"search": {"architecture": True}}, "needs a `budget`"),
+        ({"metric": ["val_bpb", "params"], "mode": ["min"]}, "one mode per metric"),
+    ],
+)
 def test_bad_sweeps_name_the_key(tmp_path, body, needle):
     with pytest.raises(StlmError) as e:
         load_sweep(write_sweep(tmp_path, body))
@@ -305,14 +355,22 @@ def _ask_all(space: SearchSpace, sampler=None):
 
 
 def test_every_cell_runs_and_optuna_samples_the_knobs(tmp_path):
-    p = write_sweep(tmp_path, {
-        "grid": {"model.positional": ["rope", "learned"]},
-        "seeds": [0, 1],
-        "search": {"algorithm": "tpe", "samples": 3,
-                   "params": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-                              "train.warmup_steps": {"type": "int", "low": 0, "high": 40},
-                              "model.dropout.residual": {"type": "categorical", "choices": [0.0, 0.1]}}},
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "grid": {"model.positional": ["rope", "learned"]},
+            "seeds": [0, 1],
+            "search": {
+                "algorithm": "tpe",
+                "samples": 3,
+                "params": {
+                    "train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                    "train.warmup_steps": {"type": "int", "low": 0, "high": 40},
+                    "model.dropout.residual": {"type": "categorical", "choices": [0.0, 0.1]},
+                },
+            },
+        },
+    )
     sweep = load_sweep(p)
     space = SearchSpace(sweep)
     points, configs = _ask_all(space)
@@ -342,13 +400,18 @@ def _recorded_space_holds(space: SearchSpace, configs: list[dict], knobs: list[s
 
 
 def test_architecture_search_never_leaves_the_budget(tmp_path):
-    p = write_sweep(tmp_path, {
-        "config": {"model": {"ffn_dim": None, "multiple_of": 8}},
-        "budget": {"target": "1M", "tolerance": 0.03, "free": "d_model"},
-        "search": {"algorithm": "tpe", "samples": 40,
-                   "architecture": {"n_layers": [2, 6], "n_heads": [2, 4], "ffn_multiple": [2.0, 4.0],
-                                    "lr": [1e-3, 1e-2]}},
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "config": {"model": {"ffn_dim": None, "multiple_of": 8}},
+            "budget": {"target": "1M", "tolerance": 0.03, "free": "d_model"},
+            "search": {
+                "algorithm": "tpe",
+                "samples": 40,
+                "architecture": {"n_layers": [2, 6], "n_heads": [2, 4], "ffn_multiple": [2.0, 4.0], "lr": [1e-3, 1e-2]},
+            },
+        },
+    )
     sweep = load_sweep(p)
     space = SearchSpace(sweep)
     _, configs = _ask_all(space)
@@ -364,16 +427,20 @@ def test_architecture_search_never_leaves_the_budget(tmp_path):
         shapes.add((cfg.model.n_layers, cfg.model.n_heads, cfg.model.kv_heads))
     assert len(shapes) > 5  # the shape really is searched
     assert space.stats["infeasible"] == 0 and space.stats["points"] == 40
-    _recorded_space_holds(space, configs, ["model.ffn_multiple", "model.n_heads", "model.n_kv_heads", "model.n_layers",
-                                           "train.lr"])
+    _recorded_space_holds(
+        space, configs, ["model.ffn_multiple", "model.n_heads", "model.n_kv_heads", "model.n_layers", "train.lr"]
+    )
 
 
 def test_architecture_bounds_that_cannot_meet_the_budget_are_refused(tmp_path):
-    p = write_sweep(tmp_path, {
-        "config": {"model": {"ffn_dim": None}},
-        "budget": {"target": "1M", "tolerance": 0.005, "free": "d_model"},
-        "search": {"architecture": {"n_layers": [1, 30], "n_heads": [2, 4]}},
-    })
+    p = write_sweep(
+        tmp_path,
+        {
+            "config": {"model": {"ffn_dim": None}},
+            "budget": {"target": "1M", "tolerance": 0.005, "free": "d_model"},
+            "search": {"architecture": {"n_layers": [1, 30], "n_heads": [2, 4]}},
+        },
+    )
     with pytest.raises(StlmError) as e:
         SearchSpace(load_sweep(p))
     assert "cannot meet the budget" in str(e.value) and "n_layers" in str(e.value)
@@ -382,9 +449,18 @@ def test_architecture_bounds_that_cannot_meet_the_budget_are_refused(tmp_path):
 def test_nsga2_and_random_samplers(tmp_path):
     import optuna
 
-    p = write_sweep(tmp_path, {"search": {"algorithm": "nsga2", "samples": 4,
-                                          "params": {"train.lr": {"type": "uniform", "low": 1e-3, "high": 2e-3}}},
-                               "metric": ["val_bpb", "params"], "mode": ["min", "min"]})
+    p = write_sweep(
+        tmp_path,
+        {
+            "search": {
+                "algorithm": "nsga2",
+                "samples": 4,
+                "params": {"train.lr": {"type": "uniform", "low": 1e-3, "high": 2e-3}},
+            },
+            "metric": ["val_bpb", "params"],
+            "mode": ["min", "min"],
+        },
+    )
     sweep = load_sweep(p)
     assert sweep.spec.multi_objective
     assert isinstance(SearchSpace(sweep).sampler(), optuna.samplers.NSGAIISampler)
@@ -411,16 +487,18 @@ def test_pareto_front_of_a_multi_objective_sweep():
 
 def _cli(*args, cwd, **env_vars):
     env = dict(os.environ, STLM_QUIET="1", **env_vars)
-    return subprocess.run([sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_bad_input_is_one_paragraph_exit_2(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("name: x\ngrid: {model.positional: [rope, learned\n")
     unknown = write_sweep(tmp_path, {"grid": {"model.positonal": ["rope", "learned"]}}, "unknown.yaml")
-    infeasible = write_sweep(tmp_path, {"budget": {"target": "50k", "tolerance": 0.01, "free": "d_model"}},
-                             "infeasible.yaml")
+    infeasible = write_sweep(
+        tmp_path, {"budget": {"target": "50k", "tolerance": 0.01, "free": "d_model"}}, "infeasible.yaml"
+    )
     cases = [
         (["missing.yaml", "--dry-run"], "does not exist"),
         ([str(bad_yaml), "--dry-run"], "not valid YAML"),

@@ -31,9 +31,12 @@ def gpt2_file(shared_data) -> str:
 @pytest.fixture(scope="module")
 def bpe_data_cfg(shared_data, tmp_path_factory) -> DataConfig:
     # A small BPE on a real corpus: the first 200k characters of the TinyStories validation sample.
-    return DataConfig(source=str(shared_data / "corpora" / "tinystories" / "tinystories_valid_sample.txt"),
-                      cache_dir=str(tmp_path_factory.mktemp("tokcache")), bpe_train_chars=200_000,
-                      val_fraction=0.1)
+    return DataConfig(
+        source=str(shared_data / "corpora" / "tinystories" / "tinystories_valid_sample.txt"),
+        cache_dir=str(tmp_path_factory.mktemp("tokcache")),
+        bpe_train_chars=200_000,
+        val_fraction=0.1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,11 @@ def test_round_trip_and_exact_byte_counts_on_real_text(all_tokenizers, valid_tex
 @pytest.mark.parametrize("name,vocab", [("bytes", 257), ("bpe", 512), ("gpt2", 50257)])
 def test_vocab_eot_and_byte_lengths_table(all_tokenizers, name, vocab):
     tok = all_tokenizers[name]
-    assert tok.vocab_size == vocab == ModelConfig(tokenizer=name, vocab_size=512 if name == "bpe" else None
-                                                  ).effective_vocab_size
+    assert (
+        tok.vocab_size
+        == vocab
+        == ModelConfig(tokenizer=name, vocab_size=512 if name == "bpe" else None).effective_vocab_size
+    )
     assert tok.eot_id == vocab - 1
     assert tok.token_bytes(tok.eot_id) == b"" and tok.byte_lengths[tok.eot_id] == 0
     assert tok.byte_lengths.shape == (vocab,) and tok.byte_lengths.dtype == np.int32
@@ -135,8 +141,11 @@ def test_bpe_on_the_default_generated_corpus_reaches_2048(tmp_path):
 
 
 def test_bpe_vocab_too_large_for_the_corpus_is_a_clear_error(tmp_path, shared_data):
-    d = DataConfig(source=str(shared_data / "corpora" / "tinystories" / "tinystories_valid_sample.txt"),
-                   cache_dir=str(tmp_path), bpe_train_chars=2_000)
+    d = DataConfig(
+        source=str(shared_data / "corpora" / "tinystories" / "tinystories_valid_sample.txt"),
+        cache_dir=str(tmp_path),
+        bpe_train_chars=2_000,
+    )
     with pytest.raises(StlmError, match="bpe_train_chars"):
         load_tokenizer(ModelConfig(tokenizer="bpe", vocab_size=4096), d)
 

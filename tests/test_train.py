@@ -17,21 +17,39 @@ from stlm.train.loop import NonFiniteLossError, World, peak_flops_for, train, tr
 from stlm.train.optim import build_optimizer, param_groups
 from stlm.train.schedules import lr_multiplier
 
-METRIC_KEYS = {"step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "dropout_scale", "grad_norm",
-               "tokens_per_s", "elapsed_s"}
+METRIC_KEYS = {
+    "step",
+    "tokens",
+    "train_loss",
+    "val_loss",
+    "val_bpb",
+    "lr",
+    "dropout_scale",
+    "grad_norm",
+    "tokens_per_s",
+    "elapsed_s",
+}
 
 
 def tiny(cache_dir, out_dir, **train_kw) -> dict:
     """A 2-layer d_model 64 byte-level model on ~200k characters of the generated corpus."""
-    train_cfg = {"max_steps": 40, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_interval": 10,
-                 "log_interval": 1, "eval_batches": 2, "out_dir": str(out_dir), "seed": 0}
+    train_cfg = {
+        "max_steps": 40,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+        "eval_interval": 10,
+        "log_interval": 1,
+        "eval_batches": 2,
+        "out_dir": str(out_dir),
+        "seed": 0,
+    }
     train_cfg.update(train_kw)
     return {
         "model": {"tokenizer": "bytes", "n_layers": 2, "d_model": 64, "n_heads": 2, "context_length": 64},
         "data": {"source": "generated", "max_chars": 200_000, "cache_dir": str(cache_dir)},
         "train": train_cfg,
     }
-
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +74,13 @@ def run(cfg_dict, data, **kw):
         if user_report:
             user_report(m, d)
 
-    final = train(build_config(cfg_dict), data=data, on_log=lambda m: curve.append((m["step"], m["train_loss"])),
-                  report=report, **kw)
+    final = train(
+        build_config(cfg_dict),
+        data=data,
+        on_log=lambda m: curve.append((m["step"], m["train_loss"])),
+        report=report,
+        **kw,
+    )
     return final, curve, reports
 
 
@@ -84,11 +107,19 @@ def test_lr_schedules_have_their_shapes():
     assert np.all(mults(schedule="cosine", min_lr_ratio=0.0)[-1] < 0.01)
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
-    ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", None),
-])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("Tesla T4", None),
+    ],
+)
 def test_peak_flops_table(name, peak):
     assert peak_flops_for(name) == peak
 
@@ -96,16 +127,29 @@ def test_peak_flops_table(name, peak):
 def test_weight_decay_groups_skip_norms_biases_and_embeddings():
     from stlm.models import build_model
 
-    cfg = build_config({"model": {"tokenizer": "bytes", "n_layers": 2, "d_model": 64, "n_heads": 2,
-                                  "context_length": 64, "bias": True, "positional": "learned"}})
+    cfg = build_config(
+        {
+            "model": {
+                "tokenizer": "bytes",
+                "n_layers": 2,
+                "d_model": 64,
+                "n_heads": 2,
+                "context_length": 64,
+                "bias": True,
+                "positional": "learned",
+            }
+        }
+    )
     model = build_model(cfg.model)
     decay, no_decay = param_groups(model, cfg.train)
     assert decay["weight_decay"] == cfg.train.weight_decay and no_decay["weight_decay"] == 0.0
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     assert embeddings, "the model has embedding tables"
     assert all(p.ndim == 2 and id(p) not in embeddings for p in decay["params"])  # only matrices are decayed
-    assert all(p.ndim < 2 or id(p) in embeddings or "emb" in n.rsplit(".", 1)[-1]
-               for n, p in zip(no_decay["names"], no_decay["params"]))
+    assert all(
+        p.ndim < 2 or id(p) in embeddings or "emb" in n.rsplit(".", 1)[-1]
+        for n, p in zip(no_decay["names"], no_decay["params"])
+    )
     assert any(p.ndim == 1 for p in no_decay["params"]) and embeddings <= {id(p) for p in no_decay["params"]}
     n_all = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_all  # every parameter exactly once
@@ -130,8 +174,8 @@ def test_same_seed_same_curve_and_the_model_learns(cache_dir, tmp_path, data):
     assert set(final_a) == METRIC_KEYS | {"params", "flops_per_token"}
     assert final_a["tokens"] == 60 * 8 * 64
     # it learns: the loss falls well below the first steps', validation bpb falls too
-    first = np.mean([l for _, l in curve_a[:5]])
-    last = np.mean([l for _, l in curve_a[-5:]])
+    first = np.mean([loss for _, loss in curve_a[:5]])
+    last = np.mean([loss for _, loss in curve_a[-5:]])
     assert last < 0.75 * first, (first, last)
     assert reports[-1][0]["val_bpb"] < reports[0][0]["val_bpb"] < 0.7 * math.log2(257)  # far below uniform bytes
     # a different seed gives a different curve
@@ -283,7 +327,10 @@ def test_stlm_train_cli_logs_to_mlflow_and_resumes(cache_dir, tmp_path, monkeypa
     (r2,) = client.search_runs([exp.experiment_id])
     assert r2.info.run_id == r.info.run_id and r2.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(r.info.run_id, "val_bpb")] == [10, 20, 30]
-    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step_000020", "step_000030"]  # train.keep_checkpoints=2
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)] == [
+        "step_000020",
+        "step_000030",
+    ]  # train.keep_checkpoints=2
 
     # load_model gives back the trained model: its bpb is the one the run reported
     model, loaded_cfg, tok = ckpt.load_model(run_dir)
@@ -318,8 +365,10 @@ def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, port: int, out: str)
     try:
         reports = []
         final = train(build_config(cfg_dict), report=lambda m, d: reports.append((m["step"], d)))
-        torch.save({"final": final, "reports": reports, "world": World.detect(), "state": built[0].state_dict(),
-                    "init": init}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {"final": final, "reports": reports, "world": World.detect(), "state": built[0].state_dict(), "init": init},
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -348,5 +397,9 @@ def test_ddp_two_ranks_stay_in_sync(cache_dir, tmp_path, data):
     assert [s for s, _ in r0["reports"]] == [s for s, _ in r1["reports"]] == [3, 6]
     assert all(d is not None for _, d in r0["reports"]) and all(d is None for _, d in r1["reports"])
     # both ranks saw the same all-reduced metrics; tokens count both ranks' batches
-    assert r0["final"] == {**r1["final"], "elapsed_s": r0["final"]["elapsed_s"], "tokens_per_s": r0["final"]["tokens_per_s"]}
+    assert r0["final"] == {
+        **r1["final"],
+        "elapsed_s": r0["final"]["elapsed_s"],
+        "tokens_per_s": r0["final"]["tokens_per_s"],
+    }
     assert r0["final"]["tokens"] == 6 * (2 * 2) * 64 * 2  # steps * (batch * accum) * context * ranks

@@ -29,8 +29,9 @@ STATE_VERSION = 1
 
 
 class TokenBatcher:
-    def __init__(self, tokens: np.ndarray, batch_size: int, context_length: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, context_length: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.tokens = tokens
@@ -65,9 +66,15 @@ class TokenBatcher:
 
     def state_dict(self) -> dict:
         return {
-            "version": STATE_VERSION, "step": self.step, "rng": self.rng.bit_generator.state,
-            "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-            "batch_size": self.batch_size, "context_length": self.context_length, "n_tokens": len(self.tokens),
+            "version": STATE_VERSION,
+            "step": self.step,
+            "rng": self.rng.bit_generator.state,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "context_length": self.context_length,
+            "n_tokens": len(self.tokens),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -92,12 +99,14 @@ def val_windows(tokens: np.ndarray, context_length: int, n_windows: int) -> list
     T = context_length
     available = (len(tokens) - 1) // T
     if available < 1:
-        raise StlmError(f"The validation split has {len(tokens)} tokens: too few for one window of "
-                        f"model.context_length={T}. Raise data.max_chars or data.val_fraction.")
+        raise StlmError(
+            f"The validation split has {len(tokens)} tokens: too few for one window of "
+            f"model.context_length={T}. Raise data.max_chars or data.val_fraction."
+        )
     n = min(n_windows, available)
     windows = []
     for slot in (np.arange(n) * available) // n:
         s = int(slot) * T
-        chunk = torch.from_numpy(np.asarray(tokens[s:s + T + 1], dtype=np.int64))
+        chunk = torch.from_numpy(np.asarray(tokens[s : s + T + 1], dtype=np.int64))
         windows.append((chunk[:-1].clone(), chunk[1:].clone()))
     return windows

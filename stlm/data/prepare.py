@@ -44,11 +44,12 @@ import shutil
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -164,12 +165,16 @@ class _Encoder:
                 # a worker that cannot start raises BrokenProcessPool instead of being restarted for ever.
                 with open(self.tok_file, "wb") as f:
                     pickle.dump(self.tokenizer, f)
-                self.pool = ProcessPoolExecutor(self.num_proc, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker_from_file,
-                                                initargs=(str(self.tok_file), self.dtype, os.getpid()))
+                self.pool = ProcessPoolExecutor(
+                    self.num_proc,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker_from_file,
+                    initargs=(str(self.tok_file), self.dtype, os.getpid()),
+                )
             if self.pool is not None:
-                yield from _ordered_map(self.pool, _encode_batch, itertools.chain([batch], batches),
-                                        in_flight=2 * self.num_proc)
+                yield from _ordered_map(
+                    self.pool, _encode_batch, itertools.chain([batch], batches), in_flight=2 * self.num_proc
+                )
                 return
             out = _encode_batch(batch)
             self.chars += out[2]
@@ -210,7 +215,7 @@ def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int
 # --------------------------------------------------------------------------- cache
 
 
-def _content(cfg: "Config", source: Source, tokenizer: Tokenizer, dtype: str) -> dict:
+def _content(cfg: Config, source: Source, tokenizer: Tokenizer, dtype: str) -> dict:
     """Every manifest field that determines the tokens; its hash names the cache directory."""
     d = cfg.data
     return {
@@ -219,8 +224,12 @@ def _content(cfg: "Config", source: Source, tokenizer: Tokenizer, dtype: str) ->
         "subset": d.subset,
         "revision": d.revision,
         "source_key": source_key(source, d),
-        "tokenizer": {"name": tokenizer.name, "identity": tokenizer.identity,
-                      "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
+        "tokenizer": {
+            "name": tokenizer.name,
+            "identity": tokenizer.identity,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+        },
         "dtype": dtype,
         "split_seed": d.split_seed,
         "val_fraction": d.val_fraction,
@@ -252,8 +261,11 @@ def _trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
         except (KeyError, TypeError, ValueError, OSError):
             return None
         if not _ids_in_range(path / f"{split}.bin", content["dtype"], content["tokenizer"]["vocab_size"]):
-            log.warning("%s holds a token id >= the vocabulary size %d: damaged, rebuilt", path / f"{split}.bin",
-                        content["tokenizer"]["vocab_size"])
+            log.warning(
+                "%s holds a token id >= the vocabulary size %d: damaged, rebuilt",
+                path / f"{split}.bin",
+                content["tokenizer"]["vocab_size"],
+            )
             return None
     return manifest
 
@@ -262,7 +274,7 @@ def _ids_in_range(path: Path, dtype: str, vocab_size: int, chunk: int = 1 << 24)
     """Every token id of a shard is < vocab_size: a same-size damaged shard (an id of 65535 with a
     2048 vocabulary) would otherwise pass the size check and crash or poison training. About 1 GB/s."""
     tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    return all(int(tokens[i:i + chunk].max()) < vocab_size for i in range(0, len(tokens), chunk))
+    return all(int(tokens[i : i + chunk].max()) < vocab_size for i in range(0, len(tokens), chunk))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -279,7 +291,7 @@ def cache_label(source: Source) -> str:
     return re.sub(r"[^\w.-]+", "_", name)[:40]
 
 
-def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, key: str, final: Path) -> dict:
+def _build(cfg: Config, source: Source, tokenizer: Tokenizer, content: dict, key: str, final: Path) -> dict:
     d = cfg.data
     root = final.parent
     for stale in root.glob(f".tmp-{final.name}-*"):  # left by an interrupted run (we hold the lock)
@@ -295,16 +307,23 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
             spill = tmp / "val-documents.jsonl"  # a hashed split's val documents, met while reading train
             docs = dict(zip(caps, source.splits(caps["train"], caps["val"], spill)))
             for split, cap in caps.items():
-                splits[split] = _tokenize_split(docs[split], encoder, tmp / f"{split}.bin", cap,
-                                                desc=f"tokenize {source.name} {split}")
+                splits[split] = _tokenize_split(
+                    docs[split], encoder, tmp / f"{split}.bin", cap, desc=f"tokenize {source.name} {split}"
+                )
                 if splits[split]["documents"] == 0:
                     hint = " Raise data.val_fraction or use a larger corpus." if split == "val" else ""
                     raise StlmError(f"data.source={source.name!r} gave no {split} documents.{hint}")
             spill.unlink(missing_ok=True)
         finally:
             encoder.close()
-        manifest = {**content, "key": key, "splits": splits, "build_id": uuid.uuid4().hex,
-                    "created": time.time(), "seconds": round(time.time() - t0, 2)}
+        manifest = {
+            **content,
+            "key": key,
+            "splits": splits,
+            "build_id": uuid.uuid4().hex,
+            "created": time.time(),
+            "seconds": round(time.time() - t0, 2),
+        }
         with open(tmp / "manifest.json", "w") as f:  # last: a directory with a manifest is complete
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -317,8 +336,14 @@ def _build(cfg: "Config", source: Source, tokenizer: Tokenizer, content: dict, k
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("prepared %s: %s train / %s val tokens in %.1fs -> %s", source.name, splits["train"]["tokens"],
-             splits["val"]["tokens"], manifest["seconds"], final)
+    log.info(
+        "prepared %s: %s train / %s val tokens in %.1fs -> %s",
+        source.name,
+        splits["train"]["tokens"],
+        splits["val"]["tokens"],
+        manifest["seconds"],
+        final,
+    )
     return manifest
 
 
@@ -329,15 +354,17 @@ def _open(path: Path, manifest: dict, tokenizer: Tokenizer) -> PreparedData:
     return PreparedData(tokenizer=tokenizer, train=train, val=val, manifest=manifest, cache_path=path)
 
 
-def prepare(cfg: "Config") -> PreparedData:
+def prepare(cfg: Config) -> PreparedData:
     """Tokenized train/val token arrays for cfg.data and cfg.model.tokenizer (built once, then cached)."""
     from filelock import FileLock
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # We are a tokenization worker being spawned, re-running an unguarded main script that calls
         # prepare(): waiting for the lock our parent holds would deadlock. Fail, so the parent reports it.
-        raise StlmError("prepare() called while a worker process starts: guard the main script with "
-                        "`if __name__ == \"__main__\":` or set data.num_proc=1.")
+        raise StlmError(
+            "prepare() called while a worker process starts: guard the main script with "
+            '`if __name__ == "__main__":` or set data.num_proc=1.'
+        )
     source = get_source(cfg.data)
     if isinstance(source, GeneratedSource) and cfg.data.max_chars is None:
         raise StlmError("data.max_chars must be set for data.source=generated: the generated corpus is infinite.")
@@ -360,7 +387,7 @@ def prepare(cfg: "Config") -> PreparedData:
 # --------------------------------------------------------------------------- for copies made elsewhere
 
 
-def cache_location(cfg: "Config") -> tuple[Path, dict, str]:
+def cache_location(cfg: Config) -> tuple[Path, dict, str]:
     """(the directory prepare(cfg) reads and writes, the content fields its manifest must repeat, their
     key), building nothing: for copying a finished cache between machines (stlm.sweep.cluster_data)."""
     source = get_source(cfg.data)

@@ -42,9 +42,10 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from stlm.config import CHOICES
 from stlm.errors import StlmError
@@ -79,13 +80,13 @@ HUB_SOURCES: dict[str, HubSpec] = {
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def cache_root(data_cfg: "DataConfig") -> Path:
+def cache_root(data_cfg: DataConfig) -> Path:
     """data.cache_dir, else $STLM_CACHE, else ~/.cache/stlm; made absolute (Ray changes trial cwd)."""
     root = data_cfg.cache_dir or os.environ.get("STLM_CACHE") or "~/.cache/stlm"
     return Path(root).expanduser().absolute()
 
 
-def val_chars(data_cfg: "DataConfig") -> int | None:
+def val_chars(data_cfg: DataConfig) -> int | None:
     if data_cfg.max_chars is None:
         return None
     return max(VAL_MIN_CHARS, int(data_cfg.max_chars * data_cfg.val_fraction))
@@ -129,7 +130,7 @@ class Source:
     name: str
     native_val = False  # True: _stream("val") exists; False: val is hashed out of _stream("train")
 
-    def __init__(self, name: str, data_cfg: "DataConfig"):
+    def __init__(self, name: str, data_cfg: DataConfig):
         self.name = name
         self.split_seed = data_cfg.split_seed
         self.val_fraction = data_cfg.val_fraction
@@ -171,7 +172,9 @@ class Source:
             docs = (d for is_val, d in self._labelled() if is_val == want_val)
         return _capped(docs, max_chars)
 
-    def splits(self, train_chars: int | None, val_chars: int | None, spill: Path) -> tuple[Iterator[str], Iterator[str]]:
+    def splits(
+        self, train_chars: int | None, val_chars: int | None, spill: Path
+    ) -> tuple[Iterator[str], Iterator[str]]:
         """(train, val) documents, the same as documents("train", train_chars) and documents("val",
         val_chars), to be read in that order. A hashed split reads its stream once, not twice (a
         streamed hub corpus is not downloaded again for its 1% of val): train documents are yielded,
@@ -221,7 +224,7 @@ class GeneratedSource(Source):
 
 
 class HubSource(Source):
-    def __init__(self, name: str, spec: HubSpec, data_cfg: "DataConfig"):
+    def __init__(self, name: str, spec: HubSpec, data_cfg: DataConfig):
         super().__init__(name, data_cfg)
         self.spec = spec
         self.subset = data_cfg.subset or spec.subset
@@ -230,9 +233,15 @@ class HubSource(Source):
         self.native_val = spec.val_split is not None
 
     def identity(self) -> dict:
-        return {"kind": "hub", "path": self.spec.path, "subset": self.subset, "revision": self.revision,
-                "text_column": self.text_column, "train_split": self.spec.train_split,
-                "val_split": self.spec.val_split}
+        return {
+            "kind": "hub",
+            "path": self.spec.path,
+            "subset": self.subset,
+            "revision": self.revision,
+            "text_column": self.text_column,
+            "train_split": self.spec.train_split,
+            "val_split": self.spec.val_split,
+        }
 
     def _stream(self, split: str) -> Iterator[str]:
         import datasets
@@ -240,11 +249,13 @@ class HubSource(Source):
         hub_split = self.spec.val_split if split == "val" else self.spec.train_split
         why = hub_down()  # at once, not after datasets' 30 s of retries
         if why:
-            raise StlmError(f"data.source={self.name!r}: hub dataset {self.spec.path!r} cannot be streamed: {why}. "
-                            + OFFLINE_HINT)
+            raise StlmError(
+                f"data.source={self.name!r}: hub dataset {self.spec.path!r} cannot be streamed: {why}. " + OFFLINE_HINT
+            )
         try:
-            ds = datasets.load_dataset(self.spec.path, self.subset, revision=self.revision, split=hub_split,
-                                       streaming=True)
+            ds = datasets.load_dataset(
+                self.spec.path, self.subset, revision=self.revision, split=hub_split, streaming=True
+            )
         except Exception as e:  # noqa: BLE001 - network, auth, missing config: all need a human
             raise StlmError(
                 f"data.source={self.name!r}: could not open hub dataset {self.spec.path!r} "
@@ -253,13 +264,15 @@ class HubSource(Source):
             ) from None
         for ex in ds:
             if self.text_column not in ex:
-                raise StlmError(f"data.text_column={self.text_column!r} is not a column of {self.spec.path!r}; "
-                                f"columns: {', '.join(ex)}.")
+                raise StlmError(
+                    f"data.text_column={self.text_column!r} is not a column of {self.spec.path!r}; "
+                    f"columns: {', '.join(ex)}."
+                )
             yield ex[self.text_column]
 
 
 class LocalSource(Source):
-    def __init__(self, name: str, files: list[Path], data_cfg: "DataConfig"):
+    def __init__(self, name: str, files: list[Path], data_cfg: DataConfig):
         super().__init__(name, data_cfg)
         self.files = files
         self.text_column = data_cfg.text_column
@@ -285,16 +298,19 @@ class LocalSource(Source):
             ds = datasets.load_dataset(builder, data_files=[str(f)], split="train", streaming=True, **kwargs)
             for ex in ds:
                 if column not in ex:
-                    raise StlmError(f"data.text_column={column!r} is not a column of {str(f)!r}; "
-                                    f"columns: {', '.join(ex)}.")
+                    raise StlmError(
+                        f"data.text_column={column!r} is not a column of {str(f)!r}; columns: {', '.join(ex)}."
+                    )
                 yield ex[column]
 
 
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix not in LOCAL_FORMATS:
-            raise StlmError(f"data.source {str(path)!r}: unsupported file type {path.suffix!r}; "
-                            f"use one of {', '.join(LOCAL_FORMATS)}.")
+            raise StlmError(
+                f"data.source {str(path)!r}: unsupported file type {path.suffix!r}; "
+                f"use one of {', '.join(LOCAL_FORMATS)}."
+            )
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_FORMATS)
     if not files:
@@ -302,7 +318,7 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
-def get_source(data_cfg: "DataConfig") -> Source:
+def get_source(data_cfg: DataConfig) -> Source:
     """The Source data.source names (see the module docstring for the lookup order), checked against
     data.split."""
     splits = CHOICES["data.split"]  # checked here too: a DataConfig built in code skips build_config's check
@@ -327,7 +343,7 @@ def get_source(data_cfg: "DataConfig") -> Source:
     return source
 
 
-def _resolve(data_cfg: "DataConfig") -> Source:
+def _resolve(data_cfg: DataConfig) -> Source:
     name = data_cfg.source
     if name == "generated":
         return GeneratedSource(name, data_cfg)
@@ -340,8 +356,10 @@ def _resolve(data_cfg: "DataConfig") -> Source:
     if HUB_ID.match(name) and not looks_like_path:
         return HubSource(name, HubSpec(name), data_cfg)
     if looks_like_path:
-        raise StlmError(f"data.source={name!r}: the local file or directory {str(path.absolute())!r} does not exist "
-                        f"(relative paths are relative to the working directory, {os.getcwd()}).")
+        raise StlmError(
+            f"data.source={name!r}: the local file or directory {str(path.absolute())!r} does not exist "
+            f"(relative paths are relative to the working directory, {os.getcwd()})."
+        )
     raise StlmError(
         f"data.source={name!r} is neither a built-in source, an existing file or directory, nor a "
         f"hub dataset id (owner/name). Built-in: generated, {', '.join(HUB_SOURCES)}; local files: "
@@ -349,7 +367,7 @@ def _resolve(data_cfg: "DataConfig") -> Source:
     )
 
 
-def source_key(source: Source, data_cfg: "DataConfig") -> dict:
+def source_key(source: Source, data_cfg: DataConfig) -> dict:
     """What, besides the caps, determines the documents of each split."""
     key = {"identity": source.identity()}
     if not source.native_val:

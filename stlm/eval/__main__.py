@@ -1,6 +1,6 @@
 """`stlm eval CHECKPOINT_OR_RUN --tasks blimp,hellaswag,...`: score a checkpoint as lm-evaluation-harness does.
 
-    stlm eval runs/baseline-10m                      # latest checkpoint of a run dir; tasks = the run's eval.tasks + bpb
+    stlm eval runs/baseline-10m                      # latest checkpoint of a run dir; tasks: the run's eval.tasks + bpb
     stlm eval runs/baseline-10m/step_001000 --tasks blimp,hellaswag,arc_easy --limit 200 --items items.jsonl
     stlm eval 3f2c...e1 --tracking-uri sqlite:///mlflow.db   # an MLflow run id: its checkpoint is looked up
     stlm eval gpt2 --hf --tasks hellaswag --limit 100        # any Hugging Face causal LM (needs stlm[transformers])
@@ -47,8 +47,10 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     client = mlflow_client(tracking_uri)
     try:
         run = client.get_run(run_id)
-    except Exception as e:  # noqa: BLE001
-        raise StlmError(f"{ref!r} is neither a checkpoint directory nor an MLflow run in {client.tracking_uri}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read the run means the same to the user: not found
+        raise StlmError(
+            f"{ref!r} is neither a checkpoint directory nor an MLflow run in {client.tracking_uri}: {e}"
+        ) from None
     tried = []
     tag = run.data.tags.get("stlm.checkpoint")
     if tag:
@@ -71,31 +73,51 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
             import mlflow
 
             tried.append(f"artifact {art.path}")
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path,
-                                                            tracking_uri=client.tracking_uri))
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=art.path, tracking_uri=client.tracking_uri
+                )
+            )
     out_dir, name = run.data.params.get("train.out_dir"), run.data.params.get("train.run_name")
     if out_dir and name and name != "None":
         tried.append(f"params train.out_dir/train.run_name = {out_dir}/{name}")
         if (Path(out_dir) / name).exists():
             return Path(out_dir) / name
-    raise StlmError(f"MLflow run {run_id} has no checkpoint this machine can read (tried: {'; '.join(tried) or 'nothing found'}).")
+    raise StlmError(
+        f"MLflow run {run_id} has no checkpoint this machine can read (tried: {'; '.join(tried) or 'nothing found'})."
+    )
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="stlm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint dir, run dir (latest checkpoint), MLflow run id, or with --hf a hub model")
-    p.add_argument("--tasks", default=None, help="comma-separated: blimp,hellaswag,arc_easy,arc_challenge,winogrande,mmlu,bpb")
+    p = argparse.ArgumentParser(
+        prog="stlm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "checkpoint", help="checkpoint dir, run dir (latest checkpoint), MLflow run id, or with --hf a hub model"
+    )
+    p.add_argument(
+        "--tasks", default=None, help="comma-separated: blimp,hellaswag,arc_easy,arc_challenge,winogrande,mmlu,bpb"
+    )
     p.add_argument("--limit", type=int, default=None, help="items per (sub)task, a seeded random subset (default: all)")
-    p.add_argument("--subset", choices=("random", "first"), default="random",  # stlm.eval.harness.SUBSETS
-                   help="which --limit items: first N docs (lm-evaluation-harness's --limit) or a seeded random draw")
+    p.add_argument(
+        "--subset",
+        choices=("random", "first"),
+        default="random",  # stlm.eval.harness.SUBSETS
+        help="which --limit items: first N docs (lm-evaluation-harness's --limit) or a seeded random draw",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the --limit subset (--subset random)")
-    p.add_argument("--data-dir", default=None, help="local benchmark files (else eval.data_dir, $STLM_BENCHMARKS, the hub)")
+    p.add_argument(
+        "--data-dir", default=None, help="local benchmark files (else eval.data_dir, $STLM_BENCHMARKS, the hub)"
+    )
     p.add_argument("--items", default=None, help="write per-item predictions and log-likelihoods here (JSONL)")
     p.add_argument("--json", default=None, help="write the results dict here")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-context-cache", action="store_true",
-                   help="score every (context, continuation) row in full instead of running shared contexts once")
+    p.add_argument(
+        "--no-context-cache",
+        action="store_true",
+        help="score every (context, continuation) row in full instead of running shared contexts once",
+    )
     p.add_argument("--all", action="store_true", help="print every BLiMP / MMLU member, not only the groups")
     p.add_argument("--hf", action="store_true", help="CHECKPOINT is a Hugging Face model name or path")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for a run id")
@@ -120,8 +142,10 @@ def main(argv: list[str]) -> int:
                 path = resolve_run(args.checkpoint, args.tracking_uri)
                 source = (args.checkpoint.removeprefix("runs:/").strip("/").split("/")[0], args.tracking_uri)
             else:
-                raise StlmError(f"Checkpoint {args.checkpoint!r} does not exist (expected a checkpoint or run directory, "
-                                f"or a 32-character MLflow run id).")
+                raise StlmError(
+                    f"Checkpoint {args.checkpoint!r} does not exist (expected a checkpoint or run directory, "
+                    f"or a 32-character MLflow run id)."
+                )
         source = source or source_run(path)
         model, cfg, tokenizer = load_model(path, device)
         default_tasks = [*cfg.eval.tasks, "bpb"]
@@ -129,8 +153,11 @@ def main(argv: list[str]) -> int:
     tasks = args.tasks.split(",") if args.tasks else default_tasks
     limit = args.limit if args.limit is not None else (ev.limit if ev else None)
     seed = args.seed if args.seed is not None else (ev.seed if ev else 1234)
-    selection = {"limit": limit, "subset": args.subset if limit is not None else "all",
-                 **({"seed": seed} if limit is not None and args.subset == "random" else {})}
+    selection = {
+        "limit": limit,
+        "subset": args.subset if limit is not None else "all",
+        **({"seed": seed} if limit is not None and args.subset == "random" else {}),
+    }
     items_path = args.items
     if items_path is None and source is not None and not args.no_log:
         import tempfile
@@ -171,7 +198,9 @@ def describe_selection(sel: dict) -> str:
         return "every document of every task"
     if sel["subset"] == "first":
         return f"the first {sel['limit']} documents per (sub)task (as lm-evaluation-harness --limit {sel['limit']})"
-    return f"a seeded random {sel['limit']} documents per (sub)task (seed {sel['seed']}; --subset first for the harness's)"
+    return (
+        f"a seeded random {sel['limit']} documents per (sub)task (seed {sel['seed']}; --subset first for the harness's)"
+    )
 
 
 def source_run(path: Path) -> tuple[str, str] | None:
@@ -186,7 +215,11 @@ def source_run(path: Path) -> tuple[str, str] | None:
         if d.parent.name == "trials" and (d.parent.parent / "mlflow_state.json").is_file():
             exp = d.parent.parent
             entry = json.loads((exp / "mlflow_state.json").read_text()).get("trials", {}).get(d.name)
-            uri = json.loads((exp / "sweep.json").read_text()).get("tracking_uri") if (exp / "sweep.json").is_file() else None
+            uri = (
+                json.loads((exp / "sweep.json").read_text()).get("tracking_uri")
+                if (exp / "sweep.json").is_file()
+                else None
+            )
             return (entry["run_id"], uri) if entry else None
     return None
 
@@ -200,7 +233,9 @@ def _checkpoint_step(path: Path) -> int:
         return 0
 
 
-def log_back(run_id: str, tracking_uri: str | None, metrics: dict, step: int, items_path: str | None, selection: dict) -> None:
+def log_back(
+    run_id: str, tracking_uri: str | None, metrics: dict, step: int, items_path: str | None, selection: dict
+) -> None:
     from stlm import tracking as T
 
     client = T.mlflow_client(tracking_uri)

@@ -27,8 +27,9 @@ import torch
 
 
 @torch.no_grad()
-def bpb_sums(model, windows, byte_lengths: np.ndarray, device, *, batch_size: int = 32,
-             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def bpb_sums(
+    model, windows, byte_lengths: np.ndarray, device, *, batch_size: int = 32, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """float64 tensor [nll_nats, n_tokens, n_bytes, text_nll_nats] summed over `windows` (so ranks can
     all-reduce it): nll and count of every target, then bytes and nll of the text targets (bytes > 0)."""
     device = torch.device(device)
@@ -36,10 +37,10 @@ def bpb_sums(model, windows, byte_lengths: np.ndarray, device, *, batch_size: in
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
-    amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     try:
         for i in range(0, len(windows), batch_size):
-            chunk = windows[i:i + batch_size]
+            chunk = windows[i : i + batch_size]
             T = chunk[0][0].shape[-1]
             x = torch.cat([w[0].reshape(-1, T) for w in chunk]).to(device, non_blocking=True)
             y = torch.cat([w[1].reshape(-1, T) for w in chunk]).to(device, non_blocking=True)

@@ -28,8 +28,9 @@ import torch
 from stlm.errors import StlmError
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator) -> int:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator
+) -> int:
     """One token id from logits [V] (float32 on CPU)."""
     if temperature <= 0:
         return int(torch.argmax(logits))
@@ -50,14 +51,25 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 def _check_model(model) -> None:
     cfg = getattr(model, "config", None)
     if getattr(cfg, "embedder", "token") != "token" or not hasattr(model, "forward_cached"):
-        raise StlmError("stlm generate needs token-level logits and a KV cache; byte-pooled models "
-                        "(model.embedder=byte_pooled) are not supported.")
+        raise StlmError(
+            "stlm generate needs token-level logits and a KV cache; byte-pooled models "
+            "(model.embedder=byte_pooled) are not supported."
+        )
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0, *,
-                 eot_id: int | None = None, use_cache: bool = True) -> list[int]:
+def generate_ids(
+    model,
+    prompt_ids: list[int],
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    *,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+) -> list[int]:
     """New token ids after `prompt_ids` (the prompt itself is not returned)."""
     _check_model(model)
     if not prompt_ids:
@@ -103,12 +115,23 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, temper
     return out
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0, *, use_cache: bool = True) -> str:
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    *,
+    use_cache: bool = True,
+) -> str:
     """Sample a continuation of `prompt`; returns the new text only."""
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
-    new = generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                       eot_id=tokenizer.eot_id, use_cache=use_cache)
+    new = generate_ids(
+        model, ids, max_new_tokens, temperature, top_k, top_p, seed, eot_id=tokenizer.eot_id, use_cache=use_cache
+    )
     return tokenizer.decode(new)
 
 
@@ -149,8 +172,17 @@ def main(argv: list[str]) -> int:
 
     model, _, tokenizer = load_model(args.checkpoint, resolve_device(args.device))
     for i in range(args.num_samples):
-        text = generate(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                        args.top_p, args.seed + i, use_cache=not args.no_cache)
+        text = generate(
+            model,
+            tokenizer,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed + i,
+            use_cache=not args.no_cache,
+        )
         if args.num_samples > 1:
             print(f"--- sample {i} (seed {args.seed + i})")
         print(args.prompt + text, flush=True)

@@ -192,8 +192,9 @@ def evaluate(
 
     `model` is an stlm model (with `tokenizer`) or any `stlm.eval.scorer.LM` (e.g. stlm.eval.hf.HFLM).
     `config` (the run's Config) is needed only by the `bpb` task. `context_cache`: run a context shared by
-    several continuations once through the KV cache (stlm token models; see stlm.eval.scorer.StlmLM). Group tasks also report their members
-    (blimp_<uid>, mmlu_<subject>, mmlu_<category>). Per-item predictions go to `items_path` (JSONL).
+    several continuations once through the KV cache (stlm token models; see stlm.eval.scorer.StlmLM). Group tasks
+    also report their members (blimp_<uid>, mmlu_<subject>, mmlu_<category>). Per-item predictions go to
+    `items_path` (JSONL).
     """
     names = parse_tasks(tasks)
     if limit is not None and limit <= 0:
@@ -218,7 +219,9 @@ def evaluate(
             if name == "bpb":
                 from stlm.eval.tasks.bpb import run_bpb
 
-                results["bpb"] = run_bpb(torch_model if torch_model is not None else model, config, device, limit, batch_size)
+                results["bpb"] = run_bpb(
+                    torch_model if torch_model is not None else model, config, device, limit, batch_size
+                )
                 continue
             task = TASKS[name]()
             items: list[Item] = []
@@ -243,9 +246,7 @@ def _task_results(task, rows: list[dict]) -> dict[str, dict]:
     by_leaf: dict[str, list[dict]] = {}
     for r in rows:
         by_leaf.setdefault(r["task"], []).append(r)
-    leaves = {
-        leaf: summarize({m: [r[m] for r in rs] for m in task.metrics}) for leaf, rs in by_leaf.items()
-    }
+    leaves = {leaf: summarize({m: [r[m] for r in rs] for m in task.metrics}) for leaf, rs in by_leaf.items()}
     if task.group_weighting is None:
         return leaves
     out = dict(leaves)

@@ -34,15 +34,25 @@ def _dtype_kwarg(tr) -> str:
 
 
 class HFLM(TorchLM):
-    def __init__(self, pretrained, tokenizer=None, *, batch_size: int = 32, device: str = "cpu",
-                 dtype: str = "float32", revision: str | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        pretrained,
+        tokenizer=None,
+        *,
+        batch_size: int = 32,
+        device: str = "cpu",
+        dtype: str = "float32",
+        revision: str | None = None,
+        max_length: int | None = None,
+    ):
         """`pretrained`: a hub name / local path, or an already built transformers model (then pass `tokenizer`)."""
         import torch
 
         tr = _transformers()
         if isinstance(pretrained, str):
-            self.model = tr.AutoModelForCausalLM.from_pretrained(pretrained, revision=revision,
-                                                                 **{_dtype_kwarg(tr): getattr(torch, dtype)})
+            self.model = tr.AutoModelForCausalLM.from_pretrained(
+                pretrained, revision=revision, **{_dtype_kwarg(tr): getattr(torch, dtype)}
+            )
             tokenizer = tokenizer or tr.AutoTokenizer.from_pretrained(pretrained, revision=revision)
         else:
             self.model = pretrained

@@ -64,7 +64,7 @@ class LM(ABC):
         ctx = self.encode(context)
         if not ctx:  # an all-whitespace context: condition on EOT like an empty one
             return [self.eot_id], whole
-        return ctx, whole[len(ctx):]
+        return ctx, whole[len(ctx) :]
 
 
 class TorchLM(LM):
@@ -101,7 +101,7 @@ class TorchLM(LM):
         for i, (ctx, cont) in enumerate(requests):
             if not cont:
                 raise ValueError(f"request {i} has an empty continuation")
-            whole = (list(ctx) + list(cont))[-(L + 1):]
+            whole = (list(ctx) + list(cont))[-(L + 1) :]
             cont_len = min(len(cont), len(whole) - 1)
             spans.append((whole, cont_len))
             # With logits the last target is read from the row, so it need not be part of the key.
@@ -154,7 +154,7 @@ class TorchLM(LM):
             for r, (_, reqs) in enumerate(batch):
                 n = len(spans[reqs[0]][0]) - 1  # real length of this row
                 sel.append((r, n - max(spans[i][1] for i in reqs), n))
-            for (r, a, b), logits, (_, reqs) in zip(sel, self._selected_logits(idx, sel), batch):
+            for (_row, a, b), logits, (_, reqs) in zip(sel, self._selected_logits(idx, sel), batch):
                 lp = F.log_softmax(logits.float(), dim=-1)  # [b - a, V]
                 for i in reqs:
                     whole, c = spans[i]
@@ -185,8 +185,16 @@ class StlmLM(TorchLM):
     the plain path's up to float rounding (cached steps run other kernels than one full forward).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, device: str = "cpu", dedup: bool = True,
-                 context_cache: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 32,
+        device: str = "cpu",
+        dedup: bool = True,
+        context_cache: bool = False,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -200,8 +208,11 @@ class StlmLM(TorchLM):
         self.has_logits = getattr(cfg, "embedder", "token") == "token"
         # stlm's token models are embedder -> core -> head: the vocabulary matmul (most of a small
         # model's FLOPs with GPT-2's 50k tokens) can then run on the continuation positions only.
-        self.split_head = self.has_logits and all(hasattr(model, a) for a in ("embedder", "core", "head")) \
+        self.split_head = (
+            self.has_logits
+            and all(hasattr(model, a) for a in ("embedder", "core", "head"))
             and hasattr(model.head, "logits")
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))

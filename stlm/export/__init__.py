@@ -14,5 +14,12 @@ from stlm.export.convert import ExportResult, export_checkpoint, max_logit_diff,
 from stlm.export.targets import choose_target
 from stlm.export.tokenizer import save_tokenizer, to_hf_tokenizer
 
-__all__ = ["ExportResult", "choose_target", "export_checkpoint", "max_logit_diff", "save_tokenizer",
-           "to_hf_tokenizer", "to_transformers"]
+__all__ = [
+    "ExportResult",
+    "choose_target",
+    "export_checkpoint",
+    "max_logit_diff",
+    "save_tokenizer",
+    "to_hf_tokenizer",
+    "to_transformers",
+]

@@ -26,12 +26,15 @@ def resolve(ref: str, tracking_uri: str | None) -> tuple[Path, str | None]:
         return path, None
     if RUN_ID.match(ref) or ref.startswith("runs:/"):
         return resolve_run(ref, tracking_uri), ref.removeprefix("runs:/").strip("/").split("/")[0]
-    raise StlmError(f"Checkpoint {ref!r} does not exist (expected a checkpoint or run directory, "
-                    f"or a 32-character MLflow run id).")
+    raise StlmError(
+        f"Checkpoint {ref!r} does not exist (expected a checkpoint or run directory, or a 32-character MLflow run id)."
+    )
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="stlm export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="stlm export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint", help="checkpoint dir, run dir (latest checkpoint) or MLflow run id")
     p.add_argument("out_dir", help="directory to write (config.json, model.safetensors, tokenizer, README.md)")
     p.add_argument("--license", default="other", help="license in the model card's front matter (default: other)")
@@ -44,10 +47,20 @@ def main(argv: list[str]) -> int:
     from stlm.export.convert import export_checkpoint
 
     path, run_id = resolve(args.checkpoint, args.tracking_uri)
-    r = export_checkpoint(path, args.out_dir, run_id=run_id, tracking_uri=args.tracking_uri, eval_json=args.eval_json,
-                          license=args.license, name=args.name, force=args.force)
-    print(f"exported {r.target.hf_class} to {r.out_dir}: {r.exported_params:,} parameters ({r.unique_params:,} unique), "
-          f"max |logit difference| {r.max_abs_diff:.2g}; files: {', '.join(r.files)}")
+    r = export_checkpoint(
+        path,
+        args.out_dir,
+        run_id=run_id,
+        tracking_uri=args.tracking_uri,
+        eval_json=args.eval_json,
+        license=args.license,
+        name=args.name,
+        force=args.force,
+    )
+    print(
+        f"exported {r.target.hf_class} to {r.out_dir}: {r.exported_params:,} parameters ({r.unique_params:,} unique), "
+        f"max |logit difference| {r.max_abs_diff:.2g}; files: {', '.join(r.files)}"
+    )
     return 0
 
 

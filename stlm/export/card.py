@@ -60,15 +60,22 @@ def _eval_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]
     return out
 
 
-def gather_record(ckpt: Path, *, run_id: str | None = None, tracking_uri: str | None = None,
-                  eval_json: str | None = None) -> dict:
+def gather_record(
+    ckpt: Path, *, run_id: str | None = None, tracking_uri: str | None = None, eval_json: str | None = None
+) -> dict:
     """{step, tokens, metrics (last validation), evals {task: {metric: v}}, mlflow_run, notes}."""
     from stlm.errors import StlmError
     from stlm.train.checkpoint import read_meta
 
     meta = read_meta(ckpt)
-    rec = {"step": meta.get("step"), "tokens": meta.get("tokens"), "metrics": _trainer_metrics(ckpt),
-           "evals": {}, "mlflow_run": None, "notes": []}
+    rec = {
+        "step": meta.get("step"),
+        "tokens": meta.get("tokens"),
+        "metrics": _trainer_metrics(ckpt),
+        "evals": {},
+        "mlflow_run": None,
+        "notes": [],
+    }
     rid, uri = _mlflow_run(ckpt, run_id, tracking_uri)
     if rid:
         try:
@@ -82,13 +89,17 @@ def gather_record(ckpt: Path, *, run_id: str | None = None, tracking_uri: str | 
                 if k not in rec["metrics"] and k in run.data.metrics:
                     rec["metrics"][k] = run.data.metrics[k]
         except Exception as e:  # noqa: BLE001 - the card is still written, and says what is missing
-            rec["notes"].append(f"the MLflow run {rid} could not be read ({type(e).__name__}: {e}); no eval scores from it")
+            rec["notes"].append(
+                f"the MLflow run {rid} could not be read ({type(e).__name__}: {e}); no eval scores from it"
+            )
     if eval_json:
         p = Path(eval_json)
         try:
             results = json.loads(p.read_text())
         except (OSError, ValueError) as e:
-            raise StlmError(f"stlm export --eval-json: {str(p)!r} is not a readable `stlm eval --json` file ({e}).") from None
+            raise StlmError(
+                f"stlm export --eval-json: {str(p)!r} is not a readable `stlm eval --json` file ({e})."
+            ) from None
         for task, ms in results.items():
             rec["evals"].setdefault(task, {}).update(ms)
     return rec
@@ -127,13 +138,16 @@ def _eval_table(evals: dict[str, dict[str, float]]) -> list[str]:
                 n = ms.get("n")
                 rows.append(f"| {task} | {m} | {_fmt(ms[m])} | {_fmt(se)} | {int(n) if n is not None else 'n/a'} |")
     if not rows:
-        return ["stlm has no benchmark scores for this run. `stlm eval CHECKPOINT --json results.json` and "
-                "`stlm export ... --eval-json results.json` put them here."]
+        return [
+            "stlm has no benchmark scores for this run. `stlm eval CHECKPOINT --json results.json` and "
+            "`stlm export ... --eval-json results.json` put them here."
+        ]
     return ["| task | metric | value | stderr | n |", "|---|---|---|---|---|", *rows]
 
 
-def model_card(*, name: str, cfg, target, counted, exported_params: int, tokenizer, record: dict, license: str,
-               max_abs_diff: float) -> str:
+def model_card(
+    *, name: str, cfg, target, counted, exported_params: int, tokenizer, record: dict, license: str, max_abs_diff: float
+) -> str:
     m, d = cfg.model, cfg.data
     front = {
         "library_name": "transformers",
@@ -149,7 +163,8 @@ def model_card(*, name: str, cfg, target, counted, exported_params: int, tokeniz
         "none": "none",
         "ffn_all": "one FFN shared by every layer (copied into each exported layer)",
         "ffn_group": f"one FFN per {m.sharing.group_size} consecutive layers (copied into each exported layer)",
-        "ffn_lora": f"one shared FFN plus a rank-{m.sharing.lora_rank} LoRA per layer (merged into each exported layer's FFN)",
+        "ffn_lora": f"one shared FFN plus a rank-{m.sharing.lora_rank} LoRA per layer "
+        "(merged into each exported layer's FFN)",
         "block_all": f"one block applied {n_applied} times (exported as {n_applied} identical layers)",
         "block_repeat": f"each block applied {m.sharing.repeats} times in a row (exported as {n_applied} layers)",
     }[sharing]
@@ -182,25 +197,42 @@ def model_card(*, name: str, cfg, target, counted, exported_params: int, tokeniz
              f"- data: `{source}`" + (f", capped at {d.max_chars:,} characters" if d.max_chars else ""),
              f"- tokenizer: {describe(tokenizer)}",
              f"- steps: {_fmt(record.get('step'))}; tokens seen: {_fmt(record.get('tokens'))}",
-             f"- final validation: bits per byte {_fmt(met.get('val_bpb'))}, loss {_fmt(met.get('val_loss'))} (nats/token)",
+             f"- final validation: bits per byte {_fmt(met.get('val_bpb'))}, "
+             f"loss {_fmt(met.get('val_loss'))} (nats/token)",
              f"- optimizer: AdamW, lr {cfg.train.lr:g}, {cfg.train.schedule} schedule, batch {cfg.train.batch_size} x "
              f"{cfg.train.grad_accum} x {m.context_length} tokens per worker",
              ]  # fmt: skip
     if record.get("mlflow_run"):
         lines.append(f"- MLflow run: `{record['mlflow_run']}`")
-    lines += ["", "## Evaluation", "",
-              "Scored by stlm the way lm-evaluation-harness scores them (log-likelihood of each choice).", "",
-              *_eval_table(record.get("evals", {})), ""]
-    lines += ["## How to load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'tok = AutoTokenizer.from_pretrained("{name}")   # or the path of this directory',
-              f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-              'ids = tok("Once upon a time", return_tensors="pt").input_ids',
-              "print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))", "```", "",
-              "`<|endoftext|>` is BOS, EOS and padding; like stlm, the tokenizer reads that string inside text as "
-              "plain text.", "",
-              "## Exactness", "",
-              "Checked at export: on seeded random token sequences the transformers logits (fp32, CPU) "
-              + (f"differ from stlm's by at most {max_abs_diff:.2g}." if max_abs_diff else "equal stlm's bit for bit."),
-              ""]
+    lines += [
+        "",
+        "## Evaluation",
+        "",
+        "Scored by stlm the way lm-evaluation-harness scores them (log-likelihood of each choice).",
+        "",
+        *_eval_table(record.get("evals", {})),
+        "",
+    ]
+    lines += [
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tok = AutoTokenizer.from_pretrained("{name}")   # or the path of this directory',
+        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+        'ids = tok("Once upon a time", return_tensors="pt").input_ids',
+        "print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))",
+        "```",
+        "",
+        "`<|endoftext|>` is BOS, EOS and padding; like stlm, the tokenizer reads that string inside text as "
+        "plain text.",
+        "",
+        "## Exactness",
+        "",
+        "Checked at export: on seeded random token sequences the transformers logits (fp32, CPU) "
+        + (f"differ from stlm's by at most {max_abs_diff:.2g}." if max_abs_diff else "equal stlm's bit for bit."),
+        "",
+    ]
     lines += [f"Note: {n}." for n in record.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"

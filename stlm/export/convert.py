@@ -76,8 +76,10 @@ def check_directory(path: Path, model, tokenizer, target: Target) -> float:
     reloaded = tr.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     diff, scale = max_logit_diff(model, reloaded)
     if diff > TOLERANCE * max(1.0, scale):
-        raise RuntimeError(f"stlm export: the exported {target.hf_class} differs from the checkpoint by {diff:.3g} "
-                           f"in the logits (allowed {TOLERANCE:g} x max(1, {scale:.3g}))")
+        raise RuntimeError(
+            f"stlm export: the exported {target.hf_class} differs from the checkpoint by {diff:.3g} "
+            f"in the logits (allowed {TOLERANCE:g} x max(1, {scale:.3g}))"
+        )
     sample = story("val", 0) + " Zoë's café: 12345\n\n  \t日本語 😀 <|endoftext|>"
     if tr.AutoTokenizer.from_pretrained(str(path)).encode(sample, add_special_tokens=False) != tokenizer.encode(sample):
         raise RuntimeError(f"stlm export: the exported tokenizer does not encode text as stlm's {tokenizer.name} does")
@@ -94,9 +96,17 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, run_id: str | None = None,
-                      tracking_uri: str | None = None, eval_json: str | None = None, license: str = "other",
-                      name: str | None = None, force: bool = False) -> ExportResult:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    eval_json: str | None = None,
+    license: str = "other",
+    name: str | None = None,
+    force: bool = False,
+) -> ExportResult:
     """Export the checkpoint (or a run directory's latest one) to `out_dir` as a transformers model + card."""
     from stlm.export.card import gather_record, model_card
     from stlm.export.tokenizer import save_tokenizer
@@ -124,9 +134,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         hf.save_pretrained(str(tmp), safe_serialization=True)
         save_tokenizer(tokenizer, cfg.model.context_length, tmp)
         diff = check_directory(tmp, model, tokenizer, target)
-        card = model_card(name=name or out.name, cfg=cfg, target=target, counted=counted,
-                          exported_params=exported_params(hf), tokenizer=tokenizer, record=record, license=license,
-                          max_abs_diff=diff)
+        card = model_card(
+            name=name or out.name,
+            cfg=cfg,
+            target=target,
+            counted=counted,
+            exported_params=exported_params(hf),
+            tokenizer=tokenizer,
+            record=record,
+            license=license,
+            max_abs_diff=diff,
+        )
         (tmp / "README.md").write_text(card)
         replace_dir(tmp, out)  # --force: the old directory is swapped out whole
     except BaseException:

@@ -7,7 +7,7 @@
     stlm                                        transformers
     rope + swiglu + rmsnorm (+ linear biases)   LlamaForCausalLM (theta, eps, GQA/MQA, attention_bias = mlp_bias)
     the same with qk_norm                       Qwen3ForCausalLM (RMSNorm on the head dim before RoPE, as stlm)
-    learned + gelu (tanh) + layernorm           GPT2LMHeadModel (activation gelu_pytorch_tanh: F.gelu(approximate="tanh"))
+    learned + gelu (tanh) + layernorm           GPT2LMHeadModel (gelu_pytorch_tanh: F.gelu(approximate="tanh"))
 
 Why these are exact: stlm's RoPE is rotate-half with inv_freq = theta^(-2i/hd) and tables cat([f, f]),
 which is HF's `rotate_half` layout, so q/k need no permutation; SDPA scales by 1/sqrt(head_dim) like
@@ -22,8 +22,8 @@ biases gets zero biases: the function is the same, the exported parameter count 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,8 +32,10 @@ from stlm.errors import StlmError
 from stlm.models.layers.ffn import FFNS
 from stlm.models.sharing import LoRAFFN
 
-EXPORTABLE = ("model.positional=rope + model.ffn=swiglu + model.norm=rmsnorm (Llama; Qwen3 with model.qk_norm), "
-              "or model.positional=learned + model.ffn=gelu + model.norm=layernorm (GPT-2), with model.embedder=token")
+EXPORTABLE = (
+    "model.positional=rope + model.ffn=swiglu + model.norm=rmsnorm (Llama; Qwen3 with model.qk_norm), "
+    "or model.positional=learned + model.ffn=gelu + model.norm=layernorm (GPT-2), with model.embedder=token"
+)
 
 # Options that no transformers architecture computes exactly, with what they are.
 NO_EQUIVALENT = {
@@ -47,9 +49,11 @@ NO_EQUIVALENT = {
 
 
 def _refuse(key: str, value, why: str) -> StlmError:
-    return StlmError(f"stlm export: {key}={value} ({why}) has no exact equivalent in transformers, so this model "
-                     f"cannot be exported without changing what it computes. Exportable: {EXPORTABLE}; every "
-                     f"model.sharing mode, tied or untied embeddings, any tokenizer.")
+    return StlmError(
+        f"stlm export: {key}={value} ({why}) has no exact equivalent in transformers, so this model "
+        f"cannot be exported without changing what it computes. Exportable: {EXPORTABLE}; every "
+        f"model.sharing mode, tied or untied embeddings, any tokenizer."
+    )
 
 
 def _need(cfg: ModelConfig, key: str, want, arch: str) -> None:
@@ -109,8 +113,9 @@ def _check_llama(cfg: ModelConfig) -> None:
 def _check_qwen3(cfg: ModelConfig) -> None:
     _check_llama(cfg)
     if cfg.bias:
-        raise _refuse("model.bias", True, "Qwen3ForCausalLM, the transformers model with per-head QK-norm, has no "
-                                          "FFN biases")
+        raise _refuse(
+            "model.bias", True, "Qwen3ForCausalLM, the transformers model with per-head QK-norm, has no FFN biases"
+        )
 
 
 def _llama_config(cfg: ModelConfig, n_layers: int, eot_id: int, *, qwen3: bool):
@@ -131,8 +136,11 @@ def _llama_config(cfg: ModelConfig, n_layers: int, eot_id: int, *, qwen3: bool):
 
 
 def _llama_state(model) -> dict[str, torch.Tensor]:
-    sd = {"model.embed_tokens.weight": model.embedder.wte.weight, "model.norm.weight": model.core.norm.weight,
-          "lm_head.weight": _head(model)}
+    sd = {
+        "model.embed_tokens.weight": model.embedder.wte.weight,
+        "model.norm.weight": model.core.norm.weight,
+        "lm_head.weight": _head(model),
+    }
     for i, layer in enumerate(applied_layers(model)):
         b, p = layer.block, f"model.layers.{i}."
         sd[p + "input_layernorm.weight"] = b.norm1.weight
@@ -146,7 +154,11 @@ def _llama_state(model) -> dict[str, torch.Tensor]:
         if b.attn.q_norm is not None:
             sd[p + "self_attn.q_norm.weight"] = b.attn.q_norm.weight
             sd[p + "self_attn.k_norm.weight"] = b.attn.k_norm.weight
-        for stlm_name, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):  # w2(silu(w1 x) * w3 x)
+        for stlm_name, hf_name in (
+            ("w1", "gate_proj"),
+            ("w3", "up_proj"),
+            ("w2", "down_proj"),
+        ):  # w2(silu(w1 x) * w3 x)
             w, bias = layer.ffn[stlm_name]
             sd[p + f"mlp.{hf_name}.weight"] = w
             if bias is not None:
@@ -183,9 +195,13 @@ def _or_zeros(bias: torch.Tensor | None, n: int) -> torch.Tensor:
 
 def _gpt2_state(model) -> dict[str, torch.Tensor]:
     d = model.config.d_model
-    sd = {"transformer.wte.weight": model.embedder.wte.weight, "transformer.wpe.weight": model.core.pos.wpe.weight,
-          "transformer.ln_f.weight": model.core.norm.weight,
-          "transformer.ln_f.bias": _or_zeros(model.core.norm.bias, d), "lm_head.weight": _head(model)}
+    sd = {
+        "transformer.wte.weight": model.embedder.wte.weight,
+        "transformer.wpe.weight": model.core.pos.wpe.weight,
+        "transformer.ln_f.weight": model.core.norm.weight,
+        "transformer.ln_f.bias": _or_zeros(model.core.norm.bias, d),
+        "lm_head.weight": _head(model),
+    }
     for i, layer in enumerate(applied_layers(model)):
         b, p = layer.block, f"transformer.h.{i}."
         H, KV, hd = b.attn.n_heads, b.attn.n_kv_heads, b.attn.head_dim
@@ -193,7 +209,7 @@ def _gpt2_state(model) -> dict[str, torch.Tensor]:
         qb, kb, vb = _split_qkv(b.attn, _or_zeros(b.attn.qkv.bias, (H + 2 * KV) * hd))
 
         def per_query_head(t):  # query head h reads kv head h // (H / KV), as SDPA's repeat_interleave
-            return t.reshape(KV, hd, *t.shape[1:]).repeat_interleave(H // KV, dim=0).reshape(H * hd, *t.shape[1:])
+            return t.reshape(KV, hd, *t.shape[1:]).repeat_interleave(H // KV, dim=0).reshape(H * hd, *t.shape[1:])  # noqa: B023 - called in the iteration that defines it
 
         k, v, kb, vb = (per_query_head(t) for t in (k, v, kb, vb))
         # Conv1D stores weights as [in, out]: the transpose of nn.Linear's
@@ -232,15 +248,21 @@ class Target:
             return {k: v.detach().float().contiguous().clone() for k, v in self.state(model).items()}
 
 
-LLAMA = Target("llama", "LlamaForCausalLM", _check_llama, lambda c, n, e: _llama_config(c, n, e, qwen3=False), _llama_state)
-QWEN3 = Target("qwen3", "Qwen3ForCausalLM", _check_qwen3, lambda c, n, e: _llama_config(c, n, e, qwen3=True), _llama_state)
+LLAMA = Target(
+    "llama", "LlamaForCausalLM", _check_llama, lambda c, n, e: _llama_config(c, n, e, qwen3=False), _llama_state
+)
+QWEN3 = Target(
+    "qwen3", "Qwen3ForCausalLM", _check_qwen3, lambda c, n, e: _llama_config(c, n, e, qwen3=True), _llama_state
+)
 GPT2 = Target("gpt2", "GPT2LMHeadModel", _check_gpt2, _gpt2_config, _gpt2_state)
 
 
 def choose_target(cfg: ModelConfig) -> Target:
     """The transformers architecture that computes exactly what `cfg` does, or an StlmError naming the key."""
     if cfg.embedder != "token":
-        raise _refuse("model.embedder", cfg.embedder, NO_EQUIVALENT.get(("model.embedder", cfg.embedder), "not a token model"))
+        raise _refuse(
+            "model.embedder", cfg.embedder, NO_EQUIVALENT.get(("model.embedder", cfg.embedder), "not a token model")
+        )
     if cfg.positional == "rope":
         target = QWEN3 if cfg.qk_norm else LLAMA
     elif cfg.positional == "learned":

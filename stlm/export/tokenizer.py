@@ -94,20 +94,26 @@ def to_hf_tokenizer(tok: Tokenizer, context_length: int):
 
     if isinstance(tok, TiktokenTokenizer) and tok.name == "gpt2":
         vocab, merges = _gpt2_files(tok)
-        return transformers.GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=context_length,
-                                          split_special_tokens=True, **SPECIALS)
+        return transformers.GPT2Tokenizer(
+            vocab=vocab, merges=merges, model_max_length=context_length, split_special_tokens=True, **SPECIALS
+        )
     if isinstance(tok, TiktokenTokenizer):
         backend = _converter(tok._ranks, tok._pattern()).converted()
     elif isinstance(tok, ByteTokenizer):
         backend = _converter({bytes([b]): b for b in range(256)}, ALL_TEXT).converted()
     else:
-        raise StlmError(f"stlm export: tokenizer {tok.name!r} has no Hugging Face equivalent "
-                        "(model.tokenizer must be gpt2, bpe or bytes).")
+        raise StlmError(
+            f"stlm export: tokenizer {tok.name!r} has no Hugging Face equivalent "
+            "(model.tokenizer must be gpt2, bpe or bytes)."
+        )
     if backend.get_vocab_size() != tok.vocab_size or backend.token_to_id(EOT_TEXT) != tok.eot_id:
-        raise StlmError(f"stlm export: the converted {tok.name} tokenizer has {backend.get_vocab_size()} ids and "
-                        f"<|endoftext|> = {backend.token_to_id(EOT_TEXT)}; stlm's has {tok.vocab_size} and {tok.eot_id}.")
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=context_length,
-                                                split_special_tokens=True, **SPECIALS)
+        raise StlmError(
+            f"stlm export: the converted {tok.name} tokenizer has {backend.get_vocab_size()} ids and "
+            f"<|endoftext|> = {backend.token_to_id(EOT_TEXT)}; stlm's has {tok.vocab_size} and {tok.eot_id}."
+        )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=context_length, split_special_tokens=True, **SPECIALS
+    )
 
 
 def save_tokenizer(tok: Tokenizer, context_length: int, out_dir) -> list[str]:
@@ -131,5 +137,7 @@ def describe(tok: Tokenizer) -> str:
         return "GPT-2's byte-level BPE (50,257 ids; `<|endoftext|>` = 50256)"
     if tok.name == "bytes":
         return "raw UTF-8 bytes (ids 0-255 are the byte values, `<|endoftext|>` = 256)"
-    return (f"a byte-level BPE of {tok.vocab_size:,} ids trained by stlm (rustbpe) on the training corpus; "
-            f"`<|endoftext|>` = {tok.eot_id}; pre-tokenizer regex `{tok._pattern()}`")
+    return (
+        f"a byte-level BPE of {tok.vocab_size:,} ids trained by stlm (rustbpe) on the training corpus; "
+        f"`<|endoftext|>` = {tok.eot_id}; pre-tokenizer regex `{tok._pattern()}`"
+    )

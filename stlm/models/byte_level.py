@@ -66,7 +66,7 @@ class TokenBytes(nn.Module):
         self.register_load_state_dict_post_hook(TokenBytes._mark_loaded)  # a checkpoint carries the table
 
     @staticmethod
-    def _mark_loaded(module: "TokenBytes", incompatible_keys) -> None:
+    def _mark_loaded(module: TokenBytes, incompatible_keys) -> None:
         module.loaded = True
 
     def load(self, tokenizer) -> None:

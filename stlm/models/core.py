@@ -39,14 +39,14 @@ class BlockDims:
     resid_dropout: float
 
     @staticmethod
-    def of(cfg: ModelConfig) -> "BlockDims":
+    def of(cfg: ModelConfig) -> BlockDims:
         return BlockDims(
             cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.ffn, cfg.effective_ffn_dim, cfg.norm, cfg.norm_eps,
             cfg.bias, cfg.qk_norm, cfg.dropout.attention, cfg.dropout.residual,
         )  # fmt: skip
 
     @staticmethod
-    def of_bytes(cfg: ModelConfig) -> "BlockDims":
+    def of_bytes(cfg: ModelConfig) -> BlockDims:
         """The byte encoder/decoder: width byte_level.byte_dim, MHA, FFN width from ffn_multiple."""
         bl = cfg.byte_level
         sub = dataclasses.replace(cfg, d_model=bl.byte_dim, n_heads=bl.n_heads, n_kv_heads=None, ffn_dim=None)

@@ -123,7 +123,11 @@ def _sizes(model_cfg: ModelConfig, free: str, limit: int, max_value: int) -> tup
 
 
 def solve_budget(
-    model_cfg: ModelConfig, target: int, free: str = "d_model", tolerance: float = 0.01, max_value: int = 1 << 16,
+    model_cfg: ModelConfig,
+    target: int,
+    free: str = "d_model",
+    tolerance: float = 0.01,
+    max_value: int = 1 << 16,
     nearest: int | None = None,
 ) -> ModelConfig:
     """A copy of model_cfg with `free` set so that count_params(...).total is within
@@ -158,8 +162,9 @@ def solve_budget(
     )
 
 
-def closest_size(model_cfg: ModelConfig, target: int, free: str = "d_model",
-                 max_value: int = 1 << 16) -> tuple[int, int]:
+def closest_size(
+    model_cfg: ModelConfig, target: int, free: str = "d_model", max_value: int = 1 << 16
+) -> tuple[int, int]:
     """(value, count) of the valid `free` whose count is closest to `target`: the largest at or below it or the
     next one above (counts are monotone in every free dim), found by bisection in ~log2(max_value / step) counts.
     solve_budget meets `target` exactly when this count is within its tolerance (the search space asks so)."""

@@ -32,11 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from stlm import tracking
+    from stlm.interrupts import Interrupts
     from stlm.models import count_params
     from stlm.train import checkpoint as ckpt
     from stlm.train.loop import train
-
-    from stlm.interrupts import Interrupts
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     guard = Interrupts.install()  # SIGTERM ends the run like Ctrl-C: its MLflow run KILLED, not RUNNING
@@ -48,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     resume_from = ckpt.latest_checkpoint(run_dir)
     if resume_from is not None and not args.resume:
-        raise StlmError(f"{str(run_dir)!r} already holds checkpoints (latest {resume_from.name}). "
-                        f"Pass --resume to continue that run, or --run-name NAME to start a new one.")
+        raise StlmError(
+            f"{str(run_dir)!r} already holds checkpoints (latest {resume_from.name}). "
+            f"Pass --resume to continue that run, or --run-name NAME to start a new one."
+        )
     if args.resume and resume_from is None:
         print(f"stlm train: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
 
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     run_id = None
     saved = json.loads(run_file.read_text()) if run_file.is_file() else None
     if saved and saved.get("host") == socket.gethostname() and _alive(saved.get("pid")):
-        raise StlmError(f"Another `stlm train` (pid {saved['pid']}) is writing {str(run_dir)!r}; wait for it to end, "
-                        "or pass --run-name NAME to start a separate run.")
+        raise StlmError(
+            f"Another `stlm train` (pid {saved['pid']}) is writing {str(run_dir)!r}; wait for it to end, "
+            "or pass --run-name NAME to start a separate run."
+        )
     if resume_from is not None and saved:
         if tracking.reopen_run(client, saved["run_id"]):
             run_id = saved["run_id"]
@@ -68,13 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         end_orphan_run(client, saved)  # killed (kill -9) before its first checkpoint: nothing to append to
     if run_id is None:
         counted = count_params(cfg.model)
-        run_id = tracking.create_run(client, cfg.tracking.experiment, run_name=run_name,
-                                     tags={"stlm.command": "train", "stlm.config_file": str(Path(args.config).resolve())})
-        tracking.log_config(client, run_id, cfg, extra={"params.total": counted.total,
-                                                        "flops_per_token": counted.flops_per_token})
+        run_id = tracking.create_run(
+            client,
+            cfg.tracking.experiment,
+            run_name=run_name,
+            tags={"stlm.command": "train", "stlm.config_file": str(Path(args.config).resolve())},
+        )
+        tracking.log_config(
+            client, run_id, cfg, extra={"params.total": counted.total, "flops_per_token": counted.flops_per_token}
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": client.tracking_uri,
-                                    "pid": os.getpid(), "host": socket.gethostname()}))
+    run_file.write_text(
+        json.dumps(
+            {"run_id": run_id, "tracking_uri": client.tracking_uri, "pid": os.getpid(), "host": socket.gethostname()}
+        )
+    )
     guard.on_force_exit(lambda: tracking.end_run(client, run_id, "KILLED"))
 
     last_ckpt: list[str] = []
@@ -87,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             last_ckpt[:] = [checkpoint_dir]
 
     try:
-        final = train(cfg, report=report, resume_from=str(resume_from) if resume_from else None,
-                      on_log=on_log, progress=True)
+        final = train(
+            cfg, report=report, resume_from=str(resume_from) if resume_from else None, on_log=on_log, progress=True
+        )
     except KeyboardInterrupt:
         _end(client, run_id, "KILLED")
         raise
@@ -101,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     # the run's rate (every token over the whole wall time, evaluations included), not the last window's
     tps = final["tokens"] / final["elapsed_s"] if final.get("elapsed_s") else float("nan")
     mfu = f", mfu {final['mfu']:.1%}" if "mfu" in final else ""
-    print(f"done: {final['step']} steps, {final['tokens']:,} tokens in {final['elapsed_s']:.0f} s "
-          f"({tps:,.0f} tok/s{mfu}); val_loss {final['val_loss']:.4f}, val_bpb {final['val_bpb']:.4f}; "
-          f"{final['params']:,} params; checkpoint {where}; mlflow run {run_id} ({client.tracking_uri})")
+    print(
+        f"done: {final['step']} steps, {final['tokens']:,} tokens in {final['elapsed_s']:.0f} s "
+        f"({tps:,.0f} tok/s{mfu}); val_loss {final['val_loss']:.4f}, val_bpb {final['val_bpb']:.4f}; "
+        f"{final['params']:,} params; checkpoint {where}; mlflow run {run_id} ({client.tracking_uri})"
+    )
     return 0
 
 
@@ -125,8 +139,11 @@ def end_orphan_run(client, saved: dict) -> None:
         if client.get_run(saved["run_id"]).info.status == "RUNNING":
             client.set_tag(saved["run_id"], "stlm.status", "killed")
             tracking.end_run(client, saved["run_id"], "KILLED")
-            print(f"stlm train: the earlier run {saved['run_id']} of this directory was killed before its first "
-                  "checkpoint; marked KILLED in MLflow, starting a new run", file=sys.stderr)
+            print(
+                f"stlm train: the earlier run {saved['run_id']} of this directory was killed before its first "
+                "checkpoint; marked KILLED in MLflow, starting a new run",
+                file=sys.stderr,
+            )
     except Exception:  # noqa: BLE001 - deleted, or another store: nothing to repair
         pass
 

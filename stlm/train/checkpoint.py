@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import yaml
 
-from stlm.config import Config, build_config, dump_yaml
 from stlm.atomic import disk_full_guard, fsync_dir, replace_dir
+from stlm.config import Config, build_config, dump_yaml
 from stlm.errors import StlmError
 
 STEP_NAME = re.compile(r"^step_(\d+)(?:-[0-9a-f]+)?$")  # step_000040, or a sweep trial's step_000040-3fa2c1d0
@@ -89,8 +89,9 @@ def _write_file(path: Path, write) -> dict:
     return {"bytes": path.stat().st_size, CHECKSUM: _digest(path)}
 
 
-def save_checkpoint(path: str | os.PathLike, *, model_state: dict, trainer_state: dict, cfg: Config, meta: dict,
-                    then: str | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, *, model_state: dict, trainer_state: dict, cfg: Config, meta: dict, then: str | None = None
+) -> Path:
     """Write a checkpoint directory atomically: files fsynced into a temp dir, meta.json (with every
     file's size and checksum) last, then one rename. A full disk raises DiskFullError and leaves
     no temp dir behind."""
@@ -135,7 +136,11 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_NAME.match(p.name)) and (p / "meta.json").is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.iterdir()
+        if (m := STEP_NAME.match(p.name)) and (p / "meta.json").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -151,8 +156,11 @@ _verified: dict[str, tuple] = {}  # path -> meta.json stamp of a checkpoint alre
 
 def _stamp(path: Path) -> tuple:
     """Identity of every file of the checkpoint as the filesystem sees it: a change to any means re-verify."""
-    return tuple(sorted((f.name, st.st_ino, st.st_size, st.st_mtime_ns)
-                        for f in path.iterdir() if f.is_file() and (st := f.stat())))
+    return tuple(
+        sorted(
+            (f.name, st.st_ino, st.st_size, st.st_mtime_ns) for f in path.iterdir() if f.is_file() and (st := f.stat())
+        )
+    )
 
 
 def verify_checkpoint(path: str | os.PathLike, *, full: bool = True) -> None:
@@ -184,10 +192,12 @@ def verify_checkpoint(path: str | os.PathLike, *, full: bool = True) -> None:
         if size != want["bytes"]:
             raise CorruptCheckpointError(
                 f"The {where} is damaged: {name} has {size:,} bytes, {want['bytes']:,} were written (truncated or "
-                "overwritten).")
+                "overwritten)."
+            )
         if full and _digest(f) != want[CHECKSUM]:
             raise CorruptCheckpointError(
-                f"The {where} is damaged: {name} does not match the checksum recorded when it was written.")
+                f"The {where} is damaged: {name} does not match the checksum recorded when it was written."
+            )
     if full:
         _verified[str(path)] = _stamp(path)
 
@@ -211,8 +221,7 @@ def newest_intact(candidates: list[Path], say=None, fetch=None) -> Path | None:
         why = intact(p)
         if why is None:
             if skipped and say is not None:
-                say(f"note: {' '.join(skipped)} Continuing from the newest intact checkpoint, {p} "
-                    f"(step {step_of(p)}).")
+                say(f"note: {' '.join(skipped)} Continuing from the newest intact checkpoint, {p} (step {step_of(p)}).")
             return p
         skipped.append(why)
     if skipped and say is not None:
@@ -269,8 +278,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if latest is None:
         if ckpts:
             raise CorruptCheckpointError(f"No intact checkpoint in {str(p)!r}: {intact(ckpts[-1])}")
-        raise StlmError(f"No checkpoint at {str(p)!r}: expected a step_NNNNNN directory with meta.json, "
-                        f"or a run directory (train.out_dir/run_name) that holds some.")
+        raise StlmError(
+            f"No checkpoint at {str(p)!r}: expected a step_NNNNNN directory with meta.json, "
+            f"or a run directory (train.out_dir/run_name) that holds some."
+        )
     return latest
 
 
@@ -288,8 +299,10 @@ def _load(path, name: str, weights_only: bool):
     try:
         return torch.load(ckpt / name, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # an older checkpoint without checksums, damaged: still one paragraph
-        raise CorruptCheckpointError(f"The checkpoint {str(ckpt)!r} (step {step_of(ckpt)}) has an unreadable {name} "
-                                     f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).") from None
+        raise CorruptCheckpointError(
+            f"The checkpoint {str(ckpt)!r} (step {step_of(ckpt)}) has an unreadable {name} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})."
+        ) from None
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict:
@@ -311,8 +324,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     tokenizer = load_tokenizer(cfg.model, cfg.data)  # cached; a trained BPE is rebuilt from the same corpus if missing
     want = meta.get("tokenizer", {}).get("identity")
     if want is not None and tokenizer.identity != want:
-        raise StlmError(f"The tokenizer loaded for {str(ckpt)!r} ({tokenizer.name}, identity {tokenizer.identity}) is not the "
-                        f"one the model was trained with (identity {want}); check data.cache_dir / $STLM_CACHE.")
+        raise StlmError(
+            f"The tokenizer loaded for {str(ckpt)!r} ({tokenizer.name}, identity {tokenizer.identity}) is not the "
+            f"one the model was trained with (identity {want}); check data.cache_dir / $STLM_CACHE."
+        )
     model = build_model(cfg.model, tokenizer)
     model.load_state_dict(load_model_state(ckpt))
     model.to(device).eval()

@@ -24,16 +24,16 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from stlm.config import Config, TrainConfig, to_dict
 from stlm import progress as bars
+from stlm.config import Config, TrainConfig, to_dict
 from stlm.errors import StlmError
 from stlm.eval.bpb import bpb_from_sums, bpb_sums
 from stlm.train import checkpoint as ckpt
@@ -67,7 +67,7 @@ class World:
         return self.world_size > 1
 
     @classmethod
-    def detect(cls) -> "World":
+    def detect(cls) -> World:
         """From an initialised torch.distributed process group (Ray Train, torchrun), else one process."""
         if dist.is_available() and dist.is_initialized():
             rank = dist.get_rank()
@@ -150,8 +150,16 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------- one optimizer step
 
 
-def train_step(model, optimizer, batches, *, grad_clip: float, amp_dtype: torch.dtype | None,
-               device: torch.device, want_grad_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def train_step(
+    model,
+    optimizer,
+    batches,
+    *,
+    grad_clip: float,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    want_grad_norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward/backward over the micro-batches `batches` (an iterable of (x, y)), then one AdamW step.
 
     Each micro-batch loss is divided by the number of micro-batches, so accumulating k batches
@@ -161,7 +169,8 @@ def train_step(model, optimizer, batches, *, grad_clip: float, amp_dtype: torch.
     batches = list(batches) if not isinstance(batches, list) else batches
     n = len(batches)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel) or isinstance(
-        getattr(model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel)
+        getattr(model, "_orig_mod", None), torch.nn.parallel.DistributedDataParallel
+    )
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(batches):
@@ -216,7 +225,9 @@ def train(
 
     tc, mc = cfg.train, cfg.model
     if tc.keep_checkpoints < 1:
-        raise StlmError(f"train.keep_checkpoints must be >= 1 (the checkpoint to resume from), got {tc.keep_checkpoints}.")
+        raise StlmError(
+            f"train.keep_checkpoints must be >= 1 (the checkpoint to resume from), got {tc.keep_checkpoints}."
+        )
     world = world or World.detect()
     device = resolve_device(tc, world)
     amp_dtype = resolve_amp(tc, device)
@@ -232,9 +243,10 @@ def train(
     counted = count_params(mc)
     optimizer = build_optimizer(raw, tc, device)
     scheduler = build_scheduler(optimizer, tc)
-    batcher = TokenBatcher(data.train, tc.batch_size, mc.context_length, seed=tc.seed,
-                           rank=world.rank, world_size=world.world_size)
-    windows = val_windows(data.val, mc.context_length, tc.eval_batches * tc.batch_size)[world.rank::world.world_size]
+    batcher = TokenBatcher(
+        data.train, tc.batch_size, mc.context_length, seed=tc.seed, rank=world.rank, world_size=world.world_size
+    )
+    windows = val_windows(data.val, mc.context_length, tc.eval_batches * tc.batch_size)[world.rank :: world.world_size]
     byte_lengths = tokenizer.byte_lengths
     torch.manual_seed(tc.seed + world.rank)  # dropout masks differ across ranks
 
@@ -242,7 +254,8 @@ def train(
     last_good = (None, None)  # (step, loss) of the last finite training loss seen
     if resume_from is not None:
         step, elapsed_prev, last_metrics, last_good = _resume(
-            resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batcher)
+            resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batcher
+        )
 
     if step >= tc.max_steps:  # resumed a finished run (e.g. a restored sweep trial): report it again
         if report is not None:
@@ -284,9 +297,15 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         is_log = (step + 1) % tc.log_interval == 0
         is_eval = (step + 1) % tc.eval_interval == 0 or step + 1 == tc.max_steps
-        loss, grad_norm = train_step(model, optimizer, (batcher.next() for _ in range(tc.grad_accum)),
-                                     grad_clip=tc.grad_clip, amp_dtype=amp_dtype, device=device,
-                                     want_grad_norm=is_log or is_eval)
+        loss, grad_norm = train_step(
+            model,
+            optimizer,
+            (batcher.next() for _ in range(tc.grad_accum)),
+            grad_clip=tc.grad_clip,
+            amp_dtype=amp_dtype,
+            device=device,
+            want_grad_norm=is_log or is_eval,
+        )
         scheduler.step()
         losses[in_window] = loss
         in_window += 1
@@ -361,11 +380,14 @@ def train(
 
 def _raise_nonfinite(value: float, step: int, last_good, tc: TrainConfig, what: str = "training loss"):
     good_step, good_loss = last_good
-    good = f"last good loss {good_loss:.4f} at step {good_step}" if good_step is not None else "no finite loss logged yet"
+    good = (
+        f"last good loss {good_loss:.4f} at step {good_step}" if good_step is not None else "no finite loss logged yet"
+    )
     raise NonFiniteLossError(
         f"The {what} became {value} at step {step} ({good}); stopping instead of training on. "
         f"Try a lower train.lr (now {tc.lr:g}), a longer train.warmup_steps (now {tc.warmup_steps}) "
-        f"or gradient clipping (train.grad_clip, now {tc.grad_clip:g}).")
+        f"or gradient clipping (train.grad_clip, now {tc.grad_clip:g})."
+    )
 
 
 def _line(m: dict) -> str:
@@ -413,8 +435,13 @@ def _save(run_dir, step, cfg, tokenizer, world, raw, optimizer, scheduler, batch
         "world_size": world.world_size,
         "tokenizer": {"name": tokenizer.name, "identity": tokenizer.identity},
     }
-    path = ckpt.save_checkpoint(run_dir / ckpt.step_dir_name(step), model_state=raw.state_dict(),
-                                trainer_state=trainer_state, cfg=cfg, meta=meta)
+    path = ckpt.save_checkpoint(
+        run_dir / ckpt.step_dir_name(step),
+        model_state=raw.state_dict(),
+        trainer_state=trainer_state,
+        cfg=cfg,
+        meta=meta,
+    )
     # newer leftovers (a run rolled back to an older checkpoint) go first: never pruned into this one
     ckpt.prune_checkpoints(run_dir, cfg.train.keep_checkpoints, current=step)
     return path
@@ -428,15 +455,21 @@ def _resume(resume_from, cfg, tokenizer, world, raw, optimizer, scheduler, batch
         a, b = to_dict(getattr(saved, section)), to_dict(getattr(cfg, section))
         if a != b:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise StlmError(f"Cannot resume from {str(path)!r}: {section}.{', {section}.'.join(diff)} "
-                            f"differ from the checkpoint's config.".replace("{section}", section))
+            raise StlmError(
+                f"Cannot resume from {str(path)!r}: {section}.{', {section}.'.join(diff)} "
+                f"differ from the checkpoint's config.".replace("{section}", section)
+            )
     if meta["tokenizer"]["identity"] != tokenizer.identity:
-        raise StlmError(f"Cannot resume from {str(path)!r}: it was trained with another tokenizer "
-                        f"(identity {meta['tokenizer']['identity']}, now {tokenizer.identity}).")
+        raise StlmError(
+            f"Cannot resume from {str(path)!r}: it was trained with another tokenizer "
+            f"(identity {meta['tokenizer']['identity']}, now {tokenizer.identity})."
+        )
     state = ckpt.load_trainer_state(path)
     if len(state["rank_states"]) != world.world_size:
-        raise StlmError(f"Cannot resume from {str(path)!r}: it was written by {len(state['rank_states'])} workers "
-                        f"and this run has {world.world_size}; the data positions would not line up.")
+        raise StlmError(
+            f"Cannot resume from {str(path)!r}: it was written by {len(state['rank_states'])} workers "
+            f"and this run has {world.world_size}; the data positions would not line up."
+        )
     raw.load_state_dict(ckpt.load_model_state(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -15,7 +15,7 @@ The multiplier is a pure function of the step, so resuming needs only the step c
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

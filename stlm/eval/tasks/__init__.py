@@ -1,7 +1,7 @@
 """Benchmark registry: task name -> Task class (one small file per benchmark).
 
-    blimp, hellaswag, arc_easy, arc_challenge, winogrande, mmlu   (scored as lm-evaluation-harness does)
-    bpb                                                          (bits per byte on the run's val split)
+blimp, hellaswag, arc_easy, arc_challenge, winogrande, mmlu   (scored as lm-evaluation-harness does)
+bpb                                                          (bits per byte on the run's val split)
 """
 
 from __future__ import annotations

@@ -82,7 +82,9 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
         return None
     p = Path(d).expanduser()
     if not p.is_dir():
-        raise StlmError(f"Benchmark directory {str(p)!r} (eval.data_dir / --data-dir / $STLM_BENCHMARKS) does not exist.")
+        raise StlmError(
+            f"Benchmark directory {str(p)!r} (eval.data_dir / --data-dir / $STLM_BENCHMARKS) does not exist."
+        )
     return p
 
 

@@ -11,8 +11,10 @@ from stlm.errors import StlmError
 
 def run_bpb(model, cfg, device: str, limit: int | None, batch_size: int = 32) -> dict:
     if cfg is None:
-        raise StlmError("Task 'bpb' needs the run's config (its data section): pass config=cfg to "
-                        "stlm.eval.evaluate, or evaluate a checkpoint with `stlm eval`.")
+        raise StlmError(
+            "Task 'bpb' needs the run's config (its data section): pass config=cfg to "
+            "stlm.eval.evaluate, or evaluate a checkpoint with `stlm eval`."
+        )
     if not hasattr(model, "token_logprobs"):
         raise StlmError("Task 'bpb' scores stlm models only (it needs model.token_logprobs).")
     from stlm.data import prepare

@@ -2,7 +2,8 @@
 
 Harness (lm_eval/tasks/mmlu/default/_default_template_yaml, mmlu_<subject>.yaml, _generate_configs.py):
     description   "The following are multiple choice questions (with answers) about {subject with spaces}.\\n\\n"
-    doc_to_text   "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+    doc_to_text   "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\n"
+                  "D. {{choices[3]}}\\nAnswer:"
     doc_to_choice ["A", "B", "C", "D"]  -> continuations " A" ... " D";  doc_to_target answer (0-3)
     context = description + doc_to_text (zero-shot: no examples between them)
 Metric: acc (acc_norm / acc_bytes are reported too; with one-letter choices they equal acc).
@@ -22,26 +23,63 @@ from stlm.eval.tasks.base import TARGET_DELIMITER, Item, Task, load_hub
 
 # subject -> category, as in the harness's lm_eval/tasks/mmlu/_generate_configs.py
 SUBJECTS = {
-    "abstract_algebra": "stem", "anatomy": "stem", "astronomy": "stem", "business_ethics": "other",
-    "clinical_knowledge": "other", "college_biology": "stem", "college_chemistry": "stem",
-    "college_computer_science": "stem", "college_mathematics": "stem", "college_medicine": "other",
-    "college_physics": "stem", "computer_security": "stem", "conceptual_physics": "stem",
-    "econometrics": "social_sciences", "electrical_engineering": "stem", "elementary_mathematics": "stem",
-    "formal_logic": "humanities", "global_facts": "other", "high_school_biology": "stem",
-    "high_school_chemistry": "stem", "high_school_computer_science": "stem",
-    "high_school_european_history": "humanities", "high_school_geography": "social_sciences",
-    "high_school_government_and_politics": "social_sciences", "high_school_macroeconomics": "social_sciences",
-    "high_school_mathematics": "stem", "high_school_microeconomics": "social_sciences",
-    "high_school_physics": "stem", "high_school_psychology": "social_sciences", "high_school_statistics": "stem",
-    "high_school_us_history": "humanities", "high_school_world_history": "humanities", "human_aging": "other",
-    "human_sexuality": "social_sciences", "international_law": "humanities", "jurisprudence": "humanities",
-    "logical_fallacies": "humanities", "machine_learning": "stem", "management": "other", "marketing": "other",
-    "medical_genetics": "other", "miscellaneous": "other", "moral_disputes": "humanities",
-    "moral_scenarios": "humanities", "nutrition": "other", "philosophy": "humanities", "prehistory": "humanities",
-    "professional_accounting": "other", "professional_law": "humanities", "professional_medicine": "other",
-    "professional_psychology": "social_sciences", "public_relations": "social_sciences",
-    "security_studies": "social_sciences", "sociology": "social_sciences", "us_foreign_policy": "social_sciences",
-    "virology": "other", "world_religions": "humanities",
+    "abstract_algebra": "stem",
+    "anatomy": "stem",
+    "astronomy": "stem",
+    "business_ethics": "other",
+    "clinical_knowledge": "other",
+    "college_biology": "stem",
+    "college_chemistry": "stem",
+    "college_computer_science": "stem",
+    "college_mathematics": "stem",
+    "college_medicine": "other",
+    "college_physics": "stem",
+    "computer_security": "stem",
+    "conceptual_physics": "stem",
+    "econometrics": "social_sciences",
+    "electrical_engineering": "stem",
+    "elementary_mathematics": "stem",
+    "formal_logic": "humanities",
+    "global_facts": "other",
+    "high_school_biology": "stem",
+    "high_school_chemistry": "stem",
+    "high_school_computer_science": "stem",
+    "high_school_european_history": "humanities",
+    "high_school_geography": "social_sciences",
+    "high_school_government_and_politics": "social_sciences",
+    "high_school_macroeconomics": "social_sciences",
+    "high_school_mathematics": "stem",
+    "high_school_microeconomics": "social_sciences",
+    "high_school_physics": "stem",
+    "high_school_psychology": "social_sciences",
+    "high_school_statistics": "stem",
+    "high_school_us_history": "humanities",
+    "high_school_world_history": "humanities",
+    "human_aging": "other",
+    "human_sexuality": "social_sciences",
+    "international_law": "humanities",
+    "jurisprudence": "humanities",
+    "logical_fallacies": "humanities",
+    "machine_learning": "stem",
+    "management": "other",
+    "marketing": "other",
+    "medical_genetics": "other",
+    "miscellaneous": "other",
+    "moral_disputes": "humanities",
+    "moral_scenarios": "humanities",
+    "nutrition": "other",
+    "philosophy": "humanities",
+    "prehistory": "humanities",
+    "professional_accounting": "other",
+    "professional_law": "humanities",
+    "professional_medicine": "other",
+    "professional_psychology": "social_sciences",
+    "public_relations": "social_sciences",
+    "security_studies": "social_sciences",
+    "sociology": "social_sciences",
+    "us_foreign_policy": "social_sciences",
+    "virology": "other",
+    "world_religions": "humanities",
 }
 assert len(SUBJECTS) == 57
 CATEGORIES = ("stem", "other", "social_sciences", "humanities")
@@ -62,11 +100,13 @@ def read_csv(path) -> list[dict]:
             continue
         question, *choices, answer = row
         answer = answer.strip()
-        docs.append({
-            "question": question,
-            "choices": choices,
-            "answer": LETTERS.index(answer) if answer in LETTERS else int(answer),
-        })
+        docs.append(
+            {
+                "question": question,
+                "choices": choices,
+                "answer": LETTERS.index(answer) if answer in LETTERS else int(answer),
+            }
+        )
     return docs
 
 

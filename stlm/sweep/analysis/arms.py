@@ -1,5 +1,4 @@
-"""The statistics of a sweep's arms: per-arm summaries and paired differences against the control, from its trials.
-"""
+"""The statistics of a sweep's arms: per-arm summaries and paired differences against the control, from its trials."""
 
 from __future__ import annotations
 
@@ -65,8 +64,9 @@ class Analysis:
 def best_per_cell(trials: list[Trial], metric: str, mode: str) -> list[Trial]:
     """One trial per (arm, seed): the best on `metric` when a search ran several samples in a cell
     (compare.RULE, the rule every output of a sweep uses)."""
-    return compare.best_per_cell(trials, lambda t: (t.arm, t.seed if t.seed is not None else t.run_id),
-                                 lambda t: t.value(metric), mode)
+    return compare.best_per_cell(
+        trials, lambda t: (t.arm, t.seed if t.seed is not None else t.run_id), lambda t: t.value(metric), mode
+    )
 
 
 def _final_keys(trials: list[Trial], metrics: list[str]) -> list[str]:
@@ -88,8 +88,16 @@ def _per_seed(trials: list[Trial], key: str) -> dict[Any, float]:
 
 
 def analyse(
-    trials: list[Trial], *, name: str, parent_run_id: str, tracking_uri: str, metrics: list[str], modes: list[str],
-    control: str | None, order: list[str] | None = None, sizes: list[str] | None = None,
+    trials: list[Trial],
+    *,
+    name: str,
+    parent_run_id: str,
+    tracking_uri: str,
+    metrics: list[str],
+    modes: list[str],
+    control: str | None,
+    order: list[str] | None = None,
+    sizes: list[str] | None = None,
 ) -> Analysis:
     """The comparison of the arms from a sweep's trials: every final metric per arm and against its control over
     one trial per (arm, seed) cell, the excluded trials, and the Pareto front of a multi-objective sweep."""
@@ -120,8 +128,26 @@ def analyse(
     points = [(t.arm, t.seed, t.n_params, t.value(primary)) for t in chosen] if sizes else None
     rec = compare.record(primary, summaries.get(primary, {}), diffs.get(primary, {}), control_of, arms, points)
     pareto, x_key = pareto_trials(finished, metrics, modes)
-    return Analysis(name, parent_run_id, tracking_uri, metrics, modes, control, arms, finished, excluded, keys,
-                    summaries, diffs, pareto, x_key, chosen, control_of, sizes, rec)
+    return Analysis(
+        name,
+        parent_run_id,
+        tracking_uri,
+        metrics,
+        modes,
+        control,
+        arms,
+        finished,
+        excluded,
+        keys,
+        summaries,
+        diffs,
+        pareto,
+        x_key,
+        chosen,
+        control_of,
+        sizes,
+        rec,
+    )
 
 
 def controls(arms: list[str], control: str | None, sizes: list[str], name: str):
@@ -134,12 +160,16 @@ def controls(arms: list[str], control: str | None, sizes: list[str], name: str):
         control_of = {arm: f"{base}@{split_sized(arm)[1]}" for arm in arms}
         missing = sorted({c for c in control_of.values() if c not in arms})
         if missing:
-            raise StlmError(f"Control arm {base!r} has no finished trial at {', '.join(missing)} in sweep {name!r}; "
-                            f"arms with finished trials: {', '.join(arms)}.")
+            raise StlmError(
+                f"Control arm {base!r} has no finished trial at {', '.join(missing)} in sweep {name!r}; "
+                f"arms with finished trials: {', '.join(arms)}."
+            )
         return arms, control_of[arms[0]], control_of
     if control not in arms:
-        raise StlmError(f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: "
-                        f"{', '.join(arms)}.")
+        raise StlmError(
+            f"Control arm {control!r} has no finished trial in sweep {name!r}; arms with finished trials: "
+            f"{', '.join(arms)}."
+        )
     arms = [control] + [a for a in arms if a != control]
     return arms, control, {arm: control for arm in arms}
 

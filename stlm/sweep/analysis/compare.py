@@ -31,8 +31,9 @@ RULE = "best sample per (arm, seed) cell by the sweep metric"
 Item = TypeVar("Item")  # whatever a cell holds: a Trial (the report) or a result row (the terminal)
 
 
-def best_per_cell(items: Iterable[Item], cell: Callable[[Item], Any], value: Callable[[Item], float | None],
-                  mode: str) -> list[Item]:
+def best_per_cell(
+    items: Iterable[Item], cell: Callable[[Item], Any], value: Callable[[Item], float | None], mode: str
+) -> list[Item]:
     """One item per cell: the best on `value` (min or max); cells whose items have no value keep the first."""
     items = list(items)
     sign = 1.0 if mode == "min" else -1.0
@@ -61,8 +62,14 @@ def compare_arms(per_seed: dict[str, dict[Any, float]], arms: list[str], control
     return summaries, diffs
 
 
-def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str], arms: list[str],
-           scale_points: list | None = None) -> dict:
+def record(
+    metric: str,
+    summaries: dict,
+    diffs: dict,
+    control_of: dict[str, str],
+    arms: list[str],
+    scale_points: list | None = None,
+) -> dict:
     """The comparison as plain numbers (sweep.json's "comparison", the parent run's metrics); with
     `scale_points` (a sized sweep's chosen cells: arm, seed, params, value) also the scale fits."""
     out: dict[str, Any] = {"metric": metric, "rule": RULE, "arms": {}}
@@ -70,11 +77,24 @@ def record(metric: str, summaries: dict, diffs: dict, control_of: dict[str, str]
         out["scale"] = scale_fits(scale_points, control_of)
     for arm in arms:
         s, d = summaries.get(arm), diffs.get(arm)
-        row = {"control": control_of[arm], "n": s.n if s else 0, "mean": s.mean if s else None,
-               "sd": s.std if s else None, "lo": s.lo if s else None, "hi": s.hi if s else None}
+        row = {
+            "control": control_of[arm],
+            "n": s.n if s else 0,
+            "mean": s.mean if s else None,
+            "sd": s.std if s else None,
+            "lo": s.lo if s else None,
+            "hi": s.hi if s else None,
+        }
         if control_of[arm] != arm:
-            row.update({"pairs": d.n if d else 0, "diff": d.mean if d else None, "diff_sd": d.std if d else None,
-                        "diff_lo": d.lo if d else None, "diff_hi": d.hi if d else None})
+            row.update(
+                {
+                    "pairs": d.n if d else 0,
+                    "diff": d.mean if d else None,
+                    "diff_sd": d.std if d else None,
+                    "diff_lo": d.lo if d else None,
+                    "diff_hi": d.hi if d else None,
+                }
+            )
         out["arms"][arm] = row
     return out
 
@@ -98,8 +118,15 @@ def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str
         if all(v > 0 for *_, v in pts):
             fit = stats.line_fit([math.log(n) for _, _, n, _ in pts], [math.log(v) for *_, v in pts])
             if fit is not None:
-                row.update({"exponent": fit.slope, "prefactor": math.exp(fit.intercept), "fit_n": fit.n,
-                            "exponent_lo": fit.slope_lo, "exponent_hi": fit.slope_hi})
+                row.update(
+                    {
+                        "exponent": fit.slope,
+                        "prefactor": math.exp(fit.intercept),
+                        "fit_n": fit.n,
+                        "exponent_lo": fit.slope_lo,
+                        "exponent_hi": fit.slope_hi,
+                    }
+                )
         xs, ds = [], []
         for (arm, seed), (_, v) in cell.items():
             ctrl = control_of.get(arm)
@@ -117,8 +144,16 @@ def scale_fits(points: list[tuple[str, Any, float, float]], control_of: dict[str
                 trend = "no trend detectable at 95%"
             else:
                 trend = "grows with scale" if (line.slope > 0) == (mean_d > 0) else "shrinks with scale"
-            row.update({"slope": line.slope, "slope_lo": line.slope_lo, "slope_hi": line.slope_hi, "pairs": line.n,
-                        "mean_diff": mean_d, "trend": trend})
+            row.update(
+                {
+                    "slope": line.slope,
+                    "slope_lo": line.slope_lo,
+                    "slope_hi": line.slope_hi,
+                    "pairs": line.n,
+                    "mean_diff": mean_d,
+                    "trend": trend,
+                }
+            )
         if row:
             out[base] = row
     return out
@@ -132,8 +167,10 @@ def scale_lines(rec: dict) -> list[str]:
             parts.append(f"{rec['metric']} ~ {r['prefactor']:.4g} x params^{r['exponent']:+.4f}")
         if "slope" in r:
             interval = ci(r["slope_lo"], r["slope_hi"], True)
-            parts.append(f"difference from the control vs log(params): slope {stat(r['slope'], True)} "
-                         f"(95% CI {interval}, {r['pairs']} pairs): {r['trend']}")
+            parts.append(
+                f"difference from the control vs log(params): slope {stat(r['slope'], True)} "
+                f"(95% CI {interval}, {r['pairs']} pairs): {r['trend']}"
+            )
         lines.append(f"{base}: " + "; ".join(parts))
     return lines
 
@@ -163,8 +200,10 @@ def power_lines(rec: dict) -> list[str]:
         return []
     lines = []
     if min(pairs) < MIN_SEEDS:
-        lines.append(f"Fewer than {MIN_SEEDS} paired seeds: the 95% intervals are not informative "
-                     f"(t_0.975 = {stats.t_quantile(0.975, max(1, min(pairs) - 1)):.1f} with {min(pairs)} pairs).")
+        lines.append(
+            f"Fewer than {MIN_SEEDS} paired seeds: the 95% intervals are not informative "
+            f"(t_0.975 = {stats.t_quantile(0.975, max(1, min(pairs) - 1)):.1f} with {min(pairs)} pairs)."
+        )
     for arm, r in rec["arms"].items():
         if "pairs" not in r or not r["pairs"]:
             continue
@@ -173,8 +212,10 @@ def power_lines(rec: dict) -> list[str]:
         if now is None:
             lines.append(f"{arm}: {n} pair(s) give no spread to plan with; run at least 2 seeds.")
             continue
-        lines.append(f"{arm}: with the observed sd of the paired differences ({sd:.4f}), the smallest difference "
-                     f"detectable at 95% (80% power) is {now:.4f} with {n} seeds, {plan:.4f} with {PLAN_SEEDS}.")
+        lines.append(
+            f"{arm}: with the observed sd of the paired differences ({sd:.4f}), the smallest difference "
+            f"detectable at 95% (80% power) is {now:.4f} with {n} seeds, {plan:.4f} with {PLAN_SEEDS}."
+        )
     return lines
 
 

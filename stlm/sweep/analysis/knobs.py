@@ -61,8 +61,11 @@ class Knob:
 
     def searched_range(self) -> str:
         seen = [self.values[k] for k in self.values]
-        observed = ("seen " + ", ".join(dict.fromkeys(map(str, seen))) if self.categorical
-                    else f"seen {num(min(seen))}..{num(max(seen))}")
+        observed = (
+            "seen " + ", ".join(dict.fromkeys(map(str, seen)))
+            if self.categorical
+            else f"seen {num(min(seen))}..{num(max(seen))}"
+        )
         if not self.declared:
             return observed
         d = self.dist
@@ -92,8 +95,12 @@ def analyse_knobs(a: Analysis, space_text: str | None) -> KnobReport:
     trials = [t for t in a.finished if not missing(t.value(a.primary))]
     names = list(space) if space is not None else _inferred_names(a.finished)
     if not names:
-        why = ("the sweep searched no knob (its parent run records no search space and no param varies "
-               "between the trials of an arm)" if space is None else "the sweep searched no knob")
+        why = (
+            "the sweep searched no knob (its parent run records no search space and no param varies "
+            "between the trials of an arm)"
+            if space is None
+            else "the sweep searched no knob"
+        )
         return KnobReport([], {}, 0, absent=why, declared=space is not None)
 
     knobs, constant = [], []
@@ -118,11 +125,14 @@ def analyse_knobs(a: Analysis, space_text: str | None) -> KnobReport:
     if len(trials) < 2:
         report.absent = f"fewer than 2 finished trials have {a.primary} ({len(trials)} of {len(a.finished)} finished)"
     elif not knobs:
-        report.absent = (f"no searched knob varies across the finished trials ({', '.join(constant)}: "
-                         "one value, or none recorded)")
+        report.absent = (
+            f"no searched knob varies across the finished trials ({', '.join(constant)}: one value, or none recorded)"
+        )
     elif len(usable) < 2:
-        report.absent = (f"fewer than 2 finished trials have {a.primary} and every knob's value "
-                         f"({len(usable)} of {len(a.finished)} finished)")
+        report.absent = (
+            f"fewer than 2 finished trials have {a.primary} and every knob's value "
+            f"({len(usable)} of {len(a.finished)} finished)"
+        )
     elif len({t.value(a.primary) for t in usable}) < 2:
         report.absent = f"every finished trial has the same {a.primary}: there is no variance to attribute"
     else:
@@ -138,8 +148,14 @@ def importances(trials: list[Trial], knobs: list[Knob], metric: str, mode: str) 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     dists = {k.name: k.dist for k in knobs}
-    study.add_trials([optuna.trial.create_trial(params={k.name: k.values[t.run_id] for k in knobs},
-                                                distributions=dists, value=t.value(metric)) for t in trials])
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={k.name: k.values[t.run_id] for k in knobs}, distributions=dists, value=t.value(metric)
+            )
+            for t in trials
+        ]
+    )
     got = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED))
     return {k: float(v) for k, v in got.items()}
 
@@ -157,7 +173,7 @@ def _param(t: Trial, name: str) -> str | None:
 
 def _inferred_names(trials: list[Trial]) -> list[str]:
     """A sweep that recorded no space: its search.* params, else the params varying within an arm."""
-    names = sorted({k[len(VALUE_PREFIX):] for t in trials for k in t.params if k.startswith(VALUE_PREFIX)})
+    names = sorted({k[len(VALUE_PREFIX) :] for t in trials for k in t.params if k.startswith(VALUE_PREFIX)})
     if not names:
         by_arm: dict[str, dict[str, set]] = {}
         for t in trials:

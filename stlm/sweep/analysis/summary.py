@@ -1,5 +1,4 @@
-"""The end-of-sweep summary from Tune's results: one row per trial, the arms' comparison, what sweep.json keeps.
-"""
+"""The end-of-sweep summary from Tune's results: one row per trial, the arms' comparison, what sweep.json keeps."""
 
 from __future__ import annotations
 
@@ -34,15 +33,25 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
                 shape = f"{mc.d_model}x{mc.n_layers} h{mc.n_heads}/{mc.kv_heads} f{mc.effective_ffn_dim}"
             except StlmError:
                 shape = "infeasible"
-        rows.append({
-            "trial_id": tid, "arm": cfg.get("arm"), "seed": cfg.get("seed"), "knobs": knobs, "shape": shape,
-            "params": m.get("params"), "step": m.get("step"), "val_bpb": m.get("val_bpb"),
-            **{k: m.get(k) for k in spec.metrics},
-            "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
-            "startup_s": m.get("startup_s"), "wall_s": m.get("time_total_s"), "status": status,
-            "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
-            "run_id": entry.get("run_id"),
-        })
+        rows.append(
+            {
+                "trial_id": tid,
+                "arm": cfg.get("arm"),
+                "seed": cfg.get("seed"),
+                "knobs": knobs,
+                "shape": shape,
+                "params": m.get("params"),
+                "step": m.get("step"),
+                "val_bpb": m.get("val_bpb"),
+                **{k: m.get(k) for k in spec.metrics},
+                "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
+                "startup_s": m.get("startup_s"),
+                "wall_s": m.get("time_total_s"),
+                "status": status,
+                "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
+                "run_id": entry.get("run_id"),
+            }
+        )
     rows.sort(key=lambda x: (str(x["arm"]), x["seed"] if x["seed"] is not None else -1, x["trial_id"] or ""))
     if spec.multi_objective:
         pareto = pareto_front(rows, spec.metrics, spec.modes)
@@ -57,9 +66,11 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     cols += [(k.split(".")[-1], 12, lambda r, k=k: num(r["knobs"].get(k), ".3g")) for k in knob_keys]
     if any(row["shape"] for row in rows):
         cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
-    cols += [("params", 9, lambda r: si(r["params"]) if r["params"] else "-"),
-             ("step", 6, lambda r: r["step"]),
-             ("val_bpb", 8, lambda r: num(r["val_bpb"], ".4f"))]
+    cols += [
+        ("params", 9, lambda r: si(r["params"]) if r["params"] else "-"),
+        ("step", 6, lambda r: r["step"]),
+        ("val_bpb", 8, lambda r: num(r["val_bpb"], ".4f")),
+    ]
     cols += [(k, 12, lambda r, k=k: num(r.get(k), ".4g")) for k in extra_metrics]
     cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: num(r["evals"].get(k), ".3f")) for k in eval_keys]
     cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
@@ -71,8 +82,12 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             v = get(row)
             v = "-" if v is None else str(v)
             cells.append(f"{v:>{w}}" if i > 1 else f"{v:<{w}}")
-        lines.append(" ".join(cells) + f"  {row['status']}" + (" *pareto*" if row.get("pareto") else "")
-                     + (f"  ({row['error']})" if row["error"] else ""))
+        lines.append(
+            " ".join(cells)
+            + f"  {row['status']}"
+            + (" *pareto*" if row.get("pareto") else "")
+            + (f"  ({row['error']})" if row["error"] else "")
+        )
     # per-arm statistics: one value per (arm, seed) cell, the same rule and numbers as the report and MLflow
     lines.append("")
     rec = comparison_of(sweep, rows)
@@ -80,8 +95,10 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
     lines += compare.summary_lines(rec) + compare.power_lines(rec) + compare.scale_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
-        lines.append(f"trial start-up (Tune trial -> Ray Train worker running): median "
-                     f"{sorted(starts)[len(starts) // 2]:.1f}s, max {max(starts):.1f}s")
+        lines.append(
+            f"trial start-up (Tune trial -> Ray Train worker running): median "
+            f"{sorted(starts)[len(starts) // 2]:.1f}s, max {max(starts):.1f}s"
+        )
     return "\n".join(lines), rows
 
 

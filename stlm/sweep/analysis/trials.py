@@ -1,5 +1,4 @@
-"""A sweep's trials read back from MLflow: the parent run's children, with their params, tags and metric histories.
-"""
+"""A sweep's trials read back from MLflow: the parent run's children, with their params, tags and metric histories."""
 
 from __future__ import annotations
 

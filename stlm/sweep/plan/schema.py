@@ -1,11 +1,11 @@
-"""The sweep file's schema: what each section means and how it is validated (sweep files: plan/__init__.py).
-"""
+"""The sweep file's schema: what each section means and how it is validated (sweep files: plan/__init__.py)."""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from stlm.config import (
     Config,
@@ -24,8 +24,10 @@ PARAM_TYPES = ("loguniform", "uniform", "int", "categorical")
 
 SCHEDULERS = ("none", "asha", "pbt")
 
-EMPTY_SWEEP_HINT = ("A sweep file needs at least a `name` and a `base` config (or an inline `config`), and usually a `grid` "
-                    "or `arms`; sweeps/quickstart.yaml is a small complete one.")
+EMPTY_SWEEP_HINT = (
+    "A sweep file needs at least a `name` and a `base` config (or an inline `config`), and usually a `grid` "
+    "or `arms`; sweeps/quickstart.yaml is a small complete one."
+)
 
 
 # Every leaf of the config ("model.ffn", "train.lr", ...): the only keys an axis may name.
@@ -44,7 +46,9 @@ class BudgetSpec:
     free: str = "d_model"  # d_model | ffn_dim | n_layers
     compute: str = "none"  # none | match: every arm trains on the control arm's total training FLOPs
     tokens: int | None = None  # training tokens per trial, every arm (train.max_steps = tokens / tokens per step)
-    flops: float | None = None  # training FLOPs per trial, every arm (train.max_steps = flops / (FLOPs/token x tokens/step))
+    flops: float | None = (
+        None  # training FLOPs per trial, every arm (train.max_steps = flops / (FLOPs/token x tokens/step))
+    )
 
     @property
     def targets(self) -> list[int | None]:
@@ -153,16 +157,20 @@ def check_config_key(key: str, where: str) -> None:
         return
     sections = {k.rsplit(".", 1)[0] for k in CONFIG_KEYS}
     if key in sections:
-        raise StlmError(f"{where}: {key!r} is a config section, not a value; name a key inside it "
-                        f"(e.g. {next(k for k in CONFIG_KEYS if k.startswith(key + '.'))!r}).")
+        raise StlmError(
+            f"{where}: {key!r} is a config section, not a value; name a key inside it "
+            f"(e.g. {next(k for k in CONFIG_KEYS if k.startswith(key + '.'))!r})."
+        )
     close = difflib.get_close_matches(key, CONFIG_KEYS, n=1, cutoff=0.5)
     if not close:  # 'model.positonal_encoding' -> compare the last part too
         last = key.rsplit(".", 1)[-1]
         by_last = difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in CONFIG_KEYS], n=1, cutoff=0.5)
         close = [k for k in CONFIG_KEYS if by_last and k.endswith("." + by_last[0])][:1]
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise StlmError(f"{where}: {key!r} is not a config key.{hint} Axes must be dotted config keys "
-                    "such as model.positional or train.lr (see stlm/config.py).")
+    raise StlmError(
+        f"{where}: {key!r} is not a config key.{hint} Axes must be dotted config keys "
+        "such as model.positional or train.lr (see stlm/config.py)."
+    )
 
 
 def _choice(value: str, allowed: Iterable[str], where: str) -> None:
@@ -196,8 +204,10 @@ def _parse_params(params: dict) -> dict[str, ParamSpec]:
 
 def _validate_spec(spec: SweepSpec) -> None:
     if not spec.name or not str(spec.name).replace("-", "_").replace(".", "_").isidentifier():
-        raise StlmError(f"name: {spec.name!r} must be a short identifier (letters, digits, _ - .): "
-                        "it names the experiment directory and MLflow tags.")
+        raise StlmError(
+            f"name: {spec.name!r} must be a short identifier (letters, digits, _ - .): "
+            "it names the experiment directory and MLflow tags."
+        )
     if spec.budget is not None:
         _validate_budget(spec)
     for key, values in spec.grid.items():
@@ -224,16 +234,23 @@ def _validate_spec(spec: SweepSpec) -> None:
         setters = [f"grid.{key}"] if key in spec.grid else []
         setters += [f"arms[{i}] ({a.name})" for i, a in enumerate(spec.arms) if key in a.set]
         if setters:
-            raise StlmError(f"search.params.{key}: {setters[0]} also sets it; a key is either an arm's choice "
-                            "or searched, not both.")
+            raise StlmError(
+                f"search.params.{key}: {setters[0]} also sets it; a key is either an arm's choice "
+                "or searched, not both."
+            )
     if isinstance(s.architecture, ArchitectureSpec) or s.architecture is True:
         if spec.budget is None:
             raise StlmError("search.architecture needs a `budget`: the shape is searched inside a parameter budget.")
         if spec.budget.free != "d_model":
-            raise StlmError("search.architecture searches n_layers, n_heads and ffn_multiple and solves "
-                            "d_model: set budget.free: d_model.")
-        clash = [k for k in s.params if k in ("model.n_layers", "model.n_heads", "model.n_kv_heads",
-                                               "model.ffn_multiple", "model.d_model")]
+            raise StlmError(
+                "search.architecture searches n_layers, n_heads and ffn_multiple and solves "
+                "d_model: set budget.free: d_model."
+            )
+        clash = [
+            k
+            for k in s.params
+            if k in ("model.n_layers", "model.n_heads", "model.n_kv_heads", "model.ffn_multiple", "model.d_model")
+        ]
         if clash:
             raise StlmError(f"search.params.{clash[0]}: already searched by search.architecture; remove it.")
     if s.architecture is True:
@@ -248,9 +265,12 @@ def _validate_spec(spec: SweepSpec) -> None:
             "hyperparameters mid-run and copies weights between trials; that breaks the sweep's "
             "contract that every (arm, seed) cell trains one fixed configuration from its own seed, "
             "and each trial is a nested Ray Train run whose checkpoints Tune does not own. Use asha "
-            "(early stopping on `step`) or none.")
+            "(early stopping on `step`) or none."
+        )
     if sc.time_attr != "step":
-        raise StlmError(f"scheduler.time_attr: only 'step' is reported monotonically by every trial, got {sc.time_attr!r}.")
+        raise StlmError(
+            f"scheduler.time_attr: only 'step' is reported monotonically by every trial, got {sc.time_attr!r}."
+        )
     if sc.grace_period < 1 or sc.reduction_factor <= 1:
         raise StlmError("scheduler: grace_period must be >= 1 and reduction_factor > 1.")
     r = spec.resources
@@ -296,16 +316,22 @@ def _validate_budget(spec: SweepSpec) -> None:
     if b.flops is not None and not b.flops > 0:
         raise StlmError(f"budget.flops must be positive, got {b.flops}.")
     if b.flops is not None and (b.tokens is not None or b.compute == "match"):
-        raise StlmError("budget.flops fixes every arm's training FLOPs already; drop budget.tokens / budget.compute "
-                        "(tokens then follow from each arm's FLOPs per token).")
+        raise StlmError(
+            "budget.flops fixes every arm's training FLOPs already; drop budget.tokens / budget.compute "
+            "(tokens then follow from each arm's FLOPs per token)."
+        )
     if b.target is None and b.tokens is None and b.flops is None and b.compute == "none":
-        raise StlmError("budget: give a parameter target (budget.target), a compute budget (budget.compute: match, "
-                        "budget.tokens or budget.flops), or both.")
+        raise StlmError(
+            "budget: give a parameter target (budget.target), a compute budget (budget.compute: match, "
+            "budget.tokens or budget.flops), or both."
+        )
     if b.tokens is not None or b.flops is not None or b.compute == "match":
         for key in ("train.max_steps",):
             if key in spec.search.params or key in spec.grid or any(key in a.set for a in spec.arms):
-                raise StlmError(f"{key} is solved from the compute budget (budget.compute / tokens / flops); "
-                                "it cannot also be an axis or a searched knob.")
+                raise StlmError(
+                    f"{key} is solved from the compute budget (budget.compute / tokens / flops); "
+                    "it cannot also be an axis or a searched knob."
+                )
 
 
 def parse_spec(data: dict) -> SweepSpec:

@@ -98,7 +98,8 @@ class SearchSpace:
             out["model.n_heads"] = CategoricalDistribution(b.n_heads)
             if b.kv_heads:
                 out["model.n_kv_heads"] = CategoricalDistribution(
-                    sorted({kv for h in b.n_heads for kv in self._kv_options(h, True)}))
+                    sorted({kv for h in b.n_heads for kv in self._kv_options(h, True)})
+                )
             out["model.ffn_multiple"] = FloatDistribution(*b.ffn_multiple)
             if b.lr is not None:
                 out["train.lr"] = FloatDistribution(*b.lr, log=True)
@@ -135,8 +136,14 @@ class SearchSpace:
         arm = self.sweep.arm(config[ARM])
         data = apply_settings(arm.data, self.settings(config))
         try:
-            return solve(build_config(data), self.spec.budget, target=arm.size, nearest=arm.match,
-                         flops=arm.train_flops, workers=self.spec.resources.workers)
+            return solve(
+                build_config(data),
+                self.spec.budget,
+                target=arm.size,
+                nearest=arm.match,
+                flops=arm.train_flops,
+                workers=self.spec.resources.workers,
+            )
         except StlmError as e:
             raise StlmError(f"trial {config}: {e}") from None
 
@@ -183,21 +190,28 @@ class SearchSpace:
         budget = self.spec.budget
         fm = tuple(a.ffn_multiple or (2.0, 4.0))
         if len(fm) != 2 or not 0 < fm[0] < fm[1]:
-            raise StlmError(f"search.architecture.ffn_multiple: expected [low, high] with 0 < low < high, got {list(fm)}.")
+            raise StlmError(
+                f"search.architecture.ffn_multiple: expected [low, high] with 0 < low < high, got {list(fm)}."
+            )
         heads = sorted(set(a.n_heads or [2, 4, 8, 16]))
         if any(h < 1 for h in heads):
             raise StlmError(f"search.architecture.n_heads: head counts must be positive, got {heads}.")
         given_L = a.n_layers is not None
-        L_lo, L_hi = (a.n_layers if given_L else (2, 24))
+        L_lo, L_hi = a.n_layers if given_L else (2, 24)
         if not 1 <= L_lo <= L_hi:
-            raise StlmError(f"search.architecture.n_layers: expected [low, high] with 1 <= low <= high, got {a.n_layers}.")
+            raise StlmError(
+                f"search.architecture.n_layers: expected [low, high] with 1 <= low <= high, got {a.n_layers}."
+            )
         if a.lr is not None and (len(a.lr) != 2 or not 0 < a.lr[0] < a.lr[1]):
             raise StlmError(f"search.architecture.lr: expected [low, high] with 0 < low < high, got {a.lr}.")
         Ls = list(range(L_lo, L_hi + 1))
         # feasibility of every shape, on every arm (each arm is searched in the same space)
         ok = {
-            (L, h): all(self._any_fm(arm, L, h, kv, *fm) for arm in self.arm_names for kv in self._kv_options(h, a.kv_heads))
-            for L in Ls for h in heads
+            (L, h): all(
+                self._any_fm(arm, L, h, kv, *fm) for arm in self.arm_names for kv in self._kv_options(h, a.kv_heads)
+            )
+            for L in Ls
+            for h in heads
         }
         if given_L:
             bad = [(L, h) for (L, h), good in ok.items() if not good]
@@ -207,16 +221,19 @@ class SearchSpace:
                     f"search.architecture: n_layers={L}, n_heads={h} cannot meet the budget of {budget.target:,} "
                     f"(tolerance {budget.tolerance:g}) for any ffn_multiple in [{fm[0]}, {fm[1]}] with d_model solved "
                     f"and head_dim >= {MIN_HEAD_DIM}. Infeasible (n_layers, n_heads): {bad[:8]}"
-                    f"{' ...' if len(bad) > 8 else ''}. Narrow n_layers / n_heads, widen ffn_multiple or the tolerance, "
-                    "or lower model.multiple_of.")
+                    f"{' ...' if len(bad) > 8 else ''}. Narrow n_layers / n_heads, widen ffn_multiple or the "
+                    "tolerance, or lower model.multiple_of."
+                )
             return ArchBounds((L_lo, L_hi), heads, a.kv_heads, fm, tuple(a.lr) if a.lr else None)
         # derived bounds: keep the head counts feasible at the middle depth, then the longest run of
         # depths where all of them are feasible
         mid = Ls[len(Ls) // 2]
         heads = [h for h in heads if ok[(mid, h)]] or [h for h in heads if any(ok[(L, h)] for L in Ls)][:1]
         if not heads:
-            raise StlmError(f"search.architecture: no shape with {Ls[0]}..{Ls[-1]} layers meets the budget of "
-                            f"{budget.target:,} within {budget.tolerance:g}; widen budget.tolerance or lower model.multiple_of.")
+            raise StlmError(
+                f"search.architecture: no shape with {Ls[0]}..{Ls[-1]} layers meets the budget of "
+                f"{budget.target:,} within {budget.tolerance:g}; widen budget.tolerance or lower model.multiple_of."
+            )
         good = [all(ok[(L, h)] for h in heads) for L in Ls]
         best, run_start = (0, 0), None
         for i, g in enumerate(good + [False]):
@@ -253,10 +270,12 @@ class SearchSpace:
         b = self.arch
         if b is None:
             return ""
-        return (f"architecture search: n_layers {b.n_layers[0]}..{b.n_layers[1]}, n_heads {b.n_heads}, "
-                f"n_kv_heads {'divisors of n_heads' if b.kv_heads else '= n_heads'}, ffn_multiple "
-                f"{b.ffn_multiple[0]}..{b.ffn_multiple[1]} (grid 1/{FM_GRID}), d_model solved"
-                + (f", lr {b.lr[0]:g}..{b.lr[1]:g} (log)" if b.lr else ""))
+        return (
+            f"architecture search: n_layers {b.n_layers[0]}..{b.n_layers[1]}, n_heads {b.n_heads}, "
+            f"n_kv_heads {'divisors of n_heads' if b.kv_heads else '= n_heads'}, ffn_multiple "
+            f"{b.ffn_multiple[0]}..{b.ffn_multiple[1]} (grid 1/{FM_GRID}), d_model solved"
+            + (f", lr {b.lr[0]:g}..{b.lr[1]:g} (log)" if b.lr else "")
+        )
 
     def sample_feasibility(self, n: int = 50, seed: int = 0) -> tuple[int, int]:
         """Sample n points exactly as the sweep does (this define-by-run function under an Optuna
@@ -337,4 +356,3 @@ def decode_space(text: str | None) -> dict | None:
         return {k: json_to_distribution(json.dumps(v)) for k, v in json.loads(text).items()}
     except (ValueError, TypeError, KeyError, AttributeError):
         return None  # an old or truncated record: the knobs are inferred from the trials instead
-

@@ -1,5 +1,4 @@
-"""The resolved sweep: every arm's config built from the base, its settings and the budget, solved and counted.
-"""
+"""The resolved sweep: every arm's config built from the base, its settings and the budget, solved and counted."""
 
 from __future__ import annotations
 
@@ -137,8 +136,9 @@ def base_data(spec: SweepSpec, sweep_path: Path) -> dict:
     if spec.base:
         base_path = (sweep_path.parent / spec.base).resolve()
         if not base_path.is_file():
-            raise StlmError(f"base: config file {str(base_path)!r} (from {spec.base!r}, relative to the sweep "
-                            "file) does not exist.")
+            raise StlmError(
+                f"base: config file {str(base_path)!r} (from {spec.base!r}, relative to the sweep file) does not exist."
+            )
         data = read_yaml(base_path)
     data = deep_merge(data, spec.config)
     if spec.eval:
@@ -155,8 +155,14 @@ def apply_settings(data: dict, settings: dict[str, Any]) -> dict:
     return data
 
 
-def solve(cfg: Config, budget: BudgetSpec | None, target: int | None = None, nearest: int | None = None,
-          flops: float | None = None, workers: int = 1) -> Config:
+def solve(
+    cfg: Config,
+    budget: BudgetSpec | None,
+    target: int | None = None,
+    nearest: int | None = None,
+    flops: float | None = None,
+    workers: int = 1,
+) -> Config:
     """Re-solve cfg.model to the budget (StlmError with the nearest feasible sizes when it cannot):
     to `target` (default: budget.target when it is one size), as near `nearest` (the control's count)
     as the tolerance allows; then train.max_steps from `flops` (the FLOPs the trial must get) or
@@ -190,8 +196,9 @@ def resolve_config(data: dict, budget: BudgetSpec | None, where: str, **solve_kw
     except StlmError as e:
         target = solve_kw.get("target") or budget.target
         what = f"the budget of {target:,} parameters" if isinstance(target, int) else "its budget"
-        raise StlmError(f"{where} cannot meet {what} "
-                        f"(free: {budget.free}, tolerance {budget.tolerance:g}): {e}") from None
+        raise StlmError(
+            f"{where} cannot meet {what} (free: {budget.free}, tolerance {budget.tolerance:g}): {e}"
+        ) from None
 
 
 def size_label(n: int) -> str:
@@ -250,12 +257,13 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
         raise StlmError(f"control: {spec.control!r} is not an arm.{hint} The arms are {', '.join(names)}.")
     if spec.budget is not None and spec.budget.sized and any("@" in n for n in names):
         held = next(n for n in names if "@" in n)
-        raise StlmError(f"budget.target is a list, so arm names get an @size suffix; arm {held!r} already holds an "
-                        "'@'. Rename it.")
+        raise StlmError(
+            f"budget.target is a list, so arm names get an @size suffix; arm {held!r} already holds an '@'. Rename it."
+        )
     control = spec.control or names[0]
     budget, workers = spec.budget, spec.resources.workers
     arms = []
-    for size in (budget.targets if budget is not None else [None]):
+    for size in budget.targets if budget is not None else [None]:
         # the control first: every other arm is matched to its actual count and, if asked, its compute
         order = sorted(settings_of, key=lambda ns: ns[0] != control)
         ctrl: Arm | None = None
@@ -279,12 +287,23 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
                 # architecture search: the base shape is only a template, every trial's shape is solved
                 cfg, solved = resolve_config(seeded, None, f"arm {full!r}"), False
             counted = count_params(cfg.model)
-            arm = Arm(name=full, settings=settings, data=arm_data, cfg=cfg, count=counted, solved=solved, base=name,
-                      size=size, match=kw.get("nearest"), train_flops=kw.get("flops"))
+            arm = Arm(
+                name=full,
+                settings=settings,
+                data=arm_data,
+                cfg=cfg,
+                count=counted,
+                solved=solved,
+                base=name,
+                size=size,
+                match=kw.get("nearest"),
+                train_flops=kw.get("flops"),
+            )
             if ctrl is None and budget is not None and (budget.compute == "match" or budget.flops is not None):
                 # the control's training FLOPs: what every arm at this size gets
-                arm.train_flops = kw.get("flops") or float(counted.flops_per_token * tokens_per_step(cfg, workers)
-                                                           * cfg.train.max_steps)
+                arm.train_flops = kw.get("flops") or float(
+                    counted.flops_per_token * tokens_per_step(cfg, workers) * cfg.train.max_steps
+                )
             ctrl = ctrl or arm
             solved_arms[name] = arm
         arms += [solved_arms[n] for n in names]  # the sweep file's order

@@ -63,10 +63,16 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     )
     blocks: list[tuple[str, str, Any]] = [("p", "", intro)]
     if a.searched:
-        blocks.append(("p", "", "The search ran several trials per (arm, seed): each cell is represented by its "
-                                f"best trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials), "
-                                "the rule the terminal summary, sweep.json and the parent MLflow run use too; the "
-                                "parameter plot shows them all."))
+        blocks.append(
+            (
+                "p",
+                "",
+                "The search ran several trials per (arm, seed): each cell is represented by its "
+                f"best trial on {a.primary} ({len(a.chosen)} of {len(a.finished)} finished trials), "
+                "the rule the terminal summary, sweep.json and the parent MLflow run use too; the "
+                "parameter plot shows them all.",
+            )
+        )
     if min(seeds_per_arm.values()) < 2:
         blocks.append(("p", "", "Some arms have a single finished seed: their intervals are n/a, not zero."))
     power = compare.power_lines(a.record)
@@ -78,21 +84,40 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     blocks.append(("table", f"Summary: {a.primary}", summary_table(a)))
     blocks.append(("images", "Plots", images))
     if a.sizes and a.record.get("scale"):
-        blocks.append(("table", f"Across sizes ({', '.join(a.sizes)}): power laws and the trend of each difference",
-                       scale_table(a)))
-        blocks.append(("p", "", "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope "
-                                "is of the paired difference (arm − control, same size and seed) against "
-                                "log(parameters), with its 95% t interval (scipy.stats.linregress)."))
+        blocks.append(
+            (
+                "table",
+                f"Across sizes ({', '.join(a.sizes)}): power laws and the trend of each difference",
+                scale_table(a),
+            )
+        )
+        blocks.append(
+            (
+                "p",
+                "",
+                "Power law fitted in log-log space over every (size, seed) cell of the arm; the slope "
+                "is of the paired difference (arm − control, same size and seed) against "
+                "log(parameters), with its 95% t interval (scipy.stats.linregress).",
+            )
+        )
     blocks += knob_sections(a)
     blocks.append(("table", "Final metrics per arm (mean, sd, 95% interval across seeds)", metrics_table(a)))
     if len(a.arms) > 1:
-        blocks.append(("table", "Paired differences against the control arm at the same size" if a.sizes else
-                       f"Paired differences against the control arm `{a.control}`", diffs_table(a)))
+        blocks.append(
+            (
+                "table",
+                "Paired differences against the control arm at the same size"
+                if a.sizes
+                else f"Paired differences against the control arm `{a.control}`",
+                diffs_table(a),
+            )
+        )
     if a.multi_objective:
         blocks.append(("table", f"Pareto front ({a.primary} vs {a.pareto_x}), {len(a.pareto)} trials", pareto_table(a)))
     if a.excluded:
         blocks.append(("table", "Failed, stopped or unfinished trials (not averaged)", excluded_table(a)))
     return blocks
+
 
 TITLE = "Search: knob importances"
 
@@ -106,22 +131,35 @@ def knob_sections(a: Analysis) -> list[tuple[str, str, Any]]:
         return [("p", TITLE, f"Knob importances are absent because {r.absent}.")]
     best = best_per_arm(a)
     word = "lowest" if a.modes[0] == "min" else "highest"
-    head = ["knob", "importance", f"value at the {word} {a.primary}" + (" per arm" if len(a.arms) > 1 else ""),
-            "range searched"]
+    head = [
+        "knob",
+        "importance",
+        f"value at the {word} {a.primary}" + (" per arm" if len(a.arms) > 1 else ""),
+        "range searched",
+    ]
     rows = []
     for k in sorted(r.knobs, key=lambda k: -r.importances.get(k.name, 0.0)):
         at = [(arm, best[arm].run_id) for arm in a.arms if arm in best and best[arm].run_id in k.values]
         cell = ", ".join(f"{arm}: {num(k.values[rid])}" if len(a.arms) > 1 else num(k.values[rid]) for arm, rid in at)
         rows.append([k.name, f"{r.importances.get(k.name, 0.0):.3f}", cell or "n/a", k.searched_range()])
-    note = (f"fANOVA importances of the searched knobs for {a.primary} (optuna.importance.get_param_importances, "
-            f"FanovaImportanceEvaluator(seed={IMPORTANCE_SEED})) over an in-memory Optuna study of {r.n_trials} "
-            f"finished trials, all arms and seeds together: the share of {a.primary}'s variance each knob explains, "
-            "summing to 1; arm and seed are not knobs, so their effects count as noise."
-            + ("" if r.declared else " The sweep recorded no search space (parent param sweep.search): the knobs "
-               "and their ranges are inferred from the trials' params.")
-            + (f" Searched but without two values among the finished trials: {', '.join(r.constant)}."
-               if r.constant else "")
-            + (" With this few trials the importances are rough." if r.n_trials < 10 else ""))
+    note = (
+        f"fANOVA importances of the searched knobs for {a.primary} (optuna.importance.get_param_importances, "
+        f"FanovaImportanceEvaluator(seed={IMPORTANCE_SEED})) over an in-memory Optuna study of {r.n_trials} "
+        f"finished trials, all arms and seeds together: the share of {a.primary}'s variance each knob explains, "
+        "summing to 1; arm and seed are not knobs, so their effects count as noise."
+        + (
+            ""
+            if r.declared
+            else " The sweep recorded no search space (parent param sweep.search): the knobs "
+            "and their ranges are inferred from the trials' params."
+        )
+        + (
+            f" Searched but without two values among the finished trials: {', '.join(r.constant)}."
+            if r.constant
+            else ""
+        )
+        + (" With this few trials the importances are rough." if r.n_trials < 10 else "")
+    )
     return [("table", TITLE, (head, rows)), ("p", "", note)]
 
 
@@ -137,6 +175,7 @@ def write_markdown(a: Analysis, blocks, path: Path) -> None:
         elif kind == "images":
             out += [" ".join(f"![{cap}]({name})" for name, cap in content), ""]
     path.write_text("\n".join(out))
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1400px}
@@ -197,8 +236,17 @@ def build_report(
     tags, params = parent.data.tags, parent.data.params
     name = tags.get("stlm.sweep") or parent.info.run_name or parent_run_id
     trials = load_trials(client, parent, tracking_uri)
-    a = analyse(trials, name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri, metrics=metrics, modes=modes,
-                control=control, order=tag_list(params.get("sweep.arms")), sizes=tag_list(params.get("sweep.sizes")))
+    a = analyse(
+        trials,
+        name=name,
+        parent_run_id=parent_run_id,
+        tracking_uri=tracking_uri,
+        metrics=metrics,
+        modes=modes,
+        control=control,
+        order=tag_list(params.get("sweep.arms")),
+        sizes=tag_list(params.get("sweep.sizes")),
+    )
     a.knobs = knobs.analyse_knobs(a, params.get(SPACE_PARAM))
 
     out = Path(out_dir)
@@ -222,10 +270,20 @@ def objectives(parent, metric, mode, control_arm) -> tuple[list[str], list[str],
     """The metrics, their modes and the control arm: as given, else what the sweep recorded on its parent run
     (tags stlm.*, params sweep.*), else val_bpb / min; one mode per metric."""
     tags, params = parent.data.tags, parent.data.params
-    metrics = [metric] if isinstance(metric, str) else list(metric) if metric else (
-        tag_list(tags.get("stlm.metric")) or tag_list(params.get("sweep.metric")) or ["val_bpb"])
-    modes = [mode] if isinstance(mode, str) else list(mode) if mode else (
-        tag_list(tags.get("stlm.mode")) or tag_list(params.get("sweep.mode")) or ["min"])
+    metrics = (
+        [metric]
+        if isinstance(metric, str)
+        else list(metric)
+        if metric
+        else (tag_list(tags.get("stlm.metric")) or tag_list(params.get("sweep.metric")) or ["val_bpb"])
+    )
+    modes = (
+        [mode]
+        if isinstance(mode, str)
+        else list(mode)
+        if mode
+        else (tag_list(tags.get("stlm.mode")) or tag_list(params.get("sweep.mode")) or ["min"])
+    )
     modes = (modes * len(metrics))[: len(metrics)] if len(modes) < len(metrics) else modes[: len(metrics)]
     for m in modes:
         if m not in ("min", "max"):
@@ -244,8 +302,11 @@ def draw(a: Analysis, out: Path) -> list[tuple[str, str]]:
         (plot_scale, "scale.png", f"{a.primary} vs parameters per arm with power-law fits"),
         (plot_benchmarks, "benchmarks.png", "Benchmark accuracy per arm and task"),
         (plot_pareto, "pareto.png", "Pareto front"),
-        (plot_knobs, "knobs.png",
-         f"{a.primary} against each searched knob, one point per trial (ringed: each arm's best)"),
+        (
+            plot_knobs,
+            "knobs.png",
+            f"{a.primary} against each searched knob, one point per trial (ringed: each arm's best)",
+        ),
     ):
         if fn(a, out / file) is not None:
             images.append((file, cap))

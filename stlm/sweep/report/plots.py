@@ -1,5 +1,4 @@
-"""The report's figures (matplotlib, imported only when a report is drawn).
-"""
+"""The report's figures (matplotlib, imported only when a report is drawn)."""
 
 from __future__ import annotations
 
@@ -61,8 +60,14 @@ def plot_curves(a: Analysis, path: Path) -> Path | None:
             sd = [stats.summarize(per_step[s]).std or 0.0 for s in steps]
             n = len(by_arm[arm])
             ax.plot(steps, mean, color=colors[arm], label=f"{arm} (n={n})")
-            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=colors[arm], alpha=0.2, lw=0)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, sd)],
+                [m + s for m, s in zip(mean, sd)],
+                color=colors[arm],
+                alpha=0.2,
+                lw=0,
+            )
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.set_title(f"{key} (mean across seeds, band = ±1 sd)", fontsize=9)
@@ -124,8 +129,11 @@ def plot_scale(a: Analysis, path: Path) -> Path | None:
     colors = _colors(bases)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for base in bases:
-        pts = [(t.n_params, t.value(a.primary)) for t in a.chosen if split_sized(t.arm)[0] == base
-               and t.n_params is not None and t.value(a.primary) is not None]
+        pts = [
+            (t.n_params, t.value(a.primary))
+            for t in a.chosen
+            if split_sized(t.arm)[0] == base and t.n_params is not None and t.value(a.primary) is not None
+        ]
         if not pts:
             continue
         ax.scatter([x for x, _ in pts], [y for _, y in pts], color=colors[base], s=24, alpha=0.8)
@@ -221,8 +229,11 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
         pos = {repr(c): i for i, c in enumerate(cats)}
         for j, arm in enumerate(a.arms):
             shift = (j - (len(a.arms) - 1) / 2) * min(0.12, 0.6 / len(a.arms))  # arms side by side in a category
-            pts = [(t, k.values[t.run_id]) for t in a.finished if t.arm == arm and t.run_id in k.values
-                   and not missing(t.value(a.primary))]
+            pts = [
+                (t, k.values[t.run_id])
+                for t in a.finished
+                if t.arm == arm and t.run_id in k.values and not missing(t.value(a.primary))
+            ]
             if not pts:
                 continue
             xs = [pos[repr(v)] + shift if k.categorical else float(v) for _, v in pts]
@@ -248,7 +259,7 @@ def plot_knobs(a: Analysis, path: Path) -> Path | None:
         ax.set_xlabel(k.name)
         ax.set_ylabel(a.primary)
         ax.grid(alpha=0.3, which="both")
-    for ax in list(axes.flat)[len(r.knobs):]:
+    for ax in list(axes.flat)[len(r.knobs) :]:
         ax.set_visible(False)
     axes[0][0].legend(fontsize=8)
     return _save(plt, fig, path)

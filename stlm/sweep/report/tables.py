@@ -30,8 +30,18 @@ def summary_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     """One row per arm for the primary metric: the table `stlm report` prints."""
     key, mode = a.primary, a.modes[0]
     versus = "the control at its size" if a.sizes else a.control
-    head = ["arm", "n", f"{key} mean", "sd", "95% CI", f"diff vs {versus}", "diff 95% CI", "excl. 0", "params",
-            "params vs control"]
+    head = [
+        "arm",
+        "n",
+        f"{key} mean",
+        "sd",
+        "95% CI",
+        f"diff vs {versus}",
+        "diff 95% CI",
+        "excl. 0",
+        "params",
+        "params vs control",
+    ]
     rows = []
     by_arm = a.by_arm()
     mean_params = {arm: _mean([t.n_params for t in by_arm[arm] if t.n_params is not None]) for arm in a.arms}
@@ -102,8 +112,9 @@ def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
                 rows.append([key, arm, "0", "n/a", "n/a", "n/a", "n/a"])
             else:
                 mode = mode_of.get(key) or ("max" if EVAL_RE.match(key) else "min")
-                rows.append([key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True),
-                             _verdict(d, mode)])
+                rows.append(
+                    [key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True), _verdict(d, mode)]
+                )
     return head, rows
 
 
@@ -127,11 +138,17 @@ def scale_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     rows = []
     for base, r in (a.record.get("scale") or {}).items():
         law = f"{r['prefactor']:.4g} × N^{r['exponent']:+.4f}" if "exponent" in r else "n/a"
-        rows.append([base, law, ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
-                     stat(r["slope"], True) if "slope" in r
-                     else "(control)" if base == split_sized(a.control)[0] else "n/a",
-                     ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
-                     str(r.get("pairs", "")), r.get("trend", "")])
+        rows.append(
+            [
+                base,
+                law,
+                ci(r.get("exponent_lo"), r.get("exponent_hi"), True),
+                stat(r["slope"], True) if "slope" in r else "(control)" if base == split_sized(a.control)[0] else "n/a",
+                ci(r.get("slope_lo"), r.get("slope_hi"), True) if "slope" in r else "",
+                str(r.get("pairs", "")),
+                r.get("trend", ""),
+            ]
+        )
     return head, rows
 
 
@@ -145,7 +162,9 @@ def fixed_width(head: list[str], rows: list[list[str]]) -> str:
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
     lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
     return "\n".join(lines)

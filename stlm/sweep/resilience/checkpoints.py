@@ -1,5 +1,5 @@
-"""A trial's Ray Train checkpoints: persisted whole, the registered ones found again, the newest intact one resumed, strays discarded.
-"""
+"""A trial's Ray Train checkpoints: persisted whole, the registered ones found again, the newest intact one
+resumed, strays discarded."""
 
 from __future__ import annotations
 
@@ -77,8 +77,10 @@ def resume_point(storage: Path, latest: str | None, say=None, fetch=None) -> Pat
         return None
     start = newest_intact(candidates, say=say, fetch=fetch)
     if start is None:
-        raise CorruptCheckpointError(f"Every checkpoint Ray Train registered for this trial is damaged, so it "
-                                     f"cannot continue: {intact(candidates[-1])}")
+        raise CorruptCheckpointError(
+            f"Every checkpoint Ray Train registered for this trial is damaged, so it "
+            f"cannot continue: {intact(candidates[-1])}"
+        )
     return start
 
 
@@ -104,8 +106,10 @@ def discard_unregistered(storage: Path, latest: str | None, staging: Path, say=N
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     if stale and say is not None:
-        say(f"discarded {len(stale)} checkpoint(s) Ray Train had not registered: {', '.join(p.name for p in stale)}"
-            + (f" (its latest is {Path(latest).name})" if latest else ""))
+        say(
+            f"discarded {len(stale)} checkpoint(s) Ray Train had not registered: {', '.join(p.name for p in stale)}"
+            + (f" (its latest is {Path(latest).name})" if latest else "")
+        )
 
 
 def read_history(path: str) -> list[dict]:

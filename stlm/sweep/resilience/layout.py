@@ -1,18 +1,18 @@
 """Every name under a sweep's experiment directory, in one place (a file format: an older directory must still read).
 
-    <exp>/plan.pkl                 the resolved sweep, pickled when it starts (--resume reads it)
-    <exp>/sweep.json               what `stlm report` reads: names, MLflow ids, the summary
-    <exp>/mlflow_state.json        the ledger: trial id -> MLflow run, last logged step
-    <exp>/mlflow_outbox.jsonl      MLflow writes queued but not yet made
-    <exp>/.stlm-session            an object store's: which machine last ran the driver
-    <exp>/tune/                    Ray Tune's experiment state
-    <exp>/train/<trial id>/        Ray Train's run: the persisted checkpoints (the only copies) and its snapshot
-    <exp>/trials/<trial id>/       config.yaml, eval/items.jsonl, fatal_error.json
-    <exp>/report/                  the report (stlm report)
-    <exp>/data/                    a cluster's prepared corpora (run/cluster_data.py)
-    <exp>/ray/                     a local Ray's temp dir pointer (run/ray_cluster.py)
-    <exp>/restore/                 an object store's: checkpoints a worker downloaded
-    <exp>.lock                     the driver's lock, beside the directory (resilience/lock.py)
+<exp>/plan.pkl                 the resolved sweep, pickled when it starts (--resume reads it)
+<exp>/sweep.json               what `stlm report` reads: names, MLflow ids, the summary
+<exp>/mlflow_state.json        the ledger: trial id -> MLflow run, last logged step
+<exp>/mlflow_outbox.jsonl      MLflow writes queued but not yet made
+<exp>/.stlm-session            an object store's: which machine last ran the driver
+<exp>/tune/                    Ray Tune's experiment state
+<exp>/train/<trial id>/        Ray Train's run: the persisted checkpoints (the only copies) and its snapshot
+<exp>/trials/<trial id>/       config.yaml, eval/items.jsonl, fatal_error.json
+<exp>/report/                  the report (stlm report)
+<exp>/data/                    a cluster's prepared corpora (run/cluster_data.py)
+<exp>/ray/                     a local Ray's temp dir pointer (run/ray_cluster.py)
+<exp>/restore/                 an object store's: checkpoints a worker downloaded
+<exp>.lock                     the driver's lock, beside the directory (resilience/lock.py)
 """
 
 from __future__ import annotations

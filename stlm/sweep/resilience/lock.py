@@ -41,7 +41,7 @@ from stlm.sweep.resilience import layout
 HEARTBEAT_S = 20.0
 STALE_S = 90.0  # a lock untouched this long on another host belongs to a dead driver
 
-_held: dict[str, "DriverLock"] = {}  # lock path -> the lock this process holds (kept open for its life)
+_held: dict[str, DriverLock] = {}  # lock path -> the lock this process holds (kept open for its life)
 
 
 def _boot_id() -> str | None:
@@ -61,9 +61,14 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
-            "start_ticks": _start_ticks(os.getpid()), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": " ".join(sys.argv)[:300]}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot_id": _boot_id(),
+        "start_ticks": _start_ticks(os.getpid()),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv)[:300],
+    }
 
 
 def owner_alive(owner: dict, mtime: float, *, host: str | None = None, now: float | None = None) -> bool:
@@ -88,9 +93,11 @@ def owner_alive(owner: dict, mtime: float, *, host: str | None = None, now: floa
 
 
 def describe(owner: dict) -> str:
-    return (f"pid {owner.get('pid')} on host {owner.get('host')!r}"
-            + (f", started {owner['started']}" if owner.get("started") else "")
-            + (f" ({owner['command']})" if owner.get("command") else ""))
+    return (
+        f"pid {owner.get('pid')} on host {owner.get('host')!r}"
+        + (f", started {owner['started']}" if owner.get("started") else "")
+        + (f" ({owner['command']})" if owner.get("command") else "")
+    )
 
 
 def take_over(lock, settle_s: float) -> dict:
@@ -98,8 +105,11 @@ def take_over(lock, settle_s: float) -> dict:
     this process as the owner, wait `settle_s` and read it back (a successor that wrote at the same
     moment wins or loses here, never both). `lock` has _read() -> (owner, last beat), _write, _refuse."""
     owner, beat = lock._read()
-    if owner and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid()) \
-            and owner_alive(owner, beat):
+    if (
+        owner
+        and (owner.get("host"), owner.get("pid")) != (socket.gethostname(), os.getpid())
+        and owner_alive(owner, beat)
+    ):
         raise lock._refuse(owner)
     mine = me()
     lock._write(mine)
@@ -130,9 +140,10 @@ class DriverLock:
         return StlmError(
             f"The experiment directory {self.exp_dir} is in use by another sweep driver: {describe(owner)}. "
             f"Only one driver may run a sweep at a time (the lock is {self.path}). Wait for it to finish, stop it "
-            "(Ctrl-C, or kill that pid; then continue with --resume), or choose another --experiment-dir.")
+            "(Ctrl-C, or kill that pid; then continue with --resume), or choose another --experiment-dir."
+        )
 
-    def acquire(self) -> "DriverLock":
+    def acquire(self) -> DriverLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -204,7 +215,7 @@ class ObjectLock:
     def _write(self, data: dict) -> None:
         self.store.write_bytes(self.rel, json.dumps({**data, "heartbeat": time.time()}).encode() if data else b"")
 
-    def acquire(self) -> "ObjectLock":
+    def acquire(self) -> ObjectLock:
         self.mine = take_over(self, settle_s=0.5)
         threading.Thread(target=self._heartbeat, name="stlm-lock-heartbeat", daemon=True).start()
         atexit.register(self.release)
@@ -215,7 +226,8 @@ class ObjectLock:
             f"The experiment directory {self.uri} is in use by another sweep driver: {describe(owner)}. Only one "
             f"driver may run a sweep at a time (the lock is {self.store.uri}/{self.rel}, which that driver rewrites "
             f"every {HEARTBEAT_S:g} s; it counts as gone {STALE_S:g} s after its last beat). Wait for it to finish, "
-            "stop it (then continue with --resume), or choose another --experiment-dir.")
+            "stop it (then continue with --resume), or choose another --experiment-dir."
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

@@ -24,8 +24,8 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from stlm.errors import StlmError
 
@@ -35,7 +35,7 @@ MAX_PENDING = 200_000  # ~1 KB each: a few hundred MB at worst, hours of results
 BACKOFF_S = (0.5, 2.0)  # first retry, longest wait between retries: back within 2 s of the server
 log = logging.getLogger("stlm.sweep")
 
-_SHARED: dict[str, "Outbox"] = {}  # one drainer per outbox file in this process (see Outbox.shared)
+_SHARED: dict[str, Outbox] = {}  # one drainer per outbox file in this process (see Outbox.shared)
 
 
 def outage_limit_s() -> float:
@@ -45,8 +45,10 @@ def outage_limit_s() -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        raise StlmError(f"{OUTAGE_ENV}={raw!r}: give the seconds an unreachable MLflow server is waited for "
-                        f"before the sweep stops (default {DEFAULT_OUTAGE_S:g}).")
+        raise StlmError(
+            f"{OUTAGE_ENV}={raw!r}: give the seconds an unreachable MLflow server is waited for "
+            f"before the sweep stops (default {DEFAULT_OUTAGE_S:g})."
+        )
     return value
 
 
@@ -68,8 +70,9 @@ def is_transient(e: BaseException) -> bool:
 class Outbox:
     """Ordered, persisted, retried MLflow operations; `apply(op)` does one (and records op['seq'])."""
 
-    def __init__(self, path: Path, apply: Callable[[dict], None], *, done_seq: int, where: str,
-                 outage_s: float | None = None):
+    def __init__(
+        self, path: Path, apply: Callable[[dict], None], *, done_seq: int, where: str, outage_s: float | None = None
+    ):
         self.path = Path(path)
         self.where = where  # the tracking URI, for messages
         self.outage_s = outage_limit_s() if outage_s is None else outage_s
@@ -93,7 +96,7 @@ class Outbox:
         self._thread.start()
 
     @classmethod
-    def shared(cls, path: Path, apply: Callable[[dict], None], **kwargs) -> "Outbox":
+    def shared(cls, path: Path, apply: Callable[[dict], None], **kwargs) -> Outbox:
         """The one Outbox of `path` in this process. A resumed sweep has two callback objects (the
         driver's and the one Tune unpickles from its state): both must feed one ordered drainer."""
         key = str(Path(path).resolve())
@@ -140,8 +143,10 @@ class Outbox:
     def overdue(self) -> str | None:
         """Why the sweep must stop (a server away too long, a queue too long), or None."""
         if self.outage_s_so_far() > self.outage_s:
-            return (f"the MLflow tracking server at {self.where} has not accepted a write for "
-                    f"{self.outage_s_so_far():.0f} s ({OUTAGE_ENV}={self.outage_s:g}); last error: {self.last_error}")
+            return (
+                f"the MLflow tracking server at {self.where} has not accepted a write for "
+                f"{self.outage_s_so_far():.0f} s ({OUTAGE_ENV}={self.outage_s:g}); last error: {self.last_error}"
+            )
         if self.pending() > MAX_PENDING:
             return f"{self.pending()} MLflow writes are waiting for {self.where}, more than {MAX_PENDING}"
         return None
@@ -184,8 +189,12 @@ class Outbox:
                     with self._cv:
                         if self.failing_since is None:
                             self.failing_since = time.monotonic()
-                            log.warning("MLflow at %s unreachable (%s); trials go on, their results are kept "
-                                        "and written when it is back", self.where, _first_line(e))
+                            log.warning(
+                                "MLflow at %s unreachable (%s); trials go on, their results are kept "
+                                "and written when it is back",
+                                self.where,
+                                _first_line(e),
+                            )
                         self.last_error = _first_line(e)
                         self._cv.wait(wait)  # close() wakes it
                     wait = min(2 * wait, BACKOFF_S[1])
@@ -194,8 +203,12 @@ class Outbox:
                 log.warning("MLflow refused %s (%s); skipped", op.get("kind"), _first_line(e))
             with self._cv:
                 if self.failing_since is not None:
-                    log.warning("MLflow at %s is back after %.0f s; writing the %d results kept meanwhile",
-                                self.where, self.outage_s_so_far(), len(self._ops))
+                    log.warning(
+                        "MLflow at %s is back after %.0f s; writing the %d results kept meanwhile",
+                        self.where,
+                        self.outage_s_so_far(),
+                        len(self._ops),
+                    )
                 self.failing_since, wait = None, BACKOFF_S[0]
                 self._ops.popleft()
                 self.applied += 1

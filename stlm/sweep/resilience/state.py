@@ -48,8 +48,14 @@ def sweep_state(exp_dir: Path, store=None) -> str:
 
 
 def rerun_command(sweep: Sweep, exp_dir: Path, *flags: str, overrides: bool = True) -> str:
-    parts = ["python -m stlm.sweep", str(sweep.path), *(sweep.overrides if overrides else []), *flags,
-             "--experiment-dir", str(exp_dir)]
+    parts = [
+        "python -m stlm.sweep",
+        str(sweep.path),
+        *(sweep.overrides if overrides else []),
+        *flags,
+        "--experiment-dir",
+        str(exp_dir),
+    ]
     return " ".join(parts)
 
 
@@ -75,22 +81,30 @@ class Decision:
     def refusal(self, sweep: Sweep, store) -> str | None:
         """The error (naming the command that would go on) when the command must stop; None otherwise."""
         if self.action == DEAD_END:
-            return (f"--resume: {store} holds no sweep to continue (no {layout.PLAN}). Start it with: "
-                    f"{rerun_command(sweep, store)}")
+            return (
+                f"--resume: {store} holds no sweep to continue (no {layout.PLAN}). Start it with: "
+                f"{rerun_command(sweep, store)}"
+            )
         if self.action == REFUSED and self.state == STARTED:
-            return (f"The experiment directory {store} already holds a sweep that has started. Continue "
-                    f"it with: {rerun_command(sweep, store, '--resume', overrides=False)} ; or start "
-                    "afresh with --overwrite, or choose another --experiment-dir.")
+            return (
+                f"The experiment directory {store} already holds a sweep that has started. Continue "
+                f"it with: {rerun_command(sweep, store, '--resume', overrides=False)} ; or start "
+                "afresh with --overwrite, or choose another --experiment-dir."
+            )
         if self.action == REFUSED:
-            return (f"The experiment directory {store} holds files that are not a sweep's; choose another "
-                    "--experiment-dir, or pass --overwrite to delete them.")
+            return (
+                f"The experiment directory {store} holds files that are not a sweep's; choose another "
+                "--experiment-dir, or pass --overwrite to delete them."
+            )
         return None
 
     def note(self, store) -> str | None:
         """What the user is told once the directory is locked, when the sweep does not do what was asked."""
         if self.action == RESTART:
-            return (f"note: {store} holds a sweep that was stopped before its first saved state; it starts again "
-                    "from its plan (no trial had finished).")
+            return (
+                f"note: {store} holds a sweep that was stopped before its first saved state; it starts again "
+                "from its plan (no trial had finished)."
+            )
         if self.action == OVERWRITE and self.state == PLANNED and not self.overwrite:
             return f"note: {store} holds a sweep that was stopped before its first saved state; starting afresh."
         return None

@@ -101,7 +101,8 @@ class Storage:
                 f"--experiment-dir {uri!r}: use a local path (NFS on a cluster) or an object-store URI such as "
                 "s3://bucket/prefix (a prefix inside the bucket: its lock object sits beside it), without a query "
                 "string: the endpoint of an S3-compatible server goes in AWS_ENDPOINT_URL, credentials in the usual "
-                "AWS_* variables or an instance profile.")
+                "AWS_* variables or an instance profile."
+            )
         self.uri = uri
         name = rest.rstrip("/").rsplit("/", 1)[-1]
         self.local = cache_root() / "experiments" / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
@@ -189,15 +190,17 @@ class Storage:
         if info.type == pafs.FileType.File:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            pafs.copy_files(self.path(rel), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.path(rel), str(tmp), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+            )
             os.replace(tmp, dest)
         else:  # whole or not at all: a download cut short is never taken for the directory
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            pafs.copy_files(self.path(rel), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.path(rel), str(tmp), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+            )
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
         return dest
@@ -211,8 +214,9 @@ class Storage:
         for rel in rels:
             src = self.local / rel
             if src.is_dir():
-                pafs.copy_files(str(src), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+                pafs.copy_files(
+                    str(src), self.path(rel), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+                )
             elif src.is_file():
                 self.write_bytes(rel, src.read_bytes())  # read whole: the file may be appended to meanwhile
 

@@ -20,9 +20,14 @@ from pathlib import Path
 from stlm.atomic import write_atomic
 
 # what TuneController.save_to_dir must contain for the copy below to be the same method
-EXPECTED = ("_get_trial_checkpoints()", "__getstate__()", "experiment_driver_staging_path",
-            "json.dump(runner_state, f, cls=TuneFunctionEncoder)", "_search_alg.save_to_dir",
-            "_callbacks.save_to_dir")
+EXPECTED = (
+    "_get_trial_checkpoints()",
+    "__getstate__()",
+    "experiment_driver_staging_path",
+    "json.dump(runner_state, f, cls=TuneFunctionEncoder)",
+    "_search_alg.save_to_dir",
+    "_callbacks.save_to_dir",
+)
 
 
 def _save_to_dir(self) -> None:

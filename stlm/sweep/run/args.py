@@ -1,5 +1,4 @@
-"""The command line of `stlm sweep` (= `python -m stlm.sweep`).
-"""
+"""The command line of `stlm sweep` (= `python -m stlm.sweep`)."""
 
 from __future__ import annotations
 
@@ -7,20 +6,37 @@ import argparse
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stlm sweep", description=(
-        "Run a budget-matched ablation / Optuna search on Ray Tune + Ray Train, tracked in MLflow."))
+    p = argparse.ArgumentParser(
+        prog="stlm sweep",
+        description=("Run a budget-matched ablation / Optuna search on Ray Tune + Ray Train, tracked in MLflow."),
+    )
     p.add_argument("sweep", help="sweep YAML file (see sweeps/ and stlm/sweep/spec.py)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config (train.max_steps=30)")
     p.add_argument("--dry-run", action="store_true", help="print arms, sizes, trials and resources; launch nothing")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the experiment directory")
     p.add_argument("--overwrite", action="store_true", help="delete an existing experiment directory and start afresh")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
-    p.add_argument("--experiment-dir", default=None, help="where Tune, Train and the ledger live (default ./sweep_runs/<name>)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)"
+    )
+    p.add_argument(
+        "--experiment-dir", default=None, help="where Tune, Train and the ledger live (default ./sweep_runs/<name>)"
+    )
     p.add_argument("--verbose", action="store_true", help="show the trials' worker logs (Ray Train, training loop)")
-    p.add_argument("--ray-dashboard", action="store_true",
-                   help="start a local Ray with its dashboard (http://127.0.0.1:8265); off by default: 11 processes, 0.9 GB")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="give up attaching to --address after this long (default 30)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, "
-                                                        "else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start a local Ray with its dashboard (http://127.0.0.1:8265); off by default: 11 processes, 0.9 GB",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up attaching to --address after this long (default 30)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
     return p

@@ -74,8 +74,10 @@ def publish(sweep, store: str, log=print) -> list[str]:
             copy_file(local, str(data.cache_path / name), fs, f"{dest}/{name}")
         names.append(data.cache_path.name)
         tokens = sum(s["tokens"] for s in data.manifest["splits"].values())
-        log(f"data for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}): {tokens:,} tokens ready in "
-            f"{t1 - t0:.1f}s, copied to {store} in {time.time() - t1:.1f}s; every node copies it once")
+        log(
+            f"data for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}): {tokens:,} tokens ready in "
+            f"{t1 - t0:.1f}s, copied to {store} in {time.time() - t1:.1f}s; every node copies it once"
+        )
     return names
 
 
@@ -91,8 +93,11 @@ def localize(cfg, store: str) -> bool:
     if cfg.model.tokenizer == "bpe":  # prepare() needs the tokenizer before it can name the cache
         tok_dir = cache_root(cfg.data) / "tokenizers"
         for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-            if info.type == pafs.FileType.File and info.path.rsplit("/", 2)[-2] == "tokenizers" \
-                    and not (tok_dir / info.base_name).is_file():
+            if (
+                info.type == pafs.FileType.File
+                and info.path.rsplit("/", 2)[-2] == "tokenizers"
+                and not (tok_dir / info.base_name).is_file()
+            ):
                 tok_dir.mkdir(parents=True, exist_ok=True)
                 tmp = tok_dir / f".{info.base_name}.{uuid.uuid4().hex[:8]}"
                 copy_file(fs, info.path, pafs.LocalFileSystem(), str(tmp))

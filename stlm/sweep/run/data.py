@@ -1,5 +1,4 @@
-"""A local sweep's data: each distinct (corpus, tokenizer) tokenized once in the driver before trials start.
-"""
+"""A local sweep's data: each distinct (corpus, tokenizer) tokenized once in the driver before trials start."""
 
 from __future__ import annotations
 
@@ -25,4 +24,7 @@ def prepare_data_locally(sweep: Sweep, log=print) -> None:
     for arm in distinct_corpora(sweep):
         t0 = time.time()
         prepare(arm.cfg)
-        log(f"data ready for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}) in {time.time() - t0:.1f}s")
+        log(
+            f"data ready for arm {arm.name} ({arm.cfg.data.source}, {arm.cfg.model.tokenizer}) "
+            f"in {time.time() - t0:.1f}s"
+        )

@@ -106,8 +106,12 @@ def absolutize(sweep: Sweep) -> None:
         cfg = arm.cfg
         arm.cfg = dataclasses.replace(
             cfg,
-            data=dataclasses.replace(cfg.data, source=d.get("source", cfg.data.source), cache_dir=d.get("cache_dir"),
-                                     gpt2_vocab_file=d.get("gpt2_vocab_file")),
+            data=dataclasses.replace(
+                cfg.data,
+                source=d.get("source", cfg.data.source),
+                cache_dir=d.get("cache_dir"),
+                gpt2_vocab_file=d.get("gpt2_vocab_file"),
+            ),
             eval=dataclasses.replace(cfg.eval, data_dir=e.get("data_dir")),
         )
 
@@ -121,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     store = storage.open(args.experiment_dir or Path("sweep_runs") / sweep.name)
     if store.remote:  # the bucket answers (bounded), before its state is read
         preflight.check_storage(store)
-    decision = decide(sweep_state(store.local, store), resume=args.resume, overwrite=args.overwrite,
-                      dry_run=args.dry_run)
+    decision = decide(
+        sweep_state(store.local, store), resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run
+    )
     sweep = _the_sweep(sweep, store, decision, args)
     for note in getattr(sweep, "notes", []):
         print(f"note: {note}")
@@ -132,15 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     uri = sweep_tracking_uri(args, store, sweep)
     preflight.check(sweep, attached=bool(address), tracking_uri=uri)  # every problem at once; nothing written yet
-    where = (f"the cluster at {address} is checked once connected" if address
-             else "each trial's request fits this machine")
+    where = (
+        f"the cluster at {address} is checked once connected" if address else "each trial's request fits this machine"
+    )
     print(f"pre-flight: data, tokenizers and eval data found; {where}.")
     if decision.action == DESCRIBE:
         print("\n--dry-run: nothing launched.")
         return 0
 
-    session = SweepSession(sweep=sweep, space=space, store=store, args=args, t_start=t_start, uri=uri,
-                           address=address, guard=guard)
+    session = SweepSession(
+        sweep=sweep, space=space, store=store, args=args, t_start=t_start, uri=uri, address=address, guard=guard
+    )
     if address:  # attach (bounded) and check the cluster before anything is written
         _start_ray(session)
     _prepare_experiment_dir(session, decision)
@@ -200,8 +207,14 @@ def _start_ray(session: SweepSession) -> tuple[bool, dict]:
     driver_frees_pgs = driver_can_free_placement_groups()
     env = env_vars(driver_frees_pgs=driver_frees_pgs)
     dashboard = args.ray_dashboard or not driver_frees_pgs
-    init_ray(session.address, env, exp_dir=session.exp_dir, dashboard=dashboard, verbose=args.verbose,
-             connect_timeout=args.connect_timeout)
+    init_ray(
+        session.address,
+        env,
+        exp_dir=session.exp_dir,
+        dashboard=dashboard,
+        verbose=args.verbose,
+        connect_timeout=args.connect_timeout,
+    )
     Interrupts.install().reclaim()  # ray.init replaced our SIGTERM handler with its own abort
     cluster = ray.cluster_resources()
     check_cluster(session.sweep, cluster, attached=bool(session.address))
@@ -222,16 +235,23 @@ def run(session: SweepSession, *, restart: bool = False) -> int:
     parent = start_parent(client, Ledger(exp_dir), sweep, session.experiment, store.uri, session.space)
     session = dataclasses.replace(session, client=client, parent=parent)
     write_sweep_json(exp_dir, sweep, uri, session.experiment, parent, where=store.uri)
-    print(f"\nexperiment dir: {store}" + (f" (driver files mirrored in {exp_dir})" if store.remote else "")
-          + f"\nMLflow: {uri} (experiment {session.experiment!r}, parent run {parent})", flush=True)
+    print(
+        f"\nexperiment dir: {store}"
+        + (f" (driver files mirrored in {exp_dir})" if store.remote else "")
+        + f"\nMLflow: {uri} (experiment {session.experiment!r}, parent run {parent})",
+        flush=True,
+    )
     if session.guard is not None:  # a driver forced out by the watchdog still ends its runs
         session.guard.on_force_exit(lambda: (repair_runs(client, exp_dir), end_parent(client, parent, "interrupted")))
     try:
         return _run_trials(session)
     except KeyboardInterrupt:
         end_runs(client, exp_dir, parent, "interrupted")
-        print(f"\nsweep {sweep.name} interrupted after {time.time() - session.t_start:.0f}s, before its trials ran "
-              f"to the end. Continue it with:\n  {session.resume_cmd}", flush=True)
+        print(
+            f"\nsweep {sweep.name} interrupted after {time.time() - session.t_start:.0f}s, before its trials ran "
+            f"to the end. Continue it with:\n  {session.resume_cmd}",
+            flush=True,
+        )
         return 130
     except BaseException:
         end_runs(client, exp_dir, parent, "failed")
@@ -264,9 +284,11 @@ def _start_cluster(session: SweepSession) -> int:
         dashboard, cluster = _start_ray(session)
     concurrency = default_concurrency(sweep, cluster)
     resources = ", ".join(f"{v:g} {k}" for k, v in cluster.items() if k in ("CPU", "GPU"))
-    print(f"Ray up in {time.time() - t_ray:.1f}s: {resources}; {sweep.num_trials} trials, up to {concurrency} at a "
-          "time" + ("" if session.address or dashboard else "; Ray dashboard off (--ray-dashboard turns it on)"),
-          flush=True)
+    print(
+        f"Ray up in {time.time() - t_ray:.1f}s: {resources}; {sweep.num_trials} trials, up to {concurrency} at a "
+        "time" + ("" if session.address or dashboard else "; Ray dashboard off (--ray-dashboard turns it on)"),
+        flush=True,
+    )
     return concurrency
 
 
@@ -279,13 +301,22 @@ def _fit(session: SweepSession, concurrency: int):
 
     sweep, space, store, exp_dir = session.sweep, session.space, session.store, session.exp_dir
     ctx = Context(sweep=sweep, space=space, exp_dir=store.uri)
-    callback = MLflowSweepCallback(tracking_uri=session.uri, experiment=session.experiment, sweep=sweep, space=space,
-                                   exp_dir=exp_dir, exp_uri=store.uri,
-                                   prepare_trial=lambda config, tid: prepare_trial(ctx, config, tid))
-    tuner = build_tuner(ctx, resume=session.args.resume and sweep_state(exp_dir, store) == STARTED,
-                        callbacks=[callback, FreeDeadTrialsPlacementGroups(),
-                                   DiskGuard(exp_dir, sweep, where=store.uri)],
-                        concurrency=concurrency, reporter=make_reporter(sweep))
+    callback = MLflowSweepCallback(
+        tracking_uri=session.uri,
+        experiment=session.experiment,
+        sweep=sweep,
+        space=space,
+        exp_dir=exp_dir,
+        exp_uri=store.uri,
+        prepare_trial=lambda config, tid: prepare_trial(ctx, config, tid),
+    )
+    tuner = build_tuner(
+        ctx,
+        resume=session.args.resume and sweep_state(exp_dir, store) == STARTED,
+        callbacks=[callback, FreeDeadTrialsPlacementGroups(), DiskGuard(exp_dir, sweep, where=store.uri)],
+        concurrency=concurrency,
+        reporter=make_reporter(sweep),
+    )
     guard = session.guard
     with guard.tune_running() if guard is not None else contextlib.nullcontext():
         return tuner.fit(), callback
@@ -301,9 +332,13 @@ def _interrupted(session: SweepSession, callback) -> int:
     done = Ledger(session.exp_dir).trials.values()
     n_fin = sum(1 for t in done if t.get("status") == "finished")
     n_fail = sum(1 for t in done if t.get("status") == "failed")
-    print(f"\nsweep {session.sweep.name} interrupted after {time.time() - session.t_start:.0f}s "
-          f"({n_fin} of {session.sweep.num_trials} trials finished" + (f", {n_fail} failed" if n_fail else "")
-          + f"). Continue it with:\n  {session.resume_cmd}", flush=True)
+    print(
+        f"\nsweep {session.sweep.name} interrupted after {time.time() - session.t_start:.0f}s "
+        f"({n_fin} of {session.sweep.num_trials} trials finished"
+        + (f", {n_fail} failed" if n_fail else "")
+        + f"). Continue it with:\n  {session.resume_cmd}",
+        flush=True,
+    )
     return 130
 
 
@@ -317,8 +352,12 @@ def _finished(session: SweepSession, results, callback) -> int:
     wall = time.time() - session.t_start
     feasible = count_feasible(sweep, space, results)
     n_failed = sum(1 for r in rows if r["status"] == "failed")
-    extra = {"wall_s": wall, "trials": rows, "feasible_fraction": feasible / max(1, len(rows)),
-             "resumed": bool(args.resume)}
+    extra = {
+        "wall_s": wall,
+        "trials": rows,
+        "feasible_fraction": feasible / max(1, len(rows)),
+        "resumed": bool(args.resume),
+    }
     extra["comparison"] = comparison_of(sweep, rows)
     if sweep.spec.multi_objective:
         extra["pareto"] = [r["trial_id"] for r in rows if r.get("pareto")]
@@ -326,9 +365,15 @@ def _finished(session: SweepSession, results, callback) -> int:
 
     print("\n" + table)
     if space.arch is not None:
-        print(f"\narchitecture points feasible: {feasible}/{len(rows)} ({100.0 * feasible / max(1, len(rows)):.0f}%)"
-              + (f"; the sampled ffn_multiple was moved to the nearest feasible value in {space.stats['moved']} of "
-                 f"{space.stats['points']} points" if space.stats["points"] and not args.resume else ""))
+        print(
+            f"\narchitecture points feasible: {feasible}/{len(rows)} ({100.0 * feasible / max(1, len(rows)):.0f}%)"
+            + (
+                f"; the sampled ffn_multiple was moved to the nearest feasible value in {space.stats['moved']} of "
+                f"{space.stats['points']} points"
+                if space.stats["points"] and not args.resume
+                else ""
+            )
+        )
     report = _write_report(session)
     print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {store}")
     if report:
@@ -344,10 +389,14 @@ def _write_report(session: SweepSession) -> Path | None:
     spec = session.sweep.spec
     try:
         multi = len(spec.metrics) > 1  # NSGA-II: the report draws the Pareto front over all objectives
-        report = build_report(session.uri, session.parent, session.exp_dir / layout.REPORT,
-                              metric=list(spec.metrics) if multi else spec.metrics[0],
-                              mode=list(spec.modes) if multi else spec.modes[0],
-                              control_arm=session.sweep.control_arm)
+        report = build_report(
+            session.uri,
+            session.parent,
+            session.exp_dir / layout.REPORT,
+            metric=list(spec.metrics) if multi else spec.metrics[0],
+            mode=list(spec.modes) if multi else spec.modes[0],
+            control_arm=session.sweep.control_arm,
+        )
         session.store.upload(layout.REPORT)
         return report
     except (Exception, KeyboardInterrupt) as e:  # the report is a bonus; the results are in MLflow either way

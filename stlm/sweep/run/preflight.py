@@ -42,17 +42,21 @@ def check(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> 
     found = problems(sweep, attached=attached, tracking_uri=tracking_uri)
     if found:
         lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(found, 1))
-        raise StlmError(f"pre-flight found {len(found)} problem{'s' if len(found) > 1 else ''} in sweep "
-                        f"{sweep.name!r}; nothing was started or written:\n{lines}")
+        raise StlmError(
+            f"pre-flight found {len(found)} problem{'s' if len(found) > 1 else ''} in sweep "
+            f"{sweep.name!r}; nothing was started or written:\n{lines}"
+        )
 
 
 def problems(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> list[str]:
     """Every problem found, in order: tracking server, data, tokenizer, eval (each distinct setting once),
     resources."""
     found: list[str] = _tracking(tracking_uri)
-    checks = (("data", lambda c: repr(c.data), _data),
-              ("tokenizer", lambda c: (c.model.tokenizer, c.data.gpt2_vocab_file), _tokenizer),
-              ("eval", lambda c: repr(c.eval), _eval))
+    checks = (
+        ("data", lambda c: repr(c.data), _data),
+        ("tokenizer", lambda c: (c.model.tokenizer, c.data.gpt2_vocab_file), _tokenizer),
+        ("eval", lambda c: repr(c.eval), _eval),
+    )
     for _, key_of, check_one in checks:
         keys = {}
         for arm in sweep.arms:
@@ -76,9 +80,11 @@ def _tracking(uri: str | None) -> list[str]:
     why = unreachable(uri)
     if why is None:
         return []
-    return [f"the MLflow tracking server {uri} (--tracking-uri / tracking.uri / $MLFLOW_TRACKING_URI) does not "
-            f"answer: {why}. Start it (cluster/l40.yaml starts `mlflow server` on the head), or log to a local "
-            f"file with --tracking-uri sqlite:///mlflow.db."]
+    return [
+        f"the MLflow tracking server {uri} (--tracking-uri / tracking.uri / $MLFLOW_TRACKING_URI) does not "
+        f"answer: {why}. Start it (cluster/l40.yaml starts `mlflow server` on the head), or log to a local "
+        f"file with --tracking-uri sqlite:///mlflow.db."
+    ]
 
 
 def check_storage(store, timeout: float = 10.0) -> None:
@@ -90,7 +96,8 @@ def check_storage(store, timeout: float = 10.0) -> None:
             f"pre-flight: the experiment directory {store.uri} (--experiment-dir) cannot be used: {why} "
             f"(endpoint: {endpoint()}). Check the bucket name, the endpoint (AWS_ENDPOINT_URL for an S3-compatible "
             "server), the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance "
-            "profile) and that this machine can reach it; or use a local or NFS path. Nothing was started or written.")
+            "profile) and that this machine can reach it; or use a local or NFS path. Nothing was started or written."
+        )
 
 
 # --------------------------------------------------------------------------- data and tokenizer
@@ -105,9 +112,11 @@ def _data(cfg) -> list[str]:
     if isinstance(source, HubSource):
         why = hub_unreachable()
         if why and not _prepared_cache(cfg, source):
-            return [f"data.source={cfg.data.source!r} is the Hugging Face hub dataset {source.spec.path!r}, and the "
-                    f"hub cannot be used now ({why}); no token cache of it prepared earlier was found either. "
-                    + OFFLINE_HINT]
+            return [
+                f"data.source={cfg.data.source!r} is the Hugging Face hub dataset {source.spec.path!r}, and the "
+                f"hub cannot be used now ({why}); no token cache of it prepared earlier was found either. "
+                + OFFLINE_HINT
+            ]
     return []
 
 
@@ -120,7 +129,11 @@ def _prepared_cache(cfg, source) -> bool:
         except (OSError, ValueError):
             continue
         if (m.get("source"), m.get("subset"), m.get("revision"), m.get("max_chars")) == (
-                d.source, d.subset, d.revision, d.max_chars):
+            d.source,
+            d.subset,
+            d.revision,
+            d.max_chars,
+        ):
             return True
     return False
 
@@ -131,16 +144,20 @@ def _tokenizer(cfg) -> list[str]:
     vocab = cfg.data.gpt2_vocab_file or os.environ.get("STLM_GPT2_VOCAB")
     if vocab:
         if not Path(vocab).expanduser().is_file():
-            return [f"model.tokenizer=gpt2: the GPT-2 vocabulary file {vocab!r} (data.gpt2_vocab_file / "
-                    "$STLM_GPT2_VOCAB) does not exist."]
+            return [
+                f"model.tokenizer=gpt2: the GPT-2 vocabulary file {vocab!r} (data.gpt2_vocab_file / "
+                "$STLM_GPT2_VOCAB) does not exist."
+            ]
         return []
     from stlm.tokenizers import gpt2_unavailable
 
     why = gpt2_unavailable()
     if why:
-        return [f"model.tokenizer=gpt2 needs the GPT-2 vocabulary: it is not in tiktoken's cache and its download "
-                f"address cannot be used now ({why}). Point data.gpt2_vocab_file (or $STLM_GPT2_VOCAB) at a local "
-                "gpt2.tiktoken file, e.g. shared/data/tokenizers/gpt2/gpt2.tiktoken."]
+        return [
+            f"model.tokenizer=gpt2 needs the GPT-2 vocabulary: it is not in tiktoken's cache and its download "
+            f"address cannot be used now ({why}). Point data.gpt2_vocab_file (or $STLM_GPT2_VOCAB) at a local "
+            "gpt2.tiktoken file, e.g. shared/data/tokenizers/gpt2/gpt2.tiktoken."
+        ]
     return []
 
 
@@ -161,10 +178,12 @@ def _eval(cfg) -> list[str]:
     if data_dir is None:
         why = hub_down()
         if why:
-            return [f"eval.tasks ({', '.join(names)}) are read from the Hugging Face hub, since no benchmark "
-                    f"directory is set, and the hub cannot be reached now ({why}). Point eval.data_dir (or "
-                    "$STLM_BENCHMARKS) at a benchmark directory laid out like shared/data/benchmarks, or set "
-                    "HF_DATASETS_OFFLINE=1 to read the datasets cache of an earlier download."]
+            return [
+                f"eval.tasks ({', '.join(names)}) are read from the Hugging Face hub, since no benchmark "
+                f"directory is set, and the hub cannot be reached now ({why}). Point eval.data_dir (or "
+                "$STLM_BENCHMARKS) at a benchmark directory laid out like shared/data/benchmarks, or set "
+                "HF_DATASETS_OFFLINE=1 to read the datasets cache of an earlier download."
+            ]
         if not why:
             return []
     out = []
@@ -188,20 +207,26 @@ def _local_resources(sweep) -> list[str]:
     need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
     out = []
     if need_cpu > have["CPU"]:
-        out.append(f"resources: each trial asks for {r.workers} worker(s) x {r.cpus_per_worker:g} CPU = {need_cpu:g} "
-                   f"CPUs, and this machine (a local Ray) has {have['CPU']:g}. Lower resources.cpus_per_worker or "
-                   "resources.workers (e.g. resources.cpus_per_worker=1 on the command line), or attach to a "
-                   "cluster with --address.")
+        out.append(
+            f"resources: each trial asks for {r.workers} worker(s) x {r.cpus_per_worker:g} CPU = {need_cpu:g} "
+            f"CPUs, and this machine (a local Ray) has {have['CPU']:g}. Lower resources.cpus_per_worker or "
+            "resources.workers (e.g. resources.cpus_per_worker=1 on the command line), or attach to a "
+            "cluster with --address."
+        )
     if need_gpu > have["GPU"]:
-        out.append(f"resources: each trial asks for {r.workers} worker(s) x {r.gpus_per_worker:g} GPU = {need_gpu:g} "
-                   f"GPUs, and this machine (a local Ray) has {have['GPU']:g}. Run on CPUs with "
-                   "resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address.")
+        out.append(
+            f"resources: each trial asks for {r.workers} worker(s) x {r.gpus_per_worker:g} GPU = {need_gpu:g} "
+            f"GPUs, and this machine (a local Ray) has {have['GPU']:g}. Run on CPUs with "
+            "resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address."
+        )
     need_mem = max(estimate_memory(a.cfg, a.count.total) for a in sweep.arms) * r.workers
     if need_mem > have["memory"]:
-        out.append(f"resources: one trial needs about {need_mem / 2**30:.1f} GiB of memory (weights, gradients, "
-                   f"AdamW state and activations of {r.workers} worker(s)), and this machine has "
-                   f"{have['memory'] / 2**30:.1f} GiB. Lower train.batch_size (train.grad_accum keeps the batch), "
-                   "or attach to a bigger cluster with --address.")
+        out.append(
+            f"resources: one trial needs about {need_mem / 2**30:.1f} GiB of memory (weights, gradients, "
+            f"AdamW state and activations of {r.workers} worker(s)), and this machine has "
+            f"{have['memory'] / 2**30:.1f} GiB. Lower train.batch_size (train.grad_accum keeps the batch), "
+            "or attach to a bigger cluster with --address."
+        )
     return out
 
 
@@ -222,6 +247,6 @@ def estimate_memory(cfg, params: int) -> float:
     only catches a trial that cannot fit at all."""
     m, t = cfg.model, cfg.train
     tokens = t.batch_size * m.context_length
-    per_layer = tokens * (34 * m.d_model) + 5 * t.batch_size * m.n_heads * m.context_length ** 2
+    per_layer = tokens * (34 * m.d_model) + 5 * t.batch_size * m.n_heads * m.context_length**2
     logits = 2 * 4 * tokens * m.effective_vocab_size
     return 16.0 * params + m.n_layers * per_layer + logits

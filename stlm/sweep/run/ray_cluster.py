@@ -1,5 +1,4 @@
-"""Ray for a sweep: start a local Ray or attach to a cluster (bounded), the trials' environment, what fits at once.
-"""
+"""Ray for a sweep: start a local Ray or attach to a cluster (bounded), the trials' environment, what fits at once."""
 
 from __future__ import annotations
 
@@ -21,11 +20,25 @@ from stlm.sweep.plan.sweep import Sweep
 from stlm.sweep.resilience import layout
 
 # environment the workers need, passed through runtime_env when set in the driver
-PASS_ENV = ("STLM_TRAIN_CONTROLLER", "STLM_CACHE", "STLM_GPT2_VOCAB", "STLM_BENCHMARKS", "STLM_QUIET", "MLFLOW_TRACKING_URI",
-            "HF_HOME", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "STLM_OFFLINE",
-            "TIKTOKEN_CACHE_DIR",
-            # where an s3:// experiment dir is (not the credentials: each node has its own, see storage.py)
-            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+PASS_ENV = (
+    "STLM_TRAIN_CONTROLLER",
+    "STLM_CACHE",
+    "STLM_GPT2_VOCAB",
+    "STLM_BENCHMARKS",
+    "STLM_QUIET",
+    "MLFLOW_TRACKING_URI",
+    "HF_HOME",
+    "HF_DATASETS_CACHE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_OFFLINE",
+    "STLM_OFFLINE",
+    "TIKTOKEN_CACHE_DIR",
+    # where an s3:// experiment dir is (not the credentials: each node has its own, see storage.py)
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
 
 HEAD_RESOURCE = "node:__internal_head__"  # every Ray head advertises 1 of it
 
@@ -38,20 +51,31 @@ def _one_of(name: str, value: str, choices: dict[str, str]) -> None:
     if value not in choices:
         (default, why), *others = choices.items()
         alternatives = " or ".join(f"{k!r} ({v})" for k, v in others)
-        raise StlmError(f"{name}={value!r}: use {default!r} (the default: {why}) or {alternatives}; "
-                        "see stlm/sweep/train_run.py.")
+        raise StlmError(
+            f"{name}={value!r}: use {default!r} (the default: {why}) or {alternatives}; see stlm/sweep/train_run.py."
+        )
 
 
 def env_vars(*, driver_frees_pgs: bool) -> dict[str, str]:
     from stlm.sweep.run.train_run import PG_CLEANUP_ENV
 
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
-    _one_of("STLM_TRAIN_CONTROLLER", env.get("STLM_TRAIN_CONTROLLER", "in-trial"),
-            {"in-trial": "Ray Train's controller runs in each Tune trial's process",
-             "actor": "Ray Train's stock controller actor"})
-    _one_of(PG_CLEANUP_ENV, os.environ.get(PG_CLEANUP_ENV, "driver"),
-            {"driver": "the sweep driver frees a killed trial's placement group",
-             "ray": "Ray Train's cleaner actor per trial, with the dashboard"})
+    _one_of(
+        "STLM_TRAIN_CONTROLLER",
+        env.get("STLM_TRAIN_CONTROLLER", "in-trial"),
+        {
+            "in-trial": "Ray Train's controller runs in each Tune trial's process",
+            "actor": "Ray Train's stock controller actor",
+        },
+    )
+    _one_of(
+        PG_CLEANUP_ENV,
+        os.environ.get(PG_CLEANUP_ENV, "driver"),
+        {
+            "driver": "the sweep driver frees a killed trial's placement group",
+            "ray": "Ray Train's cleaner actor per trial, with the dashboard",
+        },
+    )
     env.setdefault("STLM_QUIET", "1")  # no progress bars from trials
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_S)
     if driver_frees_pgs:  # the driver's FreeDeadTrialsPlacementGroups replaces Ray Train's cleaner actor
@@ -80,10 +104,12 @@ def wait_for_address(address: str, timeout: float) -> None:
         if left <= 0:
             break
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    raise StlmError(f"No Ray cluster answers at {address!r} (--address / RAY_ADDRESS): nothing accepted a connection "
-                    f"to {host}:{port} within {timeout:g} s ({type(last).__name__}: {last}). Start the cluster "
-                    "(`ray start --head`, or `ray up cluster/l40.yaml`) and check the address and port, or leave "
-                    "--address out to run on a local Ray; --connect-timeout sets how long to wait.")
+    raise StlmError(
+        f"No Ray cluster answers at {address!r} (--address / RAY_ADDRESS): nothing accepted a connection "
+        f"to {host}:{port} within {timeout:g} s ({type(last).__name__}: {last}). Start the cluster "
+        "(`ray start --head`, or `ray up cluster/l40.yaml`) and check the address and port, or leave "
+        "--address out to run on a local Ray; --connect-timeout sets how long to wait."
+    )
 
 
 @contextlib.contextmanager
@@ -106,8 +132,15 @@ def _time_limit(seconds: float, what: str):
         signal.signal(signal.SIGALRM, old)
 
 
-def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboard: bool,
-             verbose: bool = False, connect_timeout: float = 30.0) -> None:
+def init_ray(
+    address: str | None,
+    env: dict[str, str],
+    *,
+    exp_dir: Path,
+    dashboard: bool,
+    verbose: bool = False,
+    connect_timeout: float = 30.0,
+) -> None:
     """Attach to `address`, else start a local Ray with every core (and the dashboard only if asked).
 
     The dashboard's only use in a local sweep is Ray Train's PlacementGroupCleaner, which asks its
@@ -156,8 +189,10 @@ def init_ray(address: str | None, env: dict[str, str], *, exp_dir: Path, dashboa
     except Exception as e:  # a bad address, an unreachable or refusing cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         first = (str(e).strip().splitlines() or [""])[0]
-        raise StlmError(f"Could not start or reach {where}: {type(e).__name__}: {first}. "
-                        "Check --address / RAY_ADDRESS (and RAY_AUTH_MODE, which must match the cluster's).") from None
+        raise StlmError(
+            f"Could not start or reach {where}: {type(e).__name__}: {first}. "
+            "Check --address / RAY_ADDRESS (and RAY_AUTH_MODE, which must match the cluster's)."
+        ) from None
     if not address:
         gcs = ray.get_runtime_context().gcs_address
         (addr_dir / "ray").mkdir(parents=True, exist_ok=True)
@@ -180,10 +215,14 @@ def check_cluster(sweep: Sweep, cluster: dict[str, float], attached: bool) -> No
     r = sweep.spec.resources
     for key, per in (("CPU", r.cpus_per_worker), ("GPU", r.gpus_per_worker)):
         if per and cluster.get(key, 0) < per:
-            msg = (f"resources: each trial worker asks for {per:g} {key}, but the Ray cluster has "
-                   f"{cluster.get(key, 0):g} now.")
+            msg = (
+                f"resources: each trial worker asks for {per:g} {key}, but the Ray cluster has "
+                f"{cluster.get(key, 0):g} now."
+            )
             if attached:
                 print(f"warning: {msg} Trials wait until the autoscaler adds nodes with {key}s.", flush=True)
                 continue
-            raise StlmError(f"{msg} Lower resources.{'gpus' if key == 'GPU' else 'cpus'}_per_worker in the sweep "
-                            f"file, or attach to a cluster that has {key}s with --address.")
+            raise StlmError(
+                f"{msg} Lower resources.{'gpus' if key == 'GPU' else 'cpus'}_per_worker in the sweep "
+                f"file, or attach to a cluster that has {key}s with --address."
+            )

@@ -139,8 +139,13 @@ def orphaned_placement_groups(job_id: str) -> list:
     out = []
     for blob in state._connect_and_get_accessor().get_placement_group_table():
         pg = table.FromString(blob)
-        if (pg.creator_job_id.hex() == job_id and pg.creator_actor_dead and not pg.is_detached
-                and not ray.ActorID(pg.creator_actor_id).is_nil() and pg.state != table.REMOVED):
+        if (
+            pg.creator_job_id.hex() == job_id
+            and pg.creator_actor_dead
+            and not pg.is_detached
+            and not ray.ActorID(pg.creator_actor_id).is_nil()
+            and pg.state != table.REMOVED
+        ):
             out.append(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
     return out
 

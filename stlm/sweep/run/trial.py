@@ -36,8 +36,9 @@ def prepare_trial(ctx: Context, config: dict, trial_id: str):
     """(Config, ParamCount, trial dir) of a trial: arm + seed + knobs, budget-solved, absolute paths."""
     cfg = ctx.space.resolve(config)
     trial_dir = storage.open(ctx.exp_dir).local / layout.trial(trial_id)  # (an object store's: this machine's copy)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"),
-                                                             run_name="run"))
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, out_dir=str(trial_dir / "checkpoints"), run_name="run")
+    )
     return cfg, count_params(cfg.model), trial_dir
 
 
@@ -73,12 +74,18 @@ def run_trial(config: dict, ctx: Context) -> None:
     trainer = Trainer(
         worker_loop,
         train_loop_config={
-            "config": dataclasses.asdict(cfg), "params": counted.total, "flops_per_token": counted.flops_per_token,
-            "trial_dir": str(trial_dir), "t_start": time.time(), "storage_dir": f"{storage_path}/{trial_id}",
-            "exp": ctx.exp_dir, "trial_id": trial_id,
+            "config": dataclasses.asdict(cfg),
+            "params": counted.total,
+            "flops_per_token": counted.flops_per_token,
+            "trial_dir": str(trial_dir),
+            "t_start": time.time(),
+            "storage_dir": f"{storage_path}/{trial_id}",
+            "exp": ctx.exp_dir,
+            "trial_id": trial_id,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu,
-                                              resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
         run_config=ray.train.RunConfig(
             name=trial_id,  # fixed per trial: a retry or Tuner.restore continues this run's checkpoints
             storage_path=str(storage_path),

@@ -1,5 +1,4 @@
-"""The Tuner of a sweep: Optuna search pinned to every cell, optional ASHA, the progress table.
-"""
+"""The Tuner of a sweep: Optuna search pinned to every cell, optional ASHA, the progress table."""
 
 from __future__ import annotations
 
@@ -47,13 +46,18 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     spec = sweep.spec
     # On the head: a trial's process runs its Ray Train controller, which restarts the workers from the
     # last checkpoint when their node is lost (a spot preemption); on a preemptible node it would die with them.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    {"cpu": 0, "memory": 1, HEAD_RESOURCE: 0.001})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": 1, HEAD_RESOURCE: 0.001}
+    )
     from stlm.sweep.resilience import storage
 
     tune_dir = storage.open(ctx.exp_dir).ray(layout.TUNE)  # a path, or the bucket's URI (Tune uploads its state)
     run_config = tune.RunConfig(
-        name=layout.TUNE, storage_path=ctx.exp_dir, callbacks=callbacks, progress_reporter=reporter, verbose=1,
+        name=layout.TUNE,
+        storage_path=ctx.exp_dir,
+        callbacks=callbacks,
+        progress_reporter=reporter,
+        verbose=1,
         failure_config=tune.FailureConfig(max_failures=0),  # retries happen inside Ray Train (spec.max_failures)
     )
     if resume:
@@ -63,9 +67,11 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
         try:
             return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as e:  # state missing or unreadable: say what to do instead of Tune's traceback
-            raise StlmError(f"--resume: Tune could not restore {tune_dir} ({type(e).__name__}: "
-                            f"{(str(e).strip().splitlines() or [''])[0][:300]}). The sweep was probably stopped before "
-                            "Tune saved its first state; start it again with --overwrite.") from None
+            raise StlmError(
+                f"--resume: Tune could not restore {tune_dir} ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0][:300]}). The sweep was probably stopped before "
+                "Tune saved its first state; start it again with --overwrite."
+            ) from None
 
     metric = spec.metrics if spec.multi_objective else spec.metrics[0]
     mode = spec.modes if spec.multi_objective else spec.modes[0]
@@ -74,11 +80,19 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     scheduler = None
     if spec.scheduler.type == "asha":
         max_t = max(a.cfg.train.max_steps for a in sweep.arms)
-        scheduler = FinishingASHA(time_attr="step", metric=spec.metrics[0], mode=spec.modes[0], max_t=max_t + 1,
-                                  grace_period=min(spec.scheduler.grace_period, max_t),
-                                  reduction_factor=spec.scheduler.reduction_factor)
+        scheduler = FinishingASHA(
+            time_attr="step",
+            metric=spec.metrics[0],
+            mode=spec.modes[0],
+            max_t=max_t + 1,
+            grace_period=min(spec.scheduler.grace_period, max_t),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
     tune_config = tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=len(points), max_concurrent_trials=concurrency,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=len(points),
+        max_concurrent_trials=concurrency,
         trial_name_creator=lambda t: f"{t.config.get(ARM)}-s{t.config.get(SEED)}-{t.trial_id}",
         trial_dirname_creator=lambda t: t.trial_id,
         # A finished trial's actor (Ray Train and torch already imported) runs the next trial: 4.4 s ->

@@ -59,14 +59,21 @@ class TrialWorker:
         self.cfg = cfg
         # logged with every report; startup_s: from the Tune trial starting to this worker running (Tune
         # actor, Train controller, placement group, worker actor, torch.distributed)
-        self.extra = {"params": loop_config["params"], "flops_per_token": loop_config["flops_per_token"],
-                      "startup_s": time.time() - loop_config["t_start"], "max_steps": cfg.train.max_steps}
+        self.extra = {
+            "params": loop_config["params"],
+            "flops_per_token": loop_config["flops_per_token"],
+            "startup_s": time.time() - loop_config["t_start"],
+            "max_steps": cfg.train.max_steps,
+        }
         self.train_context = ray.train.get_context()
         self.rank, self.world_size = self.train_context.get_world_rank(), self.train_context.get_world_size()
         # this trial's Ray Train run, <exp>/train/<trial id>; in an object store, a local directory that
         # receives the registered checkpoints this worker resumes from (its own: ranks share no files)
-        self.run_dir = (Path(loop_config["storage_dir"]) if not self.store.remote
-                        else self.store.local / layout.RESTORE / f"{self.trial_id}-{os.getpid()}")
+        self.run_dir = (
+            Path(loop_config["storage_dir"])
+            if not self.store.remote
+            else self.store.local / layout.RESTORE / f"{self.trial_id}-{os.getpid()}"
+        )
         self.run_rel = layout.train_run(self.trial_id)  # the run, relative to the experiment directory
         self.last_checkpoint: str | None = None  # the newest persisted checkpoint (the one evaluated)
         self.history: list[dict] = []  # every training report of this run, carried inside each checkpoint
@@ -101,8 +108,13 @@ class TrialWorker:
         start = resume_point(self.run_dir, latest, say=_say, fetch=fetch)
         if self.rank == 0:
             cfg = self.cfg
-            discard_unregistered(self.run_dir, latest, staging=Path(cfg.train.out_dir) / cfg.train.run_name, say=_say,
-                                 remote=(self.store, self.run_rel) if self.store.remote else None)
+            discard_unregistered(
+                self.run_dir,
+                latest,
+                staging=Path(cfg.train.out_dir) / cfg.train.run_name,
+                say=_say,
+                remote=(self.store, self.run_rel) if self.store.remote else None,
+            )
         return start
 
     def _fetch(self, path: Path) -> Path:
@@ -143,9 +155,12 @@ class TrialWorker:
         t0 = time.time()
         if checkpoint is not None and self.store.remote:  # Ray Train's own upload; the local copy stays for the eval
             self.last_checkpoint = checkpoint_dir  # (train() prunes the older local ones itself)
-        ray.train.report({**metrics, **self.extra}, checkpoint=checkpoint,
-                         checkpoint_dir_name=persisted_name(metrics["step"]) if checkpoint else None,
-                         **({} if self.store.remote else {"checkpoint_upload_fn": self._persist}))
+        ray.train.report(
+            {**metrics, **self.extra},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=persisted_name(metrics["step"]) if checkpoint else None,
+            **({} if self.store.remote else {"checkpoint_upload_fn": self._persist}),
+        )
         self.extra["report_s"] = time.time() - t0  # what the previous report cost the loop (logged with the next)
 
     def _persist(self, checkpoint, dir_name: str):
@@ -213,9 +228,18 @@ def run_eval(cfg: Config, checkpoint_dir: str | None, trial_dir: Path) -> dict[s
         (trial_dir / layout.EVAL).mkdir(parents=True, exist_ok=True)
         items = trial_dir / layout.EVAL / layout.EVAL_ITEMS
     t0 = time.time()
-    results = evaluate(model, tokenizer, cfg.eval.tasks, limit=cfg.eval.limit, seed=cfg.eval.seed,
-                       data_dir=cfg.eval.data_dir, batch_size=cfg.eval.batch_size, device=device,
-                       items_path=items, config=cfg)
+    results = evaluate(
+        model,
+        tokenizer,
+        cfg.eval.tasks,
+        limit=cfg.eval.limit,
+        seed=cfg.eval.seed,
+        data_dir=cfg.eval.data_dir,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        items_path=items,
+        config=cfg,
+    )
     out = flat_metrics(results)
     out["eval_s"] = time.time() - t0
     return out

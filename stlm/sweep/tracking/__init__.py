@@ -1,8 +1,8 @@
 """MLflow for sweeps: one parent run per sweep, one child run per trial, resume-safe.
 
-    ledger.py     trial id -> MLflow run and last logged step, in the experiment directory
-    runs.py       the runs' life: the parent started or reopened, runs ended, repaired, superseded
-    callback.py   the Tune callback that queues every write for the outbox (resilience/outbox.py)
+ledger.py     trial id -> MLflow run and last logged step, in the experiment directory
+runs.py       the runs' life: the parent started or reopened, runs ended, repaired, superseded
+callback.py   the Tune callback that queues every write for the outbox (resilience/outbox.py)
 """
 
 

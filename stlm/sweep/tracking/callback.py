@@ -1,5 +1,4 @@
-"""The Tune callback that logs every trial to MLflow, resume-safe and off the Tune loop (see tracking/__init__.py).
-"""
+"""The Tune callback that logs every trial to MLflow, resume-safe and off the Tune loop (see tracking/__init__.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +22,26 @@ log = logging.getLogger("stlm.sweep")
 
 # keys Ray Tune adds to every result; not training metrics
 TUNE_KEYS = {
-    "done", "training_iteration", "trial_id", "timestamp", "date", "time_this_iter_s", "time_total_s",
-    "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-    "experiment_tag", "should_checkpoint", "checkpoint_path", "timesteps_total", "episodes_total",
-    "timesteps_since_restore", "config",
+    "done",
+    "training_iteration",
+    "trial_id",
+    "timestamp",
+    "date",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "experiment_tag",
+    "should_checkpoint",
+    "checkpoint_path",
+    "timesteps_total",
+    "episodes_total",
+    "timesteps_since_restore",
+    "config",
     "max_steps",  # reported for the scheduler; it is the param train.max_steps
 }
 
@@ -38,8 +53,17 @@ class MLflowSweepCallback(Callback):
     metric point keeps the time Tune received it (MLflow's SQL store drops an exact duplicate, so a
     write repeated after a lost reply adds no point)."""
 
-    def __init__(self, *, tracking_uri: str, experiment: str, sweep, space, exp_dir: Path, prepare_trial,
-                 exp_uri: str | None = None):
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        sweep,
+        space,
+        exp_dir: Path,
+        prepare_trial,
+        exp_uri: str | None = None,
+    ):
         self.uri = tracking_uri
         self.experiment = experiment
         self.sweep = sweep
@@ -78,8 +102,12 @@ class MLflowSweepCallback(Callback):
             # MLflow's own retries (7, up to ~4 min inside one call) would hide an outage from the
             # outbox's clock and keep a write waiting long after the server is back: the outbox retries
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            self._outbox = Outbox.shared(self.exp_dir / layout.OUTBOX, self._apply,
-                                         done_seq=int(self.ledger.data.get("outbox_done", 0)), where=self.uri)
+            self._outbox = Outbox.shared(
+                self.exp_dir / layout.OUTBOX,
+                self._apply,
+                done_seq=int(self.ledger.data.get("outbox_done", 0)),
+                where=self.uri,
+            )
         return self._outbox
 
     # -------------------------------------------------------------- Tune hooks (they only queue)
@@ -90,7 +118,7 @@ class MLflowSweepCallback(Callback):
         # resumed sweep, trust MLflow's own record of the last step of every trial run
         if self.ledger.trials:
             self.outbox.put({"kind": "resync"})
-        self.outbox  # noqa: B018
+        self.outbox  # noqa: B018 - the property starts the outbox (its replay), even with nothing to queue
 
     def on_step_begin(self, iteration, trials, **info):
         why = self.outbox.overdue()
@@ -110,18 +138,37 @@ class MLflowSweepCallback(Callback):
             op["error"] = str(e)[:4000]
         else:
             knobs = {f"search.{k}": v for k, v in trial.config.items() if k not in ("arm", "seed")}
-            op.update(max_steps=cfg.train.max_steps, config_yaml=dump_yaml(cfg), params={
-                **flat_config(cfg), "params.total": counted.total, "flops_per_token": counted.flops_per_token,
-                "sweep.arm": arm, "sweep.seed": seed, **knobs})
+            op.update(
+                max_steps=cfg.train.max_steps,
+                config_yaml=dump_yaml(cfg),
+                params={
+                    **flat_config(cfg),
+                    "params.total": counted.total,
+                    "flops_per_token": counted.flops_per_token,
+                    "sweep.arm": arm,
+                    "sweep.seed": seed,
+                    **knobs,
+                },
+            )
         self.outbox.put(op)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" not in result:
             return
-        numbers = {k: v for k, v in result.items()
-                   if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.outbox.put({"kind": "metrics", "trial": trial.trial_id, "step": int(result["step"]),
-                         "ms": int(time.time() * 1000), "metrics": numbers})
+        numbers = {
+            k: v
+            for k, v in result.items()
+            if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.outbox.put(
+            {
+                "kind": "metrics",
+                "trial": trial.trial_id,
+                "step": int(result["step"]),
+                "ms": int(time.time() * 1000),
+                "metrics": numbers,
+            }
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.outbox.put({"kind": "complete", "trial": trial.trial_id})
@@ -186,24 +233,45 @@ class MLflowSweepCallback(Callback):
             return
         run_id = self._existing_run(tid)  # made by a driver that died before its ledger save
         if run_id is None:
-            tags = {"stlm.sweep": self.sweep.name, "stlm.arm": op["arm"], "stlm.seed": op["seed"],
-                    "stlm.trial_id": tid, "stlm.status": "running", "stlm.kind": "trial"}
-            run_id = create_run(self.client, self.experiment, run_name=f"{op['arm']}-s{op['seed']}-{tid}",
-                                  tags=tags, parent_run_id=self.parent_run_id)
+            tags = {
+                "stlm.sweep": self.sweep.name,
+                "stlm.arm": op["arm"],
+                "stlm.seed": op["seed"],
+                "stlm.trial_id": tid,
+                "stlm.status": "running",
+                "stlm.kind": "trial",
+            }
+            run_id = create_run(
+                self.client,
+                self.experiment,
+                run_name=f"{op['arm']}-s{op['seed']}-{tid}",
+                tags=tags,
+                parent_run_id=self.parent_run_id,
+            )
         if op.get("error"):
             self.client.set_tag(run_id, "stlm.error", op["error"])
         else:
             log_params(self.client, run_id, op["params"])
             self.client.log_text(run_id, op["config_yaml"], layout.TRIAL_CONFIG)
-        self.ledger.trials[tid] = {"run_id": run_id, "last_step": -1, "eval_logged": False, "status": "running",
-                                   "arm": op["arm"], "seed": op["seed"], "max_steps": op.get("max_steps")}
+        self.ledger.trials[tid] = {
+            "run_id": run_id,
+            "last_step": -1,
+            "eval_logged": False,
+            "status": "running",
+            "arm": op["arm"],
+            "seed": op["seed"],
+            "max_steps": op.get("max_steps"),
+        }
 
     def _existing_run(self, tid: str) -> str | None:
         if not self.parent_run_id:
             return None
         exp = self.client.get_run(self.parent_run_id).info.experiment_id
-        runs = self.client.search_runs([exp], max_results=1, filter_string=(
-            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.stlm.trial_id = '{tid}'"))
+        runs = self.client.search_runs(
+            [exp],
+            max_results=1,
+            filter_string=(f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.stlm.trial_id = '{tid}'"),
+        )
         return runs[0].info.run_id if runs else None
 
     def _log_points(self, op: dict, entry: dict) -> None:
@@ -212,7 +280,10 @@ class MLflowSweepCallback(Callback):
         from mlflow.entities import Metric
 
         step, ms = op["step"], op["ms"]
-        is_eval = lambda k: k.startswith("eval/") or k == "eval_s"  # only in the final report, at the last step again
+
+        def is_eval(k):
+            return k.startswith("eval/") or k == "eval_s"  # only in the final report, at the last step again
+
         curves = {k: v for k, v in op["metrics"].items() if not is_eval(k)}
         evals = {k: v for k, v in op["metrics"].items() if is_eval(k)}
         new_step = step > entry["last_step"] and bool(curves)
@@ -220,7 +291,7 @@ class MLflowSweepCallback(Callback):
         if evals and not entry.get("eval_logged"):
             points += [Metric(k, float(v), ms, step) for k, v in evals.items()]
         for i in range(0, len(points), METRICS_PER_CALL):
-            self.client.log_batch(entry["run_id"], metrics=points[i:i + METRICS_PER_CALL])
+            self.client.log_batch(entry["run_id"], metrics=points[i : i + METRICS_PER_CALL])
         if new_step:
             entry["last_step"] = step
         if evals:
@@ -289,9 +360,11 @@ class MLflowSweepCallback(Callback):
                 f"Stopped: {box.stop_reason or box.overdue() or 'MLflow writes are still waiting'}. Nothing "
                 f"trained is lost: {box.pending()} MLflow writes are kept in {box.path}. Once the server answers "
                 f"again, run `python -m stlm.sweep {self.sweep.path} --resume --experiment-dir {self.exp_dir}` "
-                f"to write them and finish the sweep ({OUTAGE_ENV} sets how long a sweep waits for the server).")
-        print(f"note: {box.pending()} MLflow writes not made yet ({box.last_error}); `--resume` makes them.",
-              flush=True)
+                f"to write them and finish the sweep ({OUTAGE_ENV} sets how long a sweep waits for the server)."
+            )
+        print(
+            f"note: {box.pending()} MLflow writes not made yet ({box.last_error}); `--resume` makes them.", flush=True
+        )
 
 
 def stop_tune_like_ctrl_c(box, why: str) -> None:

@@ -1,5 +1,4 @@
-"""The ledger: trial id -> MLflow run and last logged step, kept in the experiment directory.
-"""
+"""The ledger: trial id -> MLflow run and last logged step, kept in the experiment directory."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The sweep's MLflow runs over their life: the parent started or reopened, runs ended, repaired or superseded.
-"""
+"""The sweep's MLflow runs over their life: the parent started or reopened, runs ended, repaired or superseded."""
 
 from __future__ import annotations
 
@@ -20,21 +19,47 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
         client.set_tag(run_id, "stlm.status", "running")
         return run_id
     spec = sweep.spec
-    run_id = create_run(client, experiment, run_name=f"sweep-{sweep.name}", tags={
-        "stlm.sweep": sweep.name, "stlm.kind": "sweep", "stlm.status": "running",
-        "stlm.control_arm": sweep.control_arm, "stlm.metric": ",".join(spec.metrics),
-    })
-    log_params(client, run_id, {
-        "sweep.name": sweep.name, "sweep.file": str(sweep.path), "sweep.overrides": " ".join(sweep.overrides),
-        "sweep.arms": ",".join(a.name for a in sweep.arms), "sweep.seeds": ",".join(map(str, spec.seeds)),
-        "sweep.trials": sweep.num_trials, "sweep.algorithm": spec.search.algorithm,
-        "sweep.samples_per_cell": spec.search.samples, "sweep.scheduler": spec.scheduler.type,
-        "sweep.metric": ",".join(spec.metrics), "sweep.mode": ",".join(spec.modes),
-        "sweep.budget": spec.budget.target if spec.budget else None, "sweep.experiment_dir": str(exp_dir),
-        **({"sweep.sizes": ",".join(str(a.name).rpartition("@")[2] for a in sweep.arms if a.base == sweep.arms[0].base)}
-           if spec.budget is not None and spec.budget.sized else {}),  # arm names end in @size; the report pairs within one
-        **parent_params(space),  # sweep.search: the searched knobs' distributions, for their importances
-    })
+    run_id = create_run(
+        client,
+        experiment,
+        run_name=f"sweep-{sweep.name}",
+        tags={
+            "stlm.sweep": sweep.name,
+            "stlm.kind": "sweep",
+            "stlm.status": "running",
+            "stlm.control_arm": sweep.control_arm,
+            "stlm.metric": ",".join(spec.metrics),
+        },
+    )
+    log_params(
+        client,
+        run_id,
+        {
+            "sweep.name": sweep.name,
+            "sweep.file": str(sweep.path),
+            "sweep.overrides": " ".join(sweep.overrides),
+            "sweep.arms": ",".join(a.name for a in sweep.arms),
+            "sweep.seeds": ",".join(map(str, spec.seeds)),
+            "sweep.trials": sweep.num_trials,
+            "sweep.algorithm": spec.search.algorithm,
+            "sweep.samples_per_cell": spec.search.samples,
+            "sweep.scheduler": spec.scheduler.type,
+            "sweep.metric": ",".join(spec.metrics),
+            "sweep.mode": ",".join(spec.modes),
+            "sweep.budget": spec.budget.target if spec.budget else None,
+            "sweep.experiment_dir": str(exp_dir),
+            **(
+                {
+                    "sweep.sizes": ",".join(
+                        str(a.name).rpartition("@")[2] for a in sweep.arms if a.base == sweep.arms[0].base
+                    )
+                }
+                if spec.budget is not None and spec.budget.sized
+                else {}
+            ),  # arm names end in @size; the report pairs within one
+            **parent_params(space),  # sweep.search: the searched knobs' distributions, for their importances
+        },
+    )
     client.log_text(run_id, sweep.path.read_text(), "sweep.yaml")
     ledger.data["parent_run_id"] = run_id
     ledger.save()
