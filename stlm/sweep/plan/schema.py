@@ -203,13 +203,32 @@ def _parse_params(params: dict) -> dict[str, ParamSpec]:
 
 
 def _validate_spec(spec: SweepSpec) -> None:
-    if not spec.name or not str(spec.name).replace("-", "_").replace(".", "_").isidentifier():
-        raise StlmError(
-            f"name: {spec.name!r} must be a short identifier (letters, digits, _ - .): "
-            "it names the experiment directory and MLflow tags."
-        )
+    """Each section in turn, in this order: the first problem found is the one reported."""
+    _validate_name(spec.name)
     if spec.budget is not None:
         _validate_budget(spec)
+    _validate_axes(spec)
+    _validate_seeds(spec.seeds)
+    _validate_search(spec)
+    _validate_scheduler(spec.scheduler)
+    _validate_resources(spec.resources)
+    _validate_objectives(spec)
+    from_dict(EvalConfig, spec.eval, "eval")
+    from_dict(TrackingConfig, spec.tracking, "tracking")
+    if spec.max_failures < 0:
+        raise StlmError("max_failures must be >= 0.")
+
+
+def _validate_name(name: str) -> None:
+    if not name or not str(name).replace("-", "_").replace(".", "_").isidentifier():
+        raise StlmError(
+            f"name: {name!r} must be a short identifier (letters, digits, _ - .): "
+            "it names the experiment directory and MLflow tags."
+        )
+
+
+def _validate_axes(spec: SweepSpec) -> None:
+    """The grid's keys and values, the arms' keys and names."""
     for key, values in spec.grid.items():
         check_config_key(str(key), "grid")
         if not isinstance(values, list) or not values:
@@ -221,10 +240,18 @@ def _validate_spec(spec: SweepSpec) -> None:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise StlmError(f"arms: names must be unique, {', '.join(sorted(dup))} repeats.")
-    if not spec.seeds:
+
+
+def _validate_seeds(seeds: list[int]) -> None:
+    if not seeds:
         raise StlmError("seeds: give at least one seed.")
-    if len(set(spec.seeds)) != len(spec.seeds):
-        raise StlmError(f"seeds: {spec.seeds} has repeats.")
+    if len(set(seeds)) != len(seeds):
+        raise StlmError(f"seeds: {seeds} has repeats.")
+
+
+def _validate_search(spec: SweepSpec) -> None:
+    """Checks the search section and puts it in its parsed form: params as ParamSpecs, architecture as an
+    ArchitectureSpec or None."""
     s = spec.search
     _choice(s.algorithm, ALGORITHMS, "search.algorithm")
     if s.samples < 1:
@@ -239,25 +266,29 @@ def _validate_spec(spec: SweepSpec) -> None:
                 "or searched, not both."
             )
     if isinstance(s.architecture, ArchitectureSpec) or s.architecture is True:
-        if spec.budget is None:
-            raise StlmError("search.architecture needs a `budget`: the shape is searched inside a parameter budget.")
-        if spec.budget.free != "d_model":
-            raise StlmError(
-                "search.architecture searches n_layers, n_heads and ffn_multiple and solves "
-                "d_model: set budget.free: d_model."
-            )
-        clash = [
-            k
-            for k in s.params
-            if k in ("model.n_layers", "model.n_heads", "model.n_kv_heads", "model.ffn_multiple", "model.d_model")
-        ]
-        if clash:
-            raise StlmError(f"search.params.{clash[0]}: already searched by search.architecture; remove it.")
+        _validate_architecture_search(spec)
     if s.architecture is True:
         s.architecture = ArchitectureSpec()
     if s.architecture is False:
         s.architecture = None
-    sc = spec.scheduler
+
+
+def _validate_architecture_search(spec: SweepSpec) -> None:
+    """The shape is searched inside a parameter budget, by solving d_model, and owns the shape's keys."""
+    if spec.budget is None:
+        raise StlmError("search.architecture needs a `budget`: the shape is searched inside a parameter budget.")
+    if spec.budget.free != "d_model":
+        raise StlmError(
+            "search.architecture searches n_layers, n_heads and ffn_multiple and solves "
+            "d_model: set budget.free: d_model."
+        )
+    shape_keys = ("model.n_layers", "model.n_heads", "model.n_kv_heads", "model.ffn_multiple", "model.d_model")
+    clash = [k for k in spec.search.params if k in shape_keys]
+    if clash:
+        raise StlmError(f"search.params.{clash[0]}: already searched by search.architecture; remove it.")
+
+
+def _validate_scheduler(sc: SchedulerSpec) -> None:
     _choice(sc.type, SCHEDULERS, "scheduler.type")
     if sc.type == "pbt":
         raise StlmError(
@@ -273,26 +304,28 @@ def _validate_spec(spec: SweepSpec) -> None:
         )
     if sc.grace_period < 1 or sc.reduction_factor <= 1:
         raise StlmError("scheduler: grace_period must be >= 1 and reduction_factor > 1.")
-    r = spec.resources
+
+
+def _validate_resources(r: ResourcesSpec) -> None:
     if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
         raise StlmError("resources: workers must be >= 1 and cpus_per_worker / gpus_per_worker >= 0.")
     if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
         raise StlmError(f"resources.gpus_per_worker: above 1 it must be whole, got {r.gpus_per_worker}.")
     if r.max_concurrent is not None and r.max_concurrent < 1:
         raise StlmError("resources.max_concurrent must be >= 1 (or null).")
+
+
+def _validate_objectives(spec: SweepSpec) -> None:
+    """One mode (min or max) per metric.
+
+    Several objectives are allowed with any search and scheduler: Optuna's TPE handles them (nsga2 is the
+    usual choice), and ASHA stops trials on the first metric.
+    """
     metrics, modes = spec.metrics, spec.modes
     if len(metrics) != len(modes):
         raise StlmError(f"mode: give one mode per metric ({len(metrics)} metrics, {len(modes)} modes).")
     for i, m in enumerate(modes):
         _choice(m, ("min", "max"), f"mode[{i}]" if isinstance(spec.mode, list) else "mode")
-    if spec.multi_objective and s.algorithm == "tpe":
-        pass  # Optuna's TPE handles several objectives; nsga2 is the usual choice
-    if spec.multi_objective and sc.type == "asha":
-        pass  # ASHA stops on the first metric
-    from_dict(EvalConfig, spec.eval, "eval")
-    from_dict(TrackingConfig, spec.tracking, "tracking")
-    if spec.max_failures < 0:
-        raise StlmError("max_failures must be >= 0.")
 
 
 def _validate_budget(spec: SweepSpec) -> None:
