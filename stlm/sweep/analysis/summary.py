@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from stlm import stats
@@ -14,66 +15,71 @@ from stlm.sweep.plan.sweep import Sweep
 
 def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None) -> tuple[str, list[dict]]:
     """The end-of-sweep table (one row per trial) and the rows themselves (for sweep.json)."""
+    rows = _trial_rows(sweep, result_grid, ledger, space)
+    lines = _trial_table(rows, sweep.spec.metrics)
+    lines.append("")
+    lines += _arm_lines(sweep, rows)
+    return "\n".join(lines), rows
+
+
+def _trial_rows(sweep: Sweep, result_grid, ledger: dict, space) -> list[dict]:
+    """One row per Tune result, sorted by arm, seed and trial; with several objectives each row says whether
+    it is on the Pareto front."""
     spec = sweep.spec
     tasks = sweep.arms[0].cfg.eval.tasks  # the requested tasks (groups such as blimp, not their members)
-    rows = []
-    for r in result_grid:
-        cfg = r.config or {}
-        m = r.metrics or {}
-        tid = m.get("trial_id") or (r.path and Path(r.path).name)
-        entry = ledger.get("trials", {}).get(tid, {})
-        status = entry.get("status") or ("failed" if r.error else "finished")
-        if r.error and status == "running":
-            status = "failed"
-        knobs = {k: v for k, v in cfg.items() if k not in ("arm", "seed") and not k.startswith("arch.")}
-        shape = None
-        if space is not None and space.arch is not None:
-            try:
-                mc = space.resolve(cfg).model
-                shape = f"{mc.d_model}x{mc.n_layers} h{mc.n_heads}/{mc.kv_heads} f{mc.effective_ffn_dim}"
-            except StlmError:
-                shape = "infeasible"
-        rows.append(
-            {
-                "trial_id": tid,
-                "arm": cfg.get("arm"),
-                "seed": cfg.get("seed"),
-                "knobs": knobs,
-                "shape": shape,
-                "params": m.get("params"),
-                "step": m.get("step"),
-                "val_bpb": m.get("val_bpb"),
-                **{k: m.get(k) for k in spec.metrics},
-                "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
-                "startup_s": m.get("startup_s"),
-                "wall_s": m.get("time_total_s"),
-                "status": status,
-                "error": (str(r.error).strip().splitlines() or [""])[-1][:160] if r.error else None,
-                "run_id": entry.get("run_id"),
-            }
-        )
+    rows = [_trial_row(r, ledger, spec.metrics, tasks, space) for r in result_grid]
     rows.sort(key=lambda x: (str(x["arm"]), x["seed"] if x["seed"] is not None else -1, x["trial_id"] or ""))
     if spec.multi_objective:
         pareto = pareto_front(rows, spec.metrics, spec.modes)
         for row in rows:
             row["pareto"] = row["trial_id"] in pareto
+    return rows
 
-    # columns: trial, arm, seed, searched knobs, shape, params, step, the metrics, eval accuracies, wall, status
-    knob_keys = sorted({k for row in rows for k in row["knobs"]})
-    extra_metrics = [k for k in spec.metrics if k not in ("val_bpb", "params")]
-    eval_keys = sorted({k for row in rows for k in row["evals"]})
-    cols = [("trial", 10, lambda r: r["trial_id"]), ("arm", 18, lambda r: r["arm"]), ("seed", 4, lambda r: r["seed"])]
-    cols += [(k.split(".")[-1], 12, lambda r, k=k: num(r["knobs"].get(k), ".3g")) for k in knob_keys]
-    if any(row["shape"] for row in rows):
-        cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
-    cols += [
-        ("params", 9, lambda r: si(r["params"]) if r["params"] else "-"),
-        ("step", 6, lambda r: r["step"]),
-        ("val_bpb", 8, lambda r: num(r["val_bpb"], ".4f")),
-    ]
-    cols += [(k, 12, lambda r, k=k: num(r.get(k), ".4g")) for k in extra_metrics]
-    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: num(r["evals"].get(k), ".3f")) for k in eval_keys]
-    cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
+
+def _trial_row(result, ledger: dict, metrics: list[str], tasks: list[str], space) -> dict:
+    """A Tune result's row: its cell, searched knobs, shape, metrics and eval accuracies, and the status the
+    sweep's ledger gives it (a trial whose result carries an error never counts as running)."""
+    cfg = result.config or {}
+    m = result.metrics or {}
+    tid = m.get("trial_id") or (result.path and Path(result.path).name)
+    entry = ledger.get("trials", {}).get(tid, {})
+    status = entry.get("status") or ("failed" if result.error else "finished")
+    if result.error and status == "running":
+        status = "failed"
+    return {
+        "trial_id": tid,
+        "arm": cfg.get("arm"),
+        "seed": cfg.get("seed"),
+        "knobs": {k: v for k, v in cfg.items() if k not in ("arm", "seed") and not k.startswith("arch.")},
+        "shape": _shape(cfg, space),
+        "params": m.get("params"),
+        "step": m.get("step"),
+        "val_bpb": m.get("val_bpb"),
+        **{k: m.get(k) for k in metrics},
+        "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
+        "startup_s": m.get("startup_s"),
+        "wall_s": m.get("time_total_s"),
+        "status": status,
+        "error": (str(result.error).strip().splitlines() or [""])[-1][:160] if result.error else None,
+        "run_id": entry.get("run_id"),
+    }
+
+
+def _shape(cfg: dict, space) -> str | None:
+    """The solved shape of an architecture search's trial ("d_model x n_layers h heads/kv heads f ffn")."""
+    if space is None or space.arch is None:
+        return None
+    try:
+        mc = space.resolve(cfg).model
+    except StlmError:
+        return "infeasible"
+    return f"{mc.d_model}x{mc.n_layers} h{mc.n_heads}/{mc.kv_heads} f{mc.effective_ffn_dim}"
+
+
+def _trial_table(rows: list[dict], metrics: list[str]) -> list[str]:
+    """The table's lines: a header, a rule, and one line per row (its status, Pareto mark and error after the
+    cells)."""
+    cols = _columns(rows, metrics)
     head = " ".join(f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w, _) in enumerate(cols)) + "  status"
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -88,10 +94,35 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             + (" *pareto*" if row.get("pareto") else "")
             + (f"  ({row['error']})" if row["error"] else "")
         )
-    # per-arm statistics: one value per (arm, seed) cell, the same rule and numbers as the report and MLflow
-    lines.append("")
+    return lines
+
+
+def _columns(rows: list[dict], metrics: list[str]) -> list[tuple[str, int, Callable[[dict], object]]]:
+    """(title, width, cell of a row) for: trial, arm, seed, searched knobs, shape, params, step, the metrics,
+    eval accuracies, wall time; the shape only when some row has one."""
+    knob_keys = sorted({k for row in rows for k in row["knobs"]})
+    extra_metrics = [k for k in metrics if k not in ("val_bpb", "params")]
+    eval_keys = sorted({k for row in rows for k in row["evals"]})
+    cols = [("trial", 10, lambda r: r["trial_id"]), ("arm", 18, lambda r: r["arm"]), ("seed", 4, lambda r: r["seed"])]
+    cols += [(k.split(".")[-1], 12, lambda r, k=k: num(r["knobs"].get(k), ".3g")) for k in knob_keys]
+    if any(row["shape"] for row in rows):
+        cols.append(("d x L h/kv ffn", 22, lambda r: r["shape"]))
+    cols += [
+        ("params", 9, lambda r: si(r["params"]) if r["params"] else "-"),
+        ("step", 6, lambda r: r["step"]),
+        ("val_bpb", 8, lambda r: num(r["val_bpb"], ".4f")),
+    ]
+    cols += [(k, 12, lambda r, k=k: num(r.get(k), ".4g")) for k in extra_metrics]
+    cols += [(k.split("/")[1] + " acc", 10, lambda r, k=k: num(r["evals"].get(k), ".3f")) for k in eval_keys]
+    cols += [("wall", 6, lambda r: f"{r['wall_s']:.0f}s" if r["wall_s"] else "-")]
+    return cols
+
+
+def _arm_lines(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """Per-arm statistics, one value per (arm, seed) cell (the same rule and numbers as the report and MLflow),
+    then the trials' start-up times."""
     rec = comparison_of(sweep, rows)
-    lines.append(f"per arm ({compare.RULE}):")
+    lines = [f"per arm ({compare.RULE}):"]
     lines += compare.summary_lines(rec) + compare.power_lines(rec) + compare.scale_lines(rec)
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
@@ -99,7 +130,7 @@ def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None
             f"trial start-up (Tune trial -> Ray Train worker running): median "
             f"{sorted(starts)[len(starts) // 2]:.1f}s, max {max(starts):.1f}s"
         )
-    return "\n".join(lines), rows
+    return lines
 
 
 def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:
