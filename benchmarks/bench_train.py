@@ -353,7 +353,7 @@ def profile(args, mode) -> None:
 def gpu_baseline(args) -> dict:
     """configs/baseline-50m.yaml on CUDA: bf16 autocast + torch.compile, tokens/s and MFU, vs the reference."""
     from stlm.config import load_config
-    from stlm.train.loop import peak_flops
+    from stlm.train.device import peak_flops
 
     on_cpu = args.device == "cpu" and args.baseline_on_cpu  # only to exercise this code path without a GPU
     if not torch.cuda.is_available() and not on_cpu:

@@ -110,7 +110,7 @@ def _all_key_paths(cls, prefix=""):
 #   model  build_model's parameters (names, shapes, values) and its logits in train mode at a fixed seed
 #   train  a 4-step training run on a tiny corpus: every logged metric, the final weights, the files it wrote
 #   eval   the evaluation after training (stlm.sweep.runner.run_eval) of one checkpoint: metrics and item files
-#   device the device the run resolves to (stlm.train.loop.resolve_device)
+#   device the device the run resolves to (stlm.train.device.resolve_device)
 # "{root}" in a value is the run's own temporary directory.
 
 BPE = {"model.tokenizer": "bpe", "model.vocab_size": 300}
@@ -305,7 +305,7 @@ def _eval_probe(cfg: Config, root: Path) -> dict:
 
 
 def _device_probe(cfg: Config, root: Path) -> dict:
-    from stlm.train.loop import World, resolve_device
+    from stlm.train.device import World, resolve_device
 
     try:
         return {"device": str(resolve_device(cfg.train, World()))}

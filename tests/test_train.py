@@ -13,7 +13,8 @@ import torch
 from stlm.config import TrainConfig, build_config, flatten, to_dict
 from stlm.errors import StlmError
 from stlm.train import checkpoint as ckpt
-from stlm.train.loop import NonFiniteLossError, World, peak_flops_for, train, train_step
+from stlm.train.device import World, peak_flops_for
+from stlm.train.loop import NonFiniteLossError, train, train_step
 from stlm.train.optim import build_optimizer, param_groups
 from stlm.train.schedules import lr_multiplier
 

@@ -6,6 +6,7 @@ model, cfg, tokenizer = load_model("runs/baseline-10m")
 """
 
 from stlm.train.checkpoint import load_model
-from stlm.train.loop import NonFiniteLossError, World, train
+from stlm.train.device import World
+from stlm.train.loop import NonFiniteLossError, train
 
 __all__ = ["train", "load_model", "NonFiniteLossError", "World"]

@@ -21,14 +21,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -37,6 +33,7 @@ from stlm.config import Config, TrainConfig, to_dict
 from stlm.errors import StlmError
 from stlm.eval.bpb import bpb_from_sums, bpb_sums
 from stlm.train import checkpoint as ckpt
+from stlm.train.device import World, peak_flops, resolve_amp, resolve_device, seed_everything, to_device
 from stlm.train.optim import build_optimizer
 from stlm.train.schedules import build_scheduler
 
@@ -49,102 +46,12 @@ class NonFiniteLossError(StlmError):
     """The training loss became NaN or infinite; the trial stops instead of training on."""
 
 
-# --------------------------------------------------------------------------- world / device
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @classmethod
-    def detect(cls) -> World:
-        """From an initialised torch.distributed process group (Ray Train, torchrun), else one process."""
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank()
-            return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
-        return cls()
+# --------------------------------------------------------------------------- tokens per step
 
 
 def tokens_per_step(cfg: Config, workers: int = 1) -> int:
     """Training tokens one optimizer step consumes: batch_size is per worker (a DDP rank, a Ray Train worker)."""
     return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context_length * workers
-
-
-def resolve_device(tc: TrainConfig, world: World) -> torch.device:
-    name = tc.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise StlmError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu.")
-        if world.distributed:
-            try:  # Ray Train knows which GPU it gave this worker
-                import ray.train.torch
-
-                return ray.train.torch.get_device()
-            except Exception:
-                return torch.device("cuda", world.local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise StlmError("train.device=mps but MPS is not available; use train.device=auto or cpu.")
-    return torch.device(name)
-
-
-def resolve_amp(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for plain fp32. auto = bf16 on CUDA, fp32 elsewhere."""
-    if tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-# Dense bf16 tensor-core peaks (no sparsity), matched against torch.cuda.get_device_name().
-# Order matters: the first pattern that matches wins (H100 PCIe before H100, L40S before L40, ...).
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    (r"H100.*PCIe", 756e12),
-    (r"H100 NVL", 835e12),
-    (r"H200|H100", 989e12),
-    (r"A100", 312e12),
-    (r"L40S", 362e12),
-    (r"L40\b", 181e12),
-    (r"\bL4\b", 121e12),
-    (r"RTX 4090", 165e12),
-]
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """bf16 dense peak FLOP/s of `device`, or None where unknown (then no mfu is reported)."""
-    if device.type != "cuda":
-        return None
-    return peak_flops_for(torch.cuda.get_device_name(device))
-
-
-def peak_flops_for(name: str) -> float | None:
-    for pattern, flops in PEAK_BF16_FLOPS:
-        if re.search(pattern, name):
-            return flops
-    return None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":  # pinned host memory makes the copy asynchronous
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 # --------------------------------------------------------------------------- one optimizer step
@@ -174,7 +81,7 @@ def train_step(
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(batches):
-        x, y = _to_device(x, device), _to_device(y, device)
+        x, y = to_device(x, device), to_device(y, device)
         sync = contextlib.nullcontext() if (not ddp or i == n - 1) else _no_sync(model)
         with sync:
             with amp:
