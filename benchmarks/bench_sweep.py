@@ -6,7 +6,7 @@ same N trainings run one after another as plain `python -m stlm.train` processes
     overhead = sweep wall time x concurrency / sum of the standalone wall times - 1
 
 STLM_TRAIN_CONTROLLER=actor in the environment measures Ray Train's stock controller actor instead
-of stlm's in-trial controller (stlm/sweep/train_run.py), for an A/B of the two.
+of stlm's in-trial controller (stlm/sweep/run/train_run.py), for an A/B of the two.
 
 Both sides run the same config (a small model on the generated corpus, tokenized once beforehand
 into a shared warm cache), log to their own fresh MLflow sqlite DB, write the same checkpoints

@@ -451,7 +451,7 @@ from stlm.sweep.resilience import tune_state
 disk = sys.argv[1]
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=os.path.join(disk, "ray"))
 if sys.argv[2] == "stlm":
-    assert tune_state.install(), "Tune's save_to_dir changed shape: review stlm/sweep/tune_state.py"
+    assert tune_state.install(), "Tune's save_to_dir changed shape: review stlm/sweep/resilience/tune_state.py"
 register_trainable("noop", lambda config: None)
 storage = StorageContext(storage_path=os.path.join(disk, "store"), experiment_dir_name="exp")
 controller = TuneController(storage=storage)  # Tune's own controller, saving where a sweep's driver does

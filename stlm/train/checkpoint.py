@@ -14,7 +14,7 @@ would pick up. Loading verifies sizes and checksums: a damaged file is a one-par
 CorruptCheckpointError naming the file and the step, and a run directory resolves to its newest
 intact checkpoint (the skipped ones are named). A run keeps its newest train.keep_checkpoints (2)
 intact checkpoints, so there is one to fall back to. In a sweep the same directory is handed to
-Ray Train, which moves it into its storage (stlm/sweep/runner.py): that persisted copy is the only one.
+Ray Train, which moves it into its storage (stlm/sweep/run/worker.py): that persisted copy is the only one.
 """
 
 from __future__ import annotations

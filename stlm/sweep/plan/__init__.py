@@ -1,0 +1,2 @@
+"""What will run: the sweep file (schema.py), command-line overrides (overrides.py), the arms solved to the budget
+(sweep.py), the search space (space.py) and the dry run (describe.py). Imports neither Ray nor MLflow."""

@@ -1,4 +1,46 @@
-"""The sweep file's schema: what each section means and how it is validated (sweep files: plan/__init__.py)."""
+"""The sweep file's schema: which arms to compare, on which seeds, with which knobs searched, on what.
+
+    sweep = load_sweep("sweeps/quickstart.yaml", overrides=["train.max_steps=30"])
+    sweep.arms      # [Arm(name="rope", cfg=Config(...), count=ParamCount(...)), ...]
+    sweep.spec      # the validated SweepSpec
+
+A sweep file (every key optional except `name`; defaults shown):
+
+    name: positional_encoding
+    base: ../configs/baseline-50m.yaml   # config YAML, relative to this file
+    config: {train: {max_steps: 2000}}   # inline config merged over `base`
+    budget:                              # every arm re-solved to this size, as near the control arm as it gets
+      target: 50M                        # parameters; a list [10M, 50M, 100M] runs every arm at every size
+      tolerance: 0.01                    # |params - target| <= tolerance * target
+      free: d_model                      # the dimension solved: d_model | ffn_dim | n_layers
+      compute: none                      # match: every arm's train.max_steps gives it the control's training FLOPs
+      tokens: null                       # training tokens per trial (sets train.max_steps), e.g. 300M
+      flops: null                        # training FLOPs per trial of every arm (sets each arm's train.max_steps)
+    grid:                                # every combination is an arm
+      model.positional: [rope, learned, alibi]
+    arms:                                # named multi-key arms (crossed with `grid` if both)
+      - {name: gqa4, set: {model.n_kv_heads: 4}}
+    control: rope                        # arm the others are compared with (default: the first)
+    seeds: [0]                           # paired: seed s of every arm sees the same batches
+    search:
+      algorithm: tpe                     # tpe | nsga2 | random (Optuna samplers)
+      samples: 1                         # trials PER (arm, seed) CELL: total = arms x seeds x samples
+      params:                            # knobs Optuna samples (dotted config keys)
+        train.lr: {type: loguniform, low: 3e-4, high: 3e-3}
+      architecture: false                # true (or bounds, see ArchitectureSpec): search the shape
+    scheduler: {type: none, grace_period: 100, reduction_factor: 2, time_attr: step}   # none | asha
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: null}
+    metric: val_bpb                      # or a list for multi-objective NSGA-II: [val_bpb, params]
+    mode: min                            # or a list, one per metric
+    eval: {tasks: [blimp], limit: 200}   # merged over the config's `eval` section
+    tracking: {uri: null, experiment: stlm}
+    max_failures: 1                      # retries of a trial from its last checkpoint
+    log_checkpoint: false                # upload each trial's final checkpoint to MLflow
+
+Validation follows stlm.config: unknown keys name the closest valid key, every error names
+its dotted path, and every axis (grid, arms, search.params) must be a config leaf key.
+Each arm is resolved and budget-solved in sweep.py, so an infeasible arm fails before Ray starts.
+"""
 
 from __future__ import annotations
 
@@ -104,7 +146,7 @@ class SearchSpec:
 
 @dataclass
 class SchedulerSpec:
-    type: str = "none"  # none | asha (pbt is refused, see runner.py)
+    type: str = "none"  # none | asha (pbt is refused: see _validate_scheduler)
     grace_period: int = 100  # in units of time_attr (optimizer steps)
     reduction_factor: float = 2.0
     time_attr: str = "step"

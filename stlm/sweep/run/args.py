@@ -10,7 +10,7 @@ def parser() -> argparse.ArgumentParser:
         prog="stlm sweep",
         description=("Run a budget-matched ablation / Optuna search on Ray Tune + Ray Train, tracked in MLflow."),
     )
-    p.add_argument("sweep", help="sweep YAML file (see sweeps/ and stlm/sweep/spec.py)")
+    p.add_argument("sweep", help="sweep YAML file (see sweeps/ and stlm/sweep/plan/schema.py)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config (train.max_steps=30)")
     p.add_argument("--dry-run", action="store_true", help="print arms, sizes, trials and resources; launch nothing")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the experiment directory")
