@@ -148,15 +148,45 @@ def _eval_table(evals: dict[str, dict[str, float]]) -> list[str]:
 def model_card(
     *, name: str, cfg, target, counted, exported_params: int, tokenizer, record: dict, license: str, max_abs_diff: float
 ) -> str:
-    m, d = cfg.model, cfg.data
+    """The card's Markdown: the YAML front matter, then one section after another, each ending in a blank line."""
+    lines = [
+        *_front_matter(cfg.data, target, license),
+        f"# {name}",
+        "",
+        f"A {_human(counted.total)}-parameter language model trained with stlm (Super Tiny Language Models) and "
+        f"exported to transformers as `{target.hf_class}`: the exported model computes the same function as the "
+        "stlm checkpoint.",
+        "",
+        *_section("Architecture", _architecture(cfg.model, target, counted)),
+        *_section("Parameters", _parameters(counted, exported_params, cfg.model.context_length)),
+        *_section("Training", _training(cfg, tokenizer, record)),
+        *_section("Evaluation", _evaluation(record.get("evals", {}))),
+        *_section("How to load", _how_to_load(name)),
+        *_section("Exactness", [_exactness(max_abs_diff)]),
+        *[f"Note: {n}." for n in record.get("notes", [])],
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(title: str, body: list[str]) -> list[str]:
+    return [f"## {title}", "", *body, ""]
+
+
+def _front_matter(data_cfg, target, license: str) -> list[str]:
+    """The hub's metadata block: library, license, pipeline, tags, and the training data's hub ids if any."""
     front = {
         "library_name": "transformers",
         "license": license,
         "pipeline_tag": "text-generation",
         "tags": ["stlm", "super-tiny-language-model", target.name, "text-generation"],
     }
-    if _datasets(d):
-        front["datasets"] = _datasets(d)
+    if _datasets(data_cfg):
+        front["datasets"] = _datasets(data_cfg)
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
+def _architecture(m, target, counted) -> list[str]:
+    """A two-column table of the shape; shared weights are described as the export lays them out."""
     n_applied = counted.n_layers_applied
     sharing = m.sharing.mode
     shared = {
@@ -168,7 +198,7 @@ def model_card(
         "block_all": f"one block applied {n_applied} times (exported as {n_applied} identical layers)",
         "block_repeat": f"each block applied {m.sharing.repeats} times in a row (exported as {n_applied} layers)",
     }[sharing]
-    arch = [
+    rows = [
         ("transformers class", f"`{target.hf_class}`"),
         ("layers (applied)", f"{n_applied} (stlm: n_layers={m.n_layers}, sharing={sharing})"),
         ("sharing", shared),
@@ -181,41 +211,50 @@ def model_card(
         ("context length", str(m.context_length)),
         ("vocabulary", f"{m.effective_vocab_size:,}"),
     ]
-    met = record.get("metrics", {})
+    return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def _parameters(counted, exported_params: int, context_length: int) -> list[str]:
+    return [
+        f"- exported: **{exported_params:,}** parameters (what `model.num_parameters()` counts here)",
+        f"- unique (trained): **{counted.total:,}** (`stlm count`; shared weights counted once)",
+        f"- FLOPs per token (forward + backward, at context {context_length}): {counted.flops_per_token:,}",
+        "- by component: " + ", ".join(f"{k} {v:,}" for k, v in counted.breakdown.items() if v),
+    ]
+
+
+def _training(cfg, tokenizer, record: dict) -> list[str]:
+    d, t, met = cfg.data, cfg.train, record.get("metrics", {})
     source = d.source + (f" ({d.subset})" if d.subset else "")
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", "",
-             f"A {_human(counted.total)}-parameter language model trained with "
-             f"stlm (Super Tiny Language Models) and exported to transformers as "
-             f"`{target.hf_class}`: the exported model computes the same function as the stlm checkpoint.", "",
-             "## Architecture", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in arch], "",
-             "## Parameters", "",
-             f"- exported: **{exported_params:,}** parameters (what `model.num_parameters()` counts here)",
-             f"- unique (trained): **{counted.total:,}** (`stlm count`; shared weights counted once)",
-             f"- FLOPs per token (forward + backward, at context {m.context_length}): {counted.flops_per_token:,}",
-             "- by component: " + ", ".join(f"{k} {v:,}" for k, v in counted.breakdown.items() if v), "",
-             "## Training", "",
-             f"- data: `{source}`" + (f", capped at {d.max_chars:,} characters" if d.max_chars else ""),
-             f"- tokenizer: {describe(tokenizer)}",
-             f"- steps: {_fmt(record.get('step'))}; tokens seen: {_fmt(record.get('tokens'))}",
-             f"- final validation: bits per byte {_fmt(met.get('val_bpb'))}, "
-             f"loss {_fmt(met.get('val_loss'))} (nats/token)",
-             f"- optimizer: AdamW, lr {cfg.train.lr:g}, {cfg.train.schedule} schedule, batch {cfg.train.batch_size} x "
-             f"{cfg.train.grad_accum} x {m.context_length} tokens per worker",
-             ]  # fmt: skip
+    lines = [
+        f"- data: `{source}`" + (f", capped at {d.max_chars:,} characters" if d.max_chars else ""),
+        f"- tokenizer: {describe(tokenizer)}",
+        f"- steps: {_fmt(record.get('step'))}; tokens seen: {_fmt(record.get('tokens'))}",
+        f"- final validation: bits per byte {_fmt(met.get('val_bpb'))}, loss {_fmt(met.get('val_loss'))} (nats/token)",
+        f"- optimizer: AdamW, lr {t.lr:g}, {t.schedule} schedule, batch {t.batch_size} x {t.grad_accum} x "
+        f"{cfg.model.context_length} tokens per worker",
+    ]
     if record.get("mlflow_run"):
         lines.append(f"- MLflow run: `{record['mlflow_run']}`")
-    lines += [
-        "",
-        "## Evaluation",
-        "",
+    return lines
+
+
+def _evaluation(evals: dict[str, dict[str, float]]) -> list[str]:
+    return [
         "Scored by stlm the way lm-evaluation-harness scores them (log-likelihood of each choice).",
         "",
-        *_eval_table(record.get("evals", {})),
-        "",
+        *_eval_table(evals),
     ]
-    lines += [
-        "## How to load",
-        "",
+
+
+def _exactness(max_abs_diff: float) -> str:
+    return "Checked at export: on seeded random token sequences the transformers logits (fp32, CPU) " + (
+        f"differ from stlm's by at most {max_abs_diff:.2g}." if max_abs_diff else "equal stlm's bit for bit."
+    )
+
+
+def _how_to_load(name: str) -> list[str]:
+    return [
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
@@ -227,12 +266,4 @@ def model_card(
         "",
         "`<|endoftext|>` is BOS, EOS and padding; like stlm, the tokenizer reads that string inside text as "
         "plain text.",
-        "",
-        "## Exactness",
-        "",
-        "Checked at export: on seeded random token sequences the transformers logits (fp32, CPU) "
-        + (f"differ from stlm's by at most {max_abs_diff:.2g}." if max_abs_diff else "equal stlm's bit for bit."),
-        "",
     ]
-    lines += [f"Note: {n}." for n in record.get("notes", [])]
-    return "\n".join(lines).rstrip() + "\n"
