@@ -41,6 +41,21 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+def _label(ax, *, x: str | None, y: str | None, title: str, grid: str = "both", legend: bool = True) -> None:
+    """The axes' labels, a small title, a light grid and the legend: every figure of the report alike."""
+    if x is not None:
+        ax.set_xlabel(x)
+    if y is not None:
+        ax.set_ylabel(y)
+    ax.set_title(title, fontsize=9)
+    if grid in ("x", "y"):
+        ax.grid(alpha=0.3, axis=grid)
+    else:  # minor lines too, where a log axis has them
+        ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=8)
+
+
 def plot_curves(a: Analysis, path: Path) -> Path | None:
     keys = [k for k in CURVE_METRICS if any(k in t.history for t in a.finished)]
     if not keys:
@@ -110,11 +125,7 @@ def plot_params(a: Analysis, path: Path) -> Path | None:
         ys = [y for t, _, y in pts if t.arm == arm]
         if xs:
             ax.scatter(xs, ys, color=colors[arm], label=arm, s=28, alpha=0.85)
-    ax.set_xlabel("parameters (params.total)")
-    ax.set_ylabel(a.primary)
-    ax.set_title(f"{a.primary} against parameters, one point per trial", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, x="parameters (params.total)", y=a.primary, title=f"{a.primary} against parameters, one point per trial")
     return _save(plt, fig, path)
 
 
@@ -146,11 +157,8 @@ def plot_scale(a: Analysis, path: Path) -> Path | None:
         ax.plot([], [], color=colors[base], label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("parameters (params.total)")
-    ax.set_ylabel(a.primary)
-    ax.set_title(f"{a.primary} against parameters per arm, power-law fits (one point per cell)", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    title = f"{a.primary} against parameters per arm, power-law fits (one point per cell)"
+    _label(ax, x="parameters (params.total)", y=a.primary, title=title)
     return _save(plt, fig, path)
 
 
@@ -188,10 +196,13 @@ def plot_benchmarks(a: Analysis, path: Path) -> Path | None:
             errs.append(err)
         ax.bar(xs, ys, width=width, yerr=errs, capsize=3, color=colors[arm], label=arm)
     ax.set_xticks(range(len(tasks)), [t for t, _ in tasks])
-    ax.set_ylabel("accuracy")
-    ax.set_title("benchmarks: mean over seeds, 95% interval (1 seed: 1.96 × acc_stderr)", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    _label(
+        ax,
+        x=None,
+        y="accuracy",
+        title="benchmarks: mean over seeds, 95% interval (1 seed: 1.96 × acc_stderr)",
+        grid="y",
+    )
     return _save(plt, fig, path)
 
 
@@ -207,11 +218,7 @@ def plot_pareto(a: Analysis, path: Path) -> Path | None:
     ys = [t.value(a.primary) for t in a.pareto]
     ax.step(xs, ys, where="post", color="black", lw=1.2, label="Pareto front")
     ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=60)
-    ax.set_xlabel(a.pareto_x)
-    ax.set_ylabel(a.primary)
-    ax.set_title(f"Pareto front: {a.primary} vs {a.pareto_x} (all finished trials)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, x=a.pareto_x, y=a.primary, title=f"Pareto front: {a.primary} vs {a.pareto_x} (all finished trials)")
     return _save(plt, fig, path)
 
 
