@@ -89,6 +89,7 @@ class SearchSpace:
         """knob -> the Optuna distribution it is searched over, named as the trials' configs (and their
         MLflow params search.<knob>) name it: what the report's importances are computed over. Arm and
         seed are the cells, not knobs; the architecture's kv index is reported as model.n_kv_heads."""
+        # lazy: optuna, off the import path of a plan without a search
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         out = {key: distribution(p) for key, p in self.params.items()}
@@ -106,6 +107,7 @@ class SearchSpace:
         return out
 
     def sampler(self):
+        # lazy: optuna, off the import path of a plan without a search
         import optuna
 
         s = self.spec.search
@@ -280,6 +282,7 @@ class SearchSpace:
     def sample_feasibility(self, n: int = 50, seed: int = 0) -> tuple[int, int]:
         """Sample n points exactly as the sweep does (this define-by-run function under an Optuna
         random sampler) and resolve each with stlm.models.solve_budget; return (feasible, n)."""
+        # lazy: optuna, off the import path of a plan without a search
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -303,6 +306,7 @@ class SearchSpace:
 
 def distribution(p: ParamSpec):
     """A searched knob as the Optuna distribution the sweep samples it from."""
+    # lazy: optuna, off the import path of a plan without a search
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if p.type == "loguniform":
@@ -332,6 +336,7 @@ SPACE_PARAM = "sweep.search"  # parent-run param: {knob: optuna distribution JSO
 def parent_params(space) -> dict[str, str]:
     """{'sweep.search': JSON} for the sweep's parent run: the searched knobs as Optuna distributions
     (SearchSpace.distributions). Nothing when nothing is searched or the JSON would not fit a param."""
+    # lazy: optuna, and stlm.tracking (mlflow's home) below the plan layer's light path
     from optuna.distributions import distribution_to_json
 
     from stlm.tracking import MAX_PARAM_CHARS
@@ -350,6 +355,7 @@ def decode_space(text: str | None) -> dict | None:
     """The parent run's `sweep.search` back as {knob: distribution}; None when absent or unreadable."""
     if not text:
         return None
+    # lazy: optuna, off the import path of a plan without a search
     from optuna.distributions import json_to_distribution
 
     try:

@@ -23,6 +23,7 @@ def _plt():
     import matplotlib  # lazy: matplotlib only when a report is drawn
 
     matplotlib.use("Agg")  # files only; never a display
+    # lazy: matplotlib, only when a figure is drawn
     import matplotlib.pyplot as plt
 
     return plt

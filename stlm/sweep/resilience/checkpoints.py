@@ -3,31 +3,30 @@ resumed, strays discarded."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+import uuid
 from pathlib import Path
 
+import torch
+
+from stlm.atomic import disk_full_guard, fsync_dir
 from stlm.sweep.resilience import layout
+from stlm.train.checkpoint import CorruptCheckpointError, intact, newest_intact, step_dir_name, step_of
 
 
 def persisted_name(step: int) -> str:
     """A persisted checkpoint's directory name: the step, plus a token so that a step written again
     after a fallback never lands on (and is never deleted as) an older directory of the same step."""
-    import uuid
-
-    from stlm.train.checkpoint import step_dir_name
-
     return f"{step_dir_name(int(step))}-{uuid.uuid4().hex[:8]}"
 
 
 def persist_directory(src: Path, dest: Path) -> None:
     """Move a finished checkpoint directory to `dest` atomically: a rename on the same filesystem,
     else a copy into a hidden temp directory there, renamed once complete."""
-    import errno
-    import shutil
-
-    from stlm.atomic import disk_full_guard, fsync_dir
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dest)
@@ -50,10 +49,6 @@ def persist_directory(src: Path, dest: Path) -> None:
 def registered_checkpoints(storage: Path, latest: str | None) -> list[Path]:
     """The checkpoints Ray Train registered for this run (its snapshot, plus the latest it hands back),
     oldest first, none past the latest."""
-    import re
-
-    from stlm.train.checkpoint import step_of
-
     if latest is None:
         return []
     names = {Path(latest).name}
@@ -70,8 +65,6 @@ def resume_point(storage: Path, latest: str | None, say=None, fetch=None) -> Pat
     """The registered checkpoint to continue from: the newest intact one (a damaged one is named and
     skipped); None for a fresh run. No intact one left is a CorruptCheckpointError. `fetch(path)`
     brings a candidate here before it is checked (an object store's checkpoint)."""
-    from stlm.train.checkpoint import CorruptCheckpointError, intact, newest_intact
-
     candidates = registered_checkpoints(storage, latest)
     if not candidates:
         return None
@@ -89,8 +82,6 @@ def discard_unregistered(storage: Path, latest: str | None, staging: Path, say=N
     an attempt whose driver had stopped listening, or left in the local staging directory by a killed
     worker) and half-copied temp directories. remote=(Storage, run dir): the run is in an object store
     (storage is then the local directory its snapshot was downloaded to)."""
-    import shutil
-
     registered = set(registered_checkpoints(storage, latest))
     if remote is not None:  # the bucket's step_* "directories" (an upload cut short is one too)
         st, rel = remote
@@ -118,7 +109,6 @@ def read_history(path: str) -> list[dict]:
     f = Path(path) / layout.HISTORY
     if f.is_file():
         return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    import torch
 
     try:
         state = torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=False, mmap=True)

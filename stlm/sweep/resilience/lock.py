@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -36,7 +37,8 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
-from stlm.sweep.resilience import layout
+from stlm.sweep.resilience import layout, storage
+from stlm.sweep.resilience.storage import read_json
 
 HEARTBEAT_S = 20.0
 STALE_S = 90.0  # a lock untouched this long on another host belongs to a dead driver
@@ -157,7 +159,6 @@ class DriverLock:
         return self
 
     def _acquire(self) -> None:
-        import fcntl
 
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,7 +199,6 @@ class ObjectLock:
     holds it and when it last beat (see the module doc)."""
 
     def __init__(self, store):
-        from stlm.sweep.resilience import storage
 
         prefix, _, name = store.uri.rpartition("/")
         self.uri = store.uri
@@ -207,7 +207,6 @@ class ObjectLock:
         self._stop = threading.Event()
 
     def _read(self) -> tuple[dict, float]:
-        from stlm.sweep.resilience.storage import read_json
 
         owner = read_json(self.store, self.rel) or {}
         return owner, float(owner.get("heartbeat", 0.0))

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.sweep.resilience import storage
 
 OUTAGE_ENV = "STLM_MLFLOW_OUTAGE_S"
 DEFAULT_OUTAGE_S = 600.0
@@ -55,6 +56,7 @@ def outage_limit_s() -> float:
 def is_transient(e: BaseException) -> bool:
     """A write that may succeed later (the server is away, overloaded, restarting), as opposed to one
     MLflow refuses (4xx: a bad value, a deleted run), which is skipped rather than retried for ever."""
+    # lazy: mlflow, off the light import path of resilience/
     from mlflow.exceptions import MlflowException, RestException
 
     if isinstance(e, RestException):
@@ -128,7 +130,6 @@ class Outbox:
             self._file.flush()  # survives a killed driver (not a lost machine); no fsync in the Tune loop
             self._ops.append(op)
             self._cv.notify_all()
-        from stlm.sweep.resilience import storage
 
         storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
 
@@ -214,7 +215,6 @@ class Outbox:
                 self.applied += 1
                 if not self._ops:  # everything is in MLflow (and its seq in the ledger): start the file afresh
                     self._file.truncate(0)
-                    from stlm.sweep.resilience import storage
 
                     storage.changed(self.path)
                 self._cv.notify_all()

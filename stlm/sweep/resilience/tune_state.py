@@ -32,6 +32,7 @@ EXPECTED = (
 
 def _save_to_dir(self) -> None:
     """TuneController.save_to_dir, with the experiment state written atomically."""
+    # lazy: Ray, imported only by a driver that runs Tune
     from ray.tune.utils.serialization import TuneFunctionEncoder
 
     runner_state = {
@@ -48,6 +49,7 @@ def _save_to_dir(self) -> None:
 
 def install() -> bool:
     """Make Tune's experiment-state write atomic in this process; False where Tune's method differs."""
+    # lazy: Ray, imported only by a driver that runs Tune
     from ray.tune.execution.tune_controller import TuneController
 
     current = TuneController.save_to_dir

@@ -19,6 +19,7 @@ def distinct_corpora(sweep: Sweep):
 
 def prepare_data_locally(sweep: Sweep, log=print) -> None:
     """Tokenize every distinct (data, tokenizer) once in the driver, so trials start on a warm cache."""
+    # lazy: the tokenizers and their pool, only once a sweep runs (not for --dry-run)
     from stlm.data import prepare
 
     for arm in distinct_corpora(sweep):

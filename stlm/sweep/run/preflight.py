@@ -149,6 +149,7 @@ def _tokenizer(cfg) -> list[str]:
                 "$STLM_GPT2_VOCAB) does not exist."
             ]
         return []
+    # lazy: tiktoken, only for a gpt2 tokenizer
     from stlm.tokenizers import gpt2_unavailable
 
     why = gpt2_unavailable()

@@ -57,6 +57,7 @@ def _one_of(name: str, value: str, choices: dict[str, str]) -> None:
 
 
 def env_vars(*, driver_frees_pgs: bool) -> dict[str, str]:
+    # lazy: train_run imports Ray, which --dry-run never starts
     from stlm.sweep.run.train_run import PG_CLEANUP_ENV
 
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
@@ -160,6 +161,7 @@ def init_ray(
     Worker logs reach the terminal only with verbose (they are in the Ray session's logs either
     way); a failing trial's error is printed by Tune and kept in the final table and MLflow.
     """
+    # lazy: Ray, which --dry-run never starts
     import ray
 
     if ray.is_initialized():

@@ -57,6 +57,7 @@ class ReportToTune(UserCallback):
 
 
 def _in_trial(base: type) -> type:
+    # inside: Ray Train's internals, which another Ray version may not have (the caller falls back)
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.controller import TrainController
@@ -88,6 +89,7 @@ def _in_trial(base: type) -> type:
 
 
 def stock() -> tuple[type, list]:
+    # lazy: Tune's Train integration, only for Ray's stock controller
     from ray.tune.integration.ray_train import TuneReportCallback
 
     return TorchTrainer, [TuneReportCallback()]
@@ -101,6 +103,7 @@ def trainer_class(num_workers: int) -> tuple[type, list]:
         return stock()
     try:
         if num_workers == 1:  # no process group for one worker: stlm's loop trains it as one process
+            # inside the try: Ray Train's internals, which another Ray version may not have
             from ray.train.backend import BackendConfig
             from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -130,6 +133,7 @@ def orphaned_placement_groups(job_id: str) -> list:
     stock controller actor) made them, and Ray keeps an actor's group until the job ends. Groups the
     driver made (Tune's own, with no creating actor) and detached ones are never touched.
     """
+    # inside: Ray's internal state API, which another Ray version may not have (the caller checks)
     import ray
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
@@ -157,6 +161,7 @@ def driver_can_free_placement_groups() -> bool:
     if os.environ.get(PG_CLEANUP_ENV, "driver") == "ray" or not uses_in_trial_controller():
         return False
     try:
+        # inside the try: Ray's internal state API, which another Ray version may not have
         from ray._private.state import GlobalState
         from ray.core.generated import gcs_pb2
 
@@ -187,6 +192,7 @@ class FreeDeadTrialsPlacementGroups(ray.tune.Callback):
         if now < self._due:
             return
         self._due = now + self.every_s
+        # lazy: Ray's placement-group API, only once a dead trial's group is found
         from ray.util.placement_group import remove_placement_group
 
         job = ray.get_runtime_context().get_job_id()  # not kept: a resumed sweep is a new job

@@ -7,12 +7,13 @@ import sys
 from stlm.errors import StlmError
 from stlm.sweep.plan.space import ARM, SEED
 from stlm.sweep.plan.sweep import Sweep
-from stlm.sweep.resilience import layout
+from stlm.sweep.resilience import layout, storage, tune_state
 from stlm.sweep.run.ray_cluster import HEAD_RESOURCE
 from stlm.sweep.run.trial import Context, run_trial
 
 
 def _finishing_asha():
+    # lazy: Ray, which --dry-run never starts
     from ray.tune.schedulers import ASHAScheduler
 
     class FinishingASHA(ASHAScheduler):
@@ -33,10 +34,9 @@ def _finishing_asha():
 
 
 def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int, reporter):
+    # lazy: Ray, which --dry-run never starts
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
-
-    from stlm.sweep.resilience import tune_state
 
     tune_state.install()  # Tune's experiment state written whole or not at all (tune_state.py)
 
@@ -49,7 +49,6 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0, "memory": 1, HEAD_RESOURCE: 0.001}
     )
-    from stlm.sweep.resilience import storage
 
     tune_dir = storage.open(ctx.exp_dir).ray(layout.TUNE)  # a path, or the bucket's URI (Tune uploads its state)
     run_config = tune.RunConfig(
@@ -105,6 +104,7 @@ def build_tuner(ctx: Context, *, resume: bool, callbacks: list, concurrency: int
 
 
 def make_reporter(sweep: Sweep):
+    # lazy: Ray, which --dry-run never starts
     from ray.tune import CLIReporter
 
     knobs = list(sweep.spec.search.params)

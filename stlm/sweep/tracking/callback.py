@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,12 @@ from ray.tune import Callback
 
 from stlm.config import dump_yaml, flatten, to_dict
 from stlm.errors import StlmError
-from stlm.sweep.resilience import layout
+from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import error_text
+from stlm.sweep.resilience.outbox import OUTAGE_ENV, is_transient
 from stlm.sweep.tracking.ledger import Ledger
 from stlm.tracking import METRICS_PER_CALL, create_run, end_with_status, log_params, mlflow_client, reopen_run
+from stlm.train.checkpoint import step_of
 
 log = logging.getLogger("stlm.sweep")
 
@@ -88,7 +92,6 @@ class MLflowSweepCallback(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        from stlm.sweep.resilience import storage
 
         if storage.is_remote(getattr(self, "exp_uri", "")):  # resumed elsewhere: this machine's mirror
             self.exp_dir = storage.open(self.exp_uri).local
@@ -97,6 +100,7 @@ class MLflowSweepCallback(Callback):
     @property
     def outbox(self):
         if self._outbox is None:
+            # lazy: the outbox starts (and replays) on first use, once Tune is set up
             from stlm.sweep.resilience.outbox import Outbox
 
             # MLflow's own retries (7, up to ~4 min inside one call) would hide an outage from the
@@ -213,7 +217,6 @@ class MLflowSweepCallback(Callback):
         self.ledger.save()
 
     def _resync(self) -> None:
-        from stlm.sweep.resilience.outbox import is_transient
 
         for t in self.ledger.trials.values():
             try:
@@ -277,6 +280,7 @@ class MLflowSweepCallback(Callback):
     def _log_points(self, op: dict, entry: dict) -> None:
         """A result's curves once per step (a restored trial re-reports its earlier steps) and its eval/*
         numbers once, each point with the time Tune received it."""
+        # lazy: mlflow, as in stlm.tracking
         from mlflow.entities import Metric
 
         step, ms = op["step"], op["ms"]
@@ -298,7 +302,6 @@ class MLflowSweepCallback(Callback):
             entry["eval_logged"] = True
 
     def _log_artifacts(self, tid: str, entry: dict) -> None:
-        from stlm.sweep.resilience import storage
 
         st = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
         trial_dir = self.exp_dir / layout.trial(tid)
@@ -311,6 +314,7 @@ class MLflowSweepCallback(Callback):
             if st.remote:
                 self._log_remote_checkpoint(st, tid, entry)
                 return
+            # lazy: torch, only when a trial's checkpoint is logged
             from stlm.train.checkpoint import latest_checkpoint
 
             run_dir = self.exp_dir / layout.train_run(tid)  # Ray Train's copies are the only ones
@@ -320,8 +324,6 @@ class MLflowSweepCallback(Callback):
                 if self.sweep.spec.log_checkpoint:
                     self.client.log_artifacts(entry["run_id"], str(last), "checkpoint")
         except Exception as e:
-            from stlm.sweep.resilience.outbox import is_transient
-
             if is_transient(e):  # the server went away mid-upload: the outbox tries the whole op again
                 raise
             # artifacts are a convenience; never fail the sweep over them
@@ -329,10 +331,6 @@ class MLflowSweepCallback(Callback):
 
     def _log_remote_checkpoint(self, st, tid: str, entry: dict) -> None:
         """The trial's checkpoints are in the bucket: tag their URI; log the newest one (downloaded)."""
-        import tempfile
-
-        from stlm.train.checkpoint import step_of
-
         steps = [n for n in st.names(layout.train_run(tid)) if n.startswith("step_") and step_of(n) is not None]
         if not steps:
             return
@@ -349,8 +347,6 @@ class MLflowSweepCallback(Callback):
         """End the parent run once every queued write is in MLflow (waiting at most the outage limit
         for a finished sweep, 30 s otherwise). A sweep stopped or finished while the server stays away
         raises; its writes are kept in the outbox file for --resume."""
-        from stlm.sweep.resilience.outbox import OUTAGE_ENV
-
         box = self.outbox
         box.put({"kind": "parent_end", "status": status})
         if box.wait(None if status == "finished" else 30.0):
@@ -370,8 +366,6 @@ class MLflowSweepCallback(Callback):
 def stop_tune_like_ctrl_c(box, why: str) -> None:
     """Stop the Tune run as Ctrl-C does: Tune's own SIGINT/SIGUSR1 handler sets its 'interrupted' event,
     the loop ends, the experiment state is saved for --resume, and the driver then reports `why`."""
-    import signal
-
     if box.stop_reason:
         return
     box.stop_reason = why

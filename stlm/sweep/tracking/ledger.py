@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stlm.sweep.resilience import layout
+from stlm.atomic import write_atomic
+from stlm.sweep.resilience import layout, storage
 
 
 def _write_json(path: Path, data: dict) -> None:
     """Atomic and durable (temp + fsync + rename); a full disk is a DiskFullError naming the path."""
-    from stlm.atomic import write_atomic
-
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
@@ -26,7 +25,6 @@ class Ledger:
 
     def save(self) -> None:
         _write_json(self.path, self.data)
-        from stlm.sweep.resilience import storage
 
         storage.changed(self.path)  # an object-store experiment dir: uploaded within seconds
 
