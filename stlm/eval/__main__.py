@@ -19,10 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from stlm.config import Config
 from stlm.errors import StlmError
+from stlm.eval.harness import evaluate, flat_metrics, format_table
+from stlm.eval.hf import HFLM
+from stlm.train.checkpoint import load_model
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -88,7 +95,7 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     )
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="stlm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -122,51 +129,40 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hf", action="store_true", help="CHECKPOINT is a Hugging Face model name or path")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for a run id")
     p.add_argument("--no-log", action="store_true", help="do not log the results back to the checkpoint's MLflow run")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    from stlm.eval.harness import evaluate, flat_metrics, format_table
 
+@dataclass
+class Subject:
+    """What is scored: the model and its tokenizer (None: the model's own), its stlm config (None for a hub
+    model), the tasks run when --tasks is not given, and for a checkpoint its directory and the MLflow run
+    (id, tracking URI) it came from, if any."""
+
+    model: Any
+    tokenizer: Any
+    cfg: Config | None
+    default_tasks: list[str]
+    path: Path | None = None
+    source: tuple[str, str | None] | None = None
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     device = resolve_device(args.device)
-    cfg, source = None, None
-    if args.hf:
-        from stlm.eval.hf import HFLM
-
-        model = HFLM(args.checkpoint, batch_size=args.batch_size or 32, device=device)
-        tokenizer, default_tasks = None, ["hellaswag"]
-    else:
-        from stlm.train.checkpoint import load_model
-
-        path = Path(args.checkpoint)
-        if not path.exists():
-            if RUN_ID.match(args.checkpoint) or args.checkpoint.startswith("runs:/"):
-                path = resolve_run(args.checkpoint, args.tracking_uri)
-                source = (args.checkpoint.removeprefix("runs:/").strip("/").split("/")[0], args.tracking_uri)
-            else:
-                raise StlmError(
-                    f"Checkpoint {args.checkpoint!r} does not exist (expected a checkpoint or run directory, "
-                    f"or a 32-character MLflow run id)."
-                )
-        source = source or source_run(path)
-        model, cfg, tokenizer = load_model(path, device)
-        default_tasks = [*cfg.eval.tasks, "bpb"]
-    ev = cfg.eval if cfg is not None else None
-    tasks = args.tasks.split(",") if args.tasks else default_tasks
+    subject = load_subject(args, device)
+    ev = subject.cfg.eval if subject.cfg is not None else None
+    tasks = args.tasks.split(",") if args.tasks else subject.default_tasks
     limit = args.limit if args.limit is not None else (ev.limit if ev else None)
     seed = args.seed if args.seed is not None else (ev.seed if ev else 1234)
-    selection = {
-        "limit": limit,
-        "subset": args.subset if limit is not None else "all",
-        **({"seed": seed} if limit is not None and args.subset == "random" else {}),
-    }
+    selection = make_selection(limit, args.subset, seed)
+    log = subject.source is not None and not args.no_log
     items_path = args.items
-    if items_path is None and source is not None and not args.no_log:
-        import tempfile
-
+    if items_path is None and log:
         items_path = str(Path(tempfile.mkdtemp(prefix="stlm-eval-")) / "items.jsonl")  # logged to the run below
     t0 = time.perf_counter()
     results = evaluate(
-        model,
-        tokenizer,
+        subject.model,
+        subject.tokenizer,
         tasks,
         limit=limit,
         seed=seed,
@@ -175,7 +171,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size or (ev.batch_size if ev else 32),
         device=device,
         items_path=items_path,
-        config=cfg,
+        config=subject.cfg,
         context_cache=not args.no_context_cache,
         verbose=True,
     )
@@ -185,12 +181,44 @@ def main(argv: list[str]) -> int:
     print(f"done in {dt:.1f}s on {device}")
     if args.json:
         Path(args.json).write_text(json.dumps({**results, "selection": selection}, indent=2))
-    if source is not None and not args.no_log:
-        run_id, uri = source
-        step = _checkpoint_step(path)
+    if log:
+        run_id, uri = subject.source
+        step = _checkpoint_step(subject.path)
         log_back(run_id, uri, flat_metrics(results), step, items_path, selection)
         print(f"logged to MLflow run {run_id} (metrics eval/<task>/<metric> at step {step}, items under eval/)")
     return 0
+
+
+def load_subject(args: argparse.Namespace, device: str) -> Subject:
+    """The model CHECKPOINT names: a hub model (--hf), or an stlm checkpoint found from a path or an MLflow run."""
+    if args.hf:
+        model = HFLM(args.checkpoint, batch_size=args.batch_size or 32, device=device)
+        return Subject(model, None, None, ["hellaswag"])
+    path, source = checkpoint_path(args.checkpoint, args.tracking_uri)
+    model, cfg, tokenizer = load_model(path, device)
+    return Subject(model, tokenizer, cfg, [*cfg.eval.tasks, "bpb"], path, source)
+
+
+def checkpoint_path(ref: str, tracking_uri: str | None) -> tuple[Path, tuple[str, str | None] | None]:
+    """A checkpoint or run directory, or an MLflow run id -> (the local directory, the MLflow run it came from)."""
+    path = Path(ref)
+    if path.exists():
+        return path, source_run(path)
+    if RUN_ID.match(ref) or ref.startswith("runs:/"):
+        path = resolve_run(ref, tracking_uri)
+        return path, (ref.removeprefix("runs:/").strip("/").split("/")[0], tracking_uri)
+    raise StlmError(
+        f"Checkpoint {ref!r} does not exist (expected a checkpoint or run directory, or a 32-character MLflow run id)."
+    )
+
+
+def make_selection(limit: int | None, subset: str, seed: int) -> dict:
+    """Which items were scored, as the results file and the MLflow run record it: all, or --limit with how."""
+    return {
+        "limit": limit,
+        "subset": subset if limit is not None else "all",
+        **({"seed": seed} if limit is not None and subset == "random" else {}),
+    }
 
 
 def describe_selection(sel: dict) -> str:
