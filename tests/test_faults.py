@@ -1,8 +1,9 @@
 """Faults a sweep must survive without losing or duplicating anything (issue 20).
 
 Fast: the experiment-directory lock (refusal naming host and pid, take-over from a dead driver, the
-content rules for filesystems without shared locks), atomic writes on a full disk, the token-shard
-bounds check. Slow (real CLI, Ray, MLflow): see the end-to-end tests below.
+content rules for filesystems without shared locks), atomic writes on a full disk, the token
+shards' id and checksum checks (issue 28: a same-size damaged shard caught by `stlm train`, a
+node's copy, a cache from before checksums). Slow (real CLI, Ray, MLflow): see the end-to-end tests below.
 """
 
 from __future__ import annotations
@@ -114,34 +115,136 @@ def test_the_ledger_survives_a_full_disk(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow_state.json"]  # no temp file left
 
 
-def test_a_same_size_damaged_token_shard_is_rebuilt(tmp_path):
-    """An id of 65535 with a 2048-token vocabulary, the shard's size unchanged: not trusted, rebuilt."""
+def _tiny_data(cache_dir: Path, **data) -> dict:
+    return {
+        "model": {"tokenizer": "bytes", "n_layers": 1, "d_model": 32, "n_heads": 2, "context_length": 32},
+        "data": {"source": "generated", "max_chars": 60_000, "num_proc": 1, "cache_dir": str(cache_dir), **data},
+    }
+
+
+def _swap_token_pairs(shard: Path, pairs: int = 3) -> None:
+    """The issue's damage: `pairs` pairs of adjacent, different 2-byte tokens swapped in the middle of
+    the shard. Same size, every id still valid, and the mtime set back, so only the content tells."""
     import numpy as np
+
+    before = shard.stat()
+    tokens = np.fromfile(shard, dtype=np.uint16)
+    i, swapped = len(tokens) // 2, 0
+    while swapped < pairs:
+        if tokens[i] != tokens[i + 1]:
+            tokens[i], tokens[i + 1] = tokens[i + 1], tokens[i]
+            swapped, i = swapped + 1, i + 2
+        i += 1
+    with open(shard, "r+b") as f:  # in place: the same inode
+        f.write(tokens.tobytes())
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = shard.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_a_same_size_damaged_token_shard_is_caught_and_rebuilt_by_stlm_train(tmp_path):
+    """Three swapped token pairs (valid ids, same size and mtime) in train.bin: `stlm train` names the
+    file, rebuilds the cache and trains on the intact tokens."""
+    import numpy as np
+    import yaml
 
     from stlm.config import build_config
     from stlm.data import prepare
 
-    cfg = build_config(
-        {
-            "model": {"tokenizer": "bpe", "vocab_size": 2048},
-            "data": {
-                "source": "generated",
-                "max_chars": 300_000,
-                "bpe_train_chars": 200_000,
-                "cache_dir": str(tmp_path),
-            },
-        }
-    )
-    first = prepare(cfg)
+    cfg = _tiny_data(tmp_path / "cache")
+    cfg["train"] = {"max_steps": 2, "batch_size": 2, "eval_interval": 2, "eval_batches": 1, "out_dir": "runs"}
+    first = prepare(build_config(cfg))
+    shard = first.cache_path / "train.bin"
     good = np.array(first.train)
-    size = (first.cache_path / "train.bin").stat().st_size
-    with open(first.cache_path / "train.bin", "r+b") as f:
-        f.seek(2 * 1000)
+    _swap_token_pairs(shard)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "stlm.train", "tiny.yaml", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO), STLM_QUIET="1"),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{shard} does not match the checksum recorded when it was built" in done.stderr
+    assert "the cache is rebuilt" in done.stderr
+    rebuilt = json.loads((first.cache_path / "manifest.json").read_text())
+    assert rebuilt["build_id"] != first.manifest["build_id"]
+    assert np.array_equal(np.fromfile(shard, dtype=np.uint16), good)
+
+
+def test_out_of_vocabulary_ids_a_cache_from_before_checksums_and_a_source_out_of_reach(tmp_path):
+    """An id of 65535 in a 257-token vocabulary is rebuilt; a manifest without checksums (written by
+    the previous version) is adopted once and checked from then on; a damaged shard of a hub corpus
+    that cannot be downloaded again (offline) stops prepare() with one paragraph naming the file."""
+    import shutil
+
+    import numpy as np
+
+    from stlm.config import build_config
+    from stlm.data import prepare
+    from stlm.data.prepare import cache_location
+
+    cfg = build_config(_tiny_data(tmp_path / "cache"))
+    first = prepare(cfg)
+    shard, manifest_file = first.cache_path / "train.bin", first.cache_path / "manifest.json"
+    good = np.array(first.train)
+    assert first.manifest["splits"]["train"]["checksum"].startswith("xxh3_128:")
+
+    with open(shard, "r+b") as f:
+        f.seek(2 * 100)
         f.write(np.array([65535], dtype=np.uint16).tobytes())
-    assert (first.cache_path / "train.bin").stat().st_size == size
     second = prepare(cfg)
-    assert second.manifest["build_id"] != first.manifest["build_id"]
-    assert np.array_equal(second.train, good) and int(second.train.max()) < 2048
+    assert second.manifest["build_id"] != first.manifest["build_id"] and np.array_equal(second.train, good)
+
+    old = json.loads(manifest_file.read_text())
+    for split in old["splits"].values():
+        del split["checksum"]
+    manifest_file.write_text(json.dumps(old))
+    adopted = prepare(cfg)
+    assert adopted.manifest["build_id"] == second.manifest["build_id"]  # adopted, not re-tokenized
+    assert json.loads(manifest_file.read_text())["splits"] == second.manifest["splits"]  # checksums recorded
+
+    # TinyStories as if prepared while online: these shards, under the manifest prepare() expects for it
+    hub = build_config(_tiny_data(tmp_path / "cache", source="tinystories", max_chars=60_000))
+    where, content, key = cache_location(hub)
+    shutil.copytree(first.cache_path, where)
+    (where / "manifest.json").write_text(json.dumps({**second.manifest, **content, "key": key}))
+    assert prepare(hub).manifest["key"] == key  # trusted as it is
+    _swap_token_pairs(where / "train.bin")
+    with pytest.raises(StlmError) as e:
+        prepare(hub)  # STLM_OFFLINE=1: TinyStories cannot be read again
+    msg = str(e.value)
+    assert f"{where / 'train.bin'} does not match the checksum" in msg and "could not be rebuilt" in msg
+    assert "Nothing was trained on it" in msg and "\n" not in msg
+
+
+def test_a_node_copy_of_a_damaged_published_shard_is_refused(tmp_path):
+    """localize() checks a node's copy against the manifest's checksums before it replaces anything."""
+    import shutil
+
+    from stlm.config import build_config
+    from stlm.data import prepare
+    from stlm.data.prepare import cache_location
+    from stlm.sweep.run.cluster_data import SHARDS, localize
+
+    built = prepare(build_config(_tiny_data(tmp_path / "head")))
+    store = tmp_path / "store"
+    (store / built.cache_path.name).mkdir(parents=True)
+    for name in SHARDS:
+        shutil.copy(built.cache_path / name, store / built.cache_path.name / name)
+    node = build_config(_tiny_data(tmp_path / "node"))
+    published = store / built.cache_path.name / "val.bin"
+    _swap_token_pairs(published)
+    with pytest.raises(StlmError, match=f"{published} does not match the checksum") as e:
+        localize(node, str(store))
+    assert "Nothing was trained on it" in str(e.value)
+    final = cache_location(node)[0]
+    assert not final.exists() and not list(final.parent.glob(".tmp-*"))  # nothing left to be trusted later
+    shutil.copy(built.cache_path / "val.bin", published)
+    assert localize(node, str(store)) is True
+    assert prepare(node).manifest["build_id"] == built.manifest["build_id"]  # the copy, not a re-tokenization
 
 
 # --------------------------------------------------------------------------- end to end, through the CLI
