@@ -247,6 +247,40 @@ def test_a_node_copy_of_a_damaged_published_shard_is_refused(tmp_path):
     assert prepare(node).manifest["build_id"] == built.manifest["build_id"]  # the copy, not a re-tokenization
 
 
+def _open_new_stores(barrier, base: str, rounds: int, errors) -> None:
+    from stlm import tracking
+
+    for i in range(rounds):
+        barrier.wait()  # both processes open the same new database at the same moment
+        try:
+            client = tracking.mlflow_client(f"sqlite:///{base}/round{i}.db")
+            tracking.create_run(client, "stlm", run_name=f"round{i}")
+        except Exception as e:
+            errors.put(f"round {i}: {type(e).__name__}: {str(e)[:300]}")
+
+
+def test_two_processes_creating_one_new_sqlite_store_at_once(tmp_path):
+    """Unlocked, one of the two crashed in each of 10 rounds (alembic's "Online migration expected to
+    match one row" or "duplicate column name"); serialised, both write their run every round."""
+    import multiprocessing
+    import sqlite3
+
+    ctx = multiprocessing.get_context("spawn")
+    rounds, barrier, errors = 2, ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_open_new_stores, args=(barrier, str(tmp_path), rounds, errors)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == [] and [p.exitcode for p in procs] == [0, 0]
+    for i in range(rounds):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"round{i}.db")) as db:
+            assert db.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+
+
 # --------------------------------------------------------------------------- end to end, through the CLI
 
 STEPS, EVERY = 60, 10
@@ -585,6 +619,63 @@ print(json.dumps({"same": after == before, "trials": len(json.loads(after)["tria
                   "files": sorted(os.listdir(storage.experiment_driver_staging_path))}))
 ray.shutdown()
 """
+
+
+@pytest.mark.slow
+def test_a_driver_killed_between_a_trials_run_and_tunes_save_leaves_one_run_per_cell(tmp_path):
+    """Issue 28: kill -9 after the second trial's MLflow run was made but before Tune saved a state that
+    holds that trial. Tune's resume starts the cell under a new trial id; the run left behind is ended
+    and hidden (superseded), so each cell has one child run, and no run, deleted or not, stays RUNNING."""
+    import yaml
+    from mlflow.entities import ViewType
+    from test_sweep_e2e import _child_runs, _kill_group, _start
+
+    sweep = _fault_sweep(tmp_path, "orphan", [{"name": "ok", "set": {}}])
+    spec = yaml.safe_load(sweep.read_text())
+    spec["config"]["train"].update(max_steps=20, eval_interval=10, log_interval=10)
+    spec["config"]["model"].update(n_layers=1, d_model=32)
+    spec["resources"]["max_concurrent"] = 1  # the second trial starts alone, after the first finished
+    sweep.write_text(yaml.safe_dump(spec))
+    exp_dir = tmp_path / "sweep_runs" / "orphan"
+
+    def saved_and_run_trials() -> tuple[str, set[str]]:
+        states = sorted((exp_dir / layout.TUNE).glob("**/experiment_state-*.json"))
+        saved = "".join(p.read_text(errors="replace") for p in states)
+        ledger = exp_dir / layout.LEDGER
+        return saved, set(json.loads(ledger.read_text())["trials"]) if ledger.is_file() else set()
+
+    p = _start([str(sweep)], tmp_path, tmp_path / "first.log")
+    try:
+        deadline, lost = time.time() + 240, set()
+        while time.time() < deadline and p.poll() is None and not lost:
+            try:
+                saved, run = saved_and_run_trials()
+            except (OSError, ValueError):  # a file being replaced
+                continue
+            lost = {t for t in run if saved and t not in saved}  # a trial run Tune's saved state does not hold
+            time.sleep(0.02)
+        assert lost, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        _kill_group(p)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "stlm.sweep", str(sweep), "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=dict(os.environ, PYTHONPATH=str(REPO), STLM_QUIET="1", RAY_AUTH_MODE="disabled"),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, runs = _child_runs(exp_dir)
+    assert sorted(r.data.tags["stlm.seed"] for r in runs) == ["0", "1"]  # one run per cell
+    assert all(r.info.status == "FINISHED" for r in runs)
+    info = json.loads((exp_dir / "sweep.json").read_text())
+    every = client.search_runs([client.get_run(info["parent_run_id"]).info.experiment_id], run_view_type=ViewType.ALL)
+    assert [r.info.status for r in every if r.info.status == "RUNNING"] == []
+    hidden = [r for r in every if r.info.lifecycle_stage == "deleted"]
+    assert {r.data.tags["stlm.trial_id"] for r in hidden} == lost
+    assert all(r.data.tags["stlm.status"] == "superseded" and r.info.status == "KILLED" for r in hidden)
 
 
 @pytest.mark.slow
