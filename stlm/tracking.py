@@ -36,6 +36,7 @@ END_STATE = {
     "stopped": "KILLED",
     "interrupted": "KILLED",
     "overwritten": "KILLED",
+    "superseded": "KILLED",  # a trial run left by a killed driver whose trial Tune lost (sweep callback)
 }
 # the reverse, for a run without the tag
 STATUS_FROM_MLFLOW = {
@@ -67,9 +68,23 @@ def _absolutize(uri: str) -> str:
 
 
 def mlflow_client(uri: str | None = None):
+    """A client of the store at `uri` (see tracking_uri). A SQLite store is opened under a file lock
+    beside it: MlflowClient creates and migrates a new database on its first connection, and two
+    processes doing that at once (two sweeps, or trials, starting together) crashed one of them with
+    an alembic traceback ("Online migration expected to match one row", "duplicate column name":
+    10 of 20 openings in 10 rounds of two processes, issue 28). Later openings take the same lock
+    for a few milliseconds: the migration cannot be told from outside to be finished."""
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient  # lazy: mlflow (slow to import) only where a run is written or read
 
-    return MlflowClient(tracking_uri=tracking_uri(uri))
+    uri = tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri[len("sqlite:///") :])
+    if not db.parent.is_dir():  # MLflow's own error names the missing directory
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(str(db.parent / f".{db.name}.lock")):
+        return MlflowClient(tracking_uri=uri)
 
 
 def get_or_create_experiment(client, name: str) -> str:

@@ -19,8 +19,21 @@ Safety:
   directory is renamed into place. An interrupted preparation leaves only a temp directory,
   which is never read and is removed by the next preparation of the same key.
 - Verified: a cache is trusted only if its manifest repeats the expected content fields and
-  key, the shard sizes match the token counts and every token id is inside the vocabulary;
-  anything else is rebuilt, not reused.
+  key, the shard sizes match the token counts, every token id is inside the vocabulary and each
+  shard's content matches the checksum recorded when it was built; anything else is rebuilt, not
+  reused (a shard damaged in place, same size and valid ids, was trained on silently: issue 28).
+  Where the rebuild itself fails (a hub source offline), prepare() stops with one paragraph naming
+  the damaged file, and never trains on it.
+- Checked at every prepare(): each trial, and `stlm train`, reads its shards once before training.
+  One pass over a memmap computes the checksum and the largest id: xxh3-128 (xxhash) at 0.04 s/GB,
+  the whole check at 0.09 s/GB from the page cache on 2 cores, 0.04 s/GB more than the id check
+  alone (benchmarks/RESULTS.md, "Shard checksums"); from disk, the disk's read time.
+  No "verified" marker keyed by inode, mtime and size: content can change under all three (a write
+  that keeps the size, with the mtime set back), and at these costs a marker would save too little.
+- Caches from before checksums: a manifest without them is adopted once. Its shards still pass the
+  size and id checks; their checksums are computed then and written into the manifest, and checked
+  from then on. (Rebuilding instead would re-tokenize every existing corpus, hours for a large
+  one, to guard against damage that happened before the upgrade; delete the directory to force it.)
 - Shared: a FileLock per key makes concurrent processes (sweep trials, DDP ranks) prepare
   once; the others wait and then read the finished cache.
 
@@ -52,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xxhash
 
 from stlm import progress
 from stlm.data.sources import GeneratedSource, Source, cache_root, get_source, source_key, val_chars
@@ -62,6 +76,8 @@ if TYPE_CHECKING:
     from stlm.config import Config
 
 FORMAT_VERSION = 1
+CHECKSUM = "xxh3_128"  # 0.04 s/GB on 2 cores, blake2b 1.16 s/GB (benchmarks/bench_checksum.py)
+SCAN_BYTES = 1 << 25  # check a shard 32 MB at a time
 BATCH_CHARS = 1 << 20  # documents per worker task: about 1 MB of text
 PARALLEL_MIN_CHARS = 2 * BATCH_CHARS  # below this, starting worker processes costs more than it saves
 log = logging.getLogger("stlm.data")
@@ -189,11 +205,14 @@ class _Encoder:
 
 def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int | None, desc: str) -> dict:
     stats = {"tokens": 0, "bytes": 0, "chars": 0, "documents": 0}
+    digest = xxhash.xxh3_128()  # of the bytes as written: no second pass over the shard
     bar = progress.bar(total=cap, desc=desc, unit="char", unit_scale=True)
     try:
         with open(path, "wb") as f:
             for arr, n_bytes, n_chars, n_docs in encoder.map(_batches(docs)):
-                f.write(arr.tobytes())
+                data = arr.tobytes()
+                f.write(data)
+                digest.update(data)
                 stats["tokens"] += len(arr)
                 stats["bytes"] += n_bytes
                 stats["chars"] += n_chars
@@ -209,6 +228,7 @@ def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int
         ) from None
     finally:
         bar.close()
+    stats["checksum"] = f"{CHECKSUM}:{digest.hexdigest()}"
     return stats
 
 
@@ -242,39 +262,84 @@ def _key(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
-    """The manifest of a complete cache for exactly `content`, or None (missing, partial or tampered)."""
+def verify_cache(path: Path, content: dict, key: str) -> tuple[dict | None, str | None]:
+    """(the manifest of a complete, intact cache for exactly `content`, None), or (None, why it was
+    rejected) where a shard is damaged, or (None, None) where the cache is missing or partial."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError):
-        return None
+        return None, None
     if not isinstance(manifest, dict) or manifest.get("key") != key:
-        return None
+        return None, None
     if any(manifest.get(k) != v for k, v in content.items()):
-        return None
+        return None, None
     itemsize = np.dtype(content["dtype"]).itemsize
+    vocab = content["tokenizer"]["vocab_size"]
+    adopted = []
     for split in ("train", "val"):
+        shard = path / f"{split}.bin"
         try:
             n = int(manifest["splits"][split]["tokens"])
-            if n <= 0 or (path / f"{split}.bin").stat().st_size != n * itemsize:
-                return None
+            if n <= 0 or shard.stat().st_size != n * itemsize:
+                return None, None
+            checksum, top = scan_shard(shard, content["dtype"])
         except (KeyError, TypeError, ValueError, OSError):
-            return None
-        if not _ids_in_range(path / f"{split}.bin", content["dtype"], content["tokenizer"]["vocab_size"]):
-            log.warning(
-                "%s holds a token id >= the vocabulary size %d: damaged, rebuilt",
-                path / f"{split}.bin",
-                content["tokenizer"]["vocab_size"],
+            return None, None
+        if top >= vocab:
+            return None, f"{shard} holds the token id {top}, outside the vocabulary of {vocab}"
+        recorded = manifest["splits"][split].get("checksum")
+        if recorded is None:
+            manifest["splits"][split]["checksum"] = checksum
+            adopted.append(shard.name)
+        elif recorded != checksum:
+            return None, (
+                f"{shard} does not match the checksum recorded when it was built ({recorded}, now {checksum}): "
+                "it was changed or damaged since"
             )
-            return None
+    if adopted:
+        _adopt(path, manifest, adopted)
+    return manifest, None
+
+
+def _adopt(path: Path, manifest: dict, shards: list[str]) -> None:
+    """Record the checksums of a cache built before they existed (see the module docstring)."""
+    tmp = path / f".manifest-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path / "manifest.json")
+        log.info("%s: recorded the checksums of %s (a cache built before checksums)", path, ", ".join(shards))
+    except OSError as e:  # a read-only cache: checked by size and ids only, as before
+        tmp.unlink(missing_ok=True)
+        log.warning("%s: could not record the checksums of %s (%s)", path, ", ".join(shards), e)
+
+
+def _trusted_manifest(path: Path, content: dict, key: str) -> dict | None:
+    """The manifest of a complete cache for exactly `content`, or None (missing, partial or damaged)."""
+    manifest, damage = verify_cache(path, content, key)
+    if damage:
+        log.warning("%s: not used, the cache is rebuilt", damage)
     return manifest
 
 
-def _ids_in_range(path: Path, dtype: str, vocab_size: int, chunk: int = 1 << 24) -> bool:
-    """Every token id of a shard is < vocab_size: a same-size damaged shard (an id of 65535 with a
-    2048 vocabulary) would otherwise pass the size check and crash or poison training. About 1 GB/s."""
-    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    return all(int(tokens[i : i + chunk].max()) < vocab_size for i in range(0, len(tokens), chunk))
+def scan_shard(path: Path, dtype: str) -> tuple[str, int]:
+    """(the shard's checksum as recorded in a manifest, its largest token id; -1 if empty), in one
+    pass. The id check catches an id of 65535 in a 2048-token vocabulary that would crash or poison
+    training; the checksum catches the rest (valid ids swapped or changed, the size unchanged).
+    Over a memmap: read() into a buffer copied every byte out of the page cache, 6x the time of
+    hashing it in place (benchmarks/bench_checksum.py)."""
+    digest = xxhash.xxh3_128()
+    top = -1
+    if path.stat().st_size:  # np.memmap refuses an empty file
+        tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+        step = SCAN_BYTES // tokens.itemsize
+        for i in range(0, len(tokens), step):
+            part = tokens[i : i + step]
+            digest.update(part)
+            top = max(top, int(part.max()))
+    return f"{CHECKSUM}:{digest.hexdigest()}", top
 
 
 def _fsync_dir(path: Path) -> None:
@@ -378,9 +443,19 @@ def prepare(cfg: Config) -> PreparedData:
     if manifest is None:
         root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(root / f"{final.name}.lock")):
-            manifest = _trusted_manifest(final, content, key)  # built by another process while we waited?
+            # built (or repaired) by another process while we waited?
+            manifest, damage = verify_cache(final, content, key)
             if manifest is None:
-                manifest = _build(cfg, source, tokenizer, content, key, final)
+                try:
+                    manifest = _build(cfg, source, tokenizer, content, key, final)
+                except Exception as e:
+                    if not damage:
+                        raise
+                    raise StlmError(
+                        f"{damage}, and the cache could not be rebuilt from data.source={cfg.data.source!r}: {e} "
+                        f"Nothing was trained on it. Make the source readable again, or replace {final} with an "
+                        "intact copy."
+                    ) from e
     return _open(final, manifest, tokenizer)
 
 

@@ -73,7 +73,8 @@ def _parse_seed(text: str | None) -> Any:
 
 
 def load_trials(client, parent, tracking_uri: str) -> list[Trial]:
-    """All child runs of the parent run, with final metrics and the curve histories."""
+    """All child runs of the parent run, with final metrics and the curve histories; not those superseded
+    (a killed driver's run of a trial Tune lost and ran again: stlm.sweep.tracking.callback)."""
     pid = parent.info.run_id
     runs, token = [], None
     while True:
@@ -90,6 +91,8 @@ def load_trials(client, parent, tracking_uri: str) -> list[Trial]:
     trials = []
     for r in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
         tags = r.data.tags
+        if tags.get("stlm.status") == "superseded":  # deleted too; this keeps one restored by hand out
+            continue
         history = {}
         for key in CURVE_METRICS:
             if key in r.data.metrics:

@@ -12,9 +12,11 @@ A local sweep prepares its corpora in the driver, into the cache its trials read
 
 store is <experiment dir>/data: storage every node already reads (NFS, or an s3:// URI through
 pyarrow's filesystems). The manifest is copied last, as prepare() writes it last: a directory
-without one is incomplete and is copied again. A node copies a corpus once: its trials find the
-local copy trusted. The build_id in the manifest travels with the copies, so the tokenizations
-of a sweep can be counted afterwards: one build_id per corpus.
+without one is incomplete and is copied again. A node's copy is checked against the checksums in
+the manifest before it replaces anything: a copy damaged in the store or on the way stops the
+trial with one paragraph naming the store's file, and is never trained on. A node copies a
+corpus once: its trials find the local copy trusted. The build_id in the manifest travels with
+the copies, so the tokenizations of a sweep can be counted afterwards: one build_id per corpus.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from stlm.data import prepare
-from stlm.data.prepare import cache_location, trusted_manifest
+from stlm.data.prepare import cache_location, trusted_manifest, verify_cache
 from stlm.data.sources import cache_root
+from stlm.errors import StlmError
 from stlm.sweep.resilience.storage import copy_file, filesystem, read_fs_json
 from stlm.sweep.run.data import distinct_corpora
 
@@ -118,6 +121,13 @@ def localize(cfg, store: str) -> bool:
         try:
             for name in SHARDS:
                 copy_file(fs, f"{src}/{name}", pafs.LocalFileSystem(), str(tmp / name))
+            _, damage = verify_cache(tmp, content, key)
+            if damage:
+                # named by the store's path: the temporary copy is removed below
+                raise StlmError(
+                    f"The data copied to this node is damaged: {damage.replace(str(tmp), src)}. Nothing was "
+                    f"trained on it. Delete {src} so that the next run publishes an intact copy, and rerun."
+                )
             if final.exists():  # an incomplete or stale copy under the same name
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -18,7 +18,15 @@ from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import error_text
 from stlm.sweep.resilience.outbox import OUTAGE_ENV, is_transient
 from stlm.sweep.tracking.ledger import Ledger
-from stlm.tracking import METRICS_PER_CALL, create_run, end_with_status, log_params, mlflow_client, reopen_run
+from stlm.tracking import (
+    METRICS_PER_CALL,
+    create_run,
+    end_with_status,
+    log_params,
+    mlflow_client,
+    reopen_run,
+    status_of,
+)
 from stlm.train.checkpoint import step_of
 
 log = logging.getLogger("stlm.sweep")
@@ -55,7 +63,15 @@ class MLflowSweepCallback(Callback):
     background thread writes it, so a slow or restarting tracking server never holds up the Tune
     loop. Each op is applied once: its effect and its seq go into the ledger in one save, and a
     metric point keeps the time Tune received it (MLflow's SQL store drops an exact duplicate, so a
-    write repeated after a lost reply adds no point)."""
+    write repeated after a lost reply adds no point).
+
+    One child run per cell: a driver killed after a trial's run was made but before Tune's next save of
+    its state leaves a run whose trial Tune never restores; Tune starts the cell again under a new
+    trial id, which gets its own run. At the first trial start of each driver, the child runs whose
+    trial Tune does not know and that did not finish are ended and hidden, not reused (their curves
+    would mix two trials' steps): tagged stlm.status=superseded, ended KILLED and deleted (MLflow's
+    soft delete: the UI's default view and the report leave them out, the UI's "Deleted" view and
+    `mlflow runs restore` bring them back; load_trials skips the tag too)."""
 
     def __init__(
         self,
@@ -82,6 +98,7 @@ class MLflowSweepCallback(Callback):
         self.client = None  # made in the drainer thread, the only one that writes
         self.parent_run_id = self.ledger.data.get("parent_run_id")
         self._outbox = None
+        self._orphans_checked = False  # once per driver: see the class docstring
 
     # Tune pickles its callbacks with the experiment (tuner.pkl); client, ledger and outbox are rebuilt
     def __getstate__(self):
@@ -130,6 +147,9 @@ class MLflowSweepCallback(Callback):
             stop_tune_like_ctrl_c(self.outbox, why)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if not self._orphans_checked:
+            self._orphans_checked = True
+            self.outbox.put({"kind": "orphans", "live": sorted(t.trial_id for t in trials)})
         tid = trial.trial_id
         entry = self.ledger.trials.get(tid)
         if entry is not None and entry.get("status") == "finished":  # run_trial reports it again; nothing reruns
@@ -195,6 +215,8 @@ class MLflowSweepCallback(Callback):
             self._resync()
         elif kind == "start":
             self._start_run(op, entry)
+        elif kind == "orphans":
+            self._supersede_orphans(set(op["live"]))
         elif kind == "parent_end":
             if self.parent_run_id:
                 end_with_status(self.client, self.parent_run_id, op["status"])
@@ -265,6 +287,23 @@ class MLflowSweepCallback(Callback):
             "seed": op["seed"],
             "max_steps": op.get("max_steps"),
         }
+
+    def _supersede_orphans(self, live: set[str]) -> None:
+        """End and hide the unfinished child runs of trials that Tune does not know (the class docstring)."""
+        if not self.parent_run_id:
+            return
+        exp = self.client.get_run(self.parent_run_id).info.experiment_id
+        runs = self.client.search_runs(
+            [exp], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=50_000
+        )
+        for run in runs:
+            tid = run.data.tags.get("stlm.trial_id")
+            if tid in live or status_of(run) == "finished":
+                continue
+            end_with_status(self.client, run.info.run_id, "superseded")
+            self.client.delete_run(run.info.run_id)
+            self.ledger.trials.pop(tid, None)
+            log.warning("trial run %s (trial %s) was left by a killed driver; superseded", run.info.run_id, tid)
 
     def _existing_run(self, tid: str) -> str | None:
         if not self.parent_run_id:

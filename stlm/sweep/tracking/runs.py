@@ -81,12 +81,19 @@ def supersede(exp_dir: Path, *, delete_runs: bool) -> None:
     try:
         client = mlflow_client(info["tracking_uri"])
         for run_id in [t["run_id"] for t in ledger.trials.values()] + [parent]:
-            if delete_runs:
-                client.delete_run(run_id)
-            elif client.get_run(run_id).info.status == "RUNNING":
-                end_with_status(client, run_id, "overwritten")
+            retire(client, run_id, "overwritten", delete=delete_runs)
     except Exception as e:  # noqa: BLE001 - the store may be gone; the directory is cleared either way
         print(f"note: could not update the old sweep's MLflow runs ({type(e).__name__}: {e}).")
+
+
+def retire(client, run_id: str, status: str, *, delete: bool) -> None:
+    """End a run left RUNNING with `status`, then delete it if asked. Ended first: a deleted run keeps its
+    state, and a parent deleted while RUNNING (a sweep killed while preparing its data, then rerun)
+    still showed RUNNING in the store and in the UI's "Deleted" view."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        end_with_status(client, run_id, status)
+    if delete:
+        client.delete_run(run_id)
 
 
 def end_parent(client, parent: str, status: str) -> None:
@@ -126,7 +133,7 @@ def restart_from_plan(client, exp_dir: Path, store=None) -> None:
     ledger = Ledger(exp_dir)
     for entry in ledger.trials.values():
         try:
-            client.delete_run(entry["run_id"])
+            retire(client, entry["run_id"], "superseded", delete=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
     ledger.data["trials"] = {}
