@@ -13,7 +13,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML file (see sweeps/ and stlm/sweep/plan/schema.py)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config (train.max_steps=30)")
     p.add_argument("--dry-run", action="store_true", help="print arms, sizes, trials and resources; launch nothing")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the experiment directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep in the experiment directory; the sweep file (with the overrides it "
+        "started with, unless others are given) must give the same plan: a change, even more seeds or samples, is "
+        "refused naming each difference (a new plan: --overwrite or another --experiment-dir)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing experiment directory and start afresh")
     p.add_argument(
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)"
