@@ -119,12 +119,14 @@ def absolutize(sweep: Sweep) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # key=value before or after options
     t_start = time.time()
     guard = Interrupts.install()  # SIGINT and SIGTERM: a clean stop at any phase, bounded in time
 
     sweep = load_sweep(args.sweep, args.overrides)
     store = storage.open(args.experiment_dir or Path("sweep_runs") / sweep.name)
+    if store.local.exists() and not store.local.is_dir() and not store.remote:
+        raise StlmError(f"--experiment-dir {store.local} is a file, not a directory; choose another --experiment-dir.")
     if store.remote:  # the bucket answers (bounded), before its state is read
         preflight.check_storage(store)
     decision = decide(
