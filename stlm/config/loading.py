@@ -184,18 +184,30 @@ EMPTY_FILE_HINT = (
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise StlmError(f"Config file {str(p)!r} does not exist (working directory: {os.getcwd()}).")
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise StlmError(f"Config file {str(p)!r} {what} (working directory: {os.getcwd()}).")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise StlmError(f"Config file {str(p)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
+        raise StlmError(f"Config file {str(p)!r} is not valid YAML{yaml_error_at(e)}.") from None
     if data is None or data == {}:  # an empty file would silently train (or sweep) the defaults
         raise StlmError(f"Config file {str(p)!r} is empty. {EMPTY_FILE_HINT}")
     if not isinstance(data, dict):
         raise StlmError(f"Config file {str(p)!r} must hold a mapping of sections (model, data, train, ...).")
     return data
+
+
+def yaml_error_at(e: yaml.YAMLError) -> str:
+    """' at line L, column C: what', at the line to look at: where an unclosed {...} or [...] opened (PyYAML
+    notices the problem only lines later), else where it was noticed."""
+    mark, context, ctx = getattr(e, "problem_mark", None), getattr(e, "context", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if mark is None:
+        return f": {problem}"
+    noticed = f"line {mark.line + 1}, column {mark.column + 1}"
+    if ctx is not None and context and ctx.line < mark.line:
+        return f" at line {ctx.line + 1}, column {ctx.column + 1}: {context} opened there ({problem}, at {noticed})"
+    return f" at {noticed}: {problem}"
 
 
 def build_config(data: dict, overrides: typing.Iterable[str] = ()) -> Config:
@@ -272,6 +284,10 @@ def validate(cfg: Config) -> None:
     need(t.eval_interval > 0 and t.log_interval > 0, "train.eval_interval and train.log_interval must be positive.")
     need(cfg.data.val_fraction > 0 and cfg.data.val_fraction < 0.5, "data.val_fraction must be in (0, 0.5).")
     need(cfg.eval.limit is None or cfg.eval.limit > 0, "eval.limit must be positive or null.")
+    need(
+        cfg.data.max_chars is None or cfg.data.max_chars > 0,
+        f"data.max_chars must be positive, or null for the whole source; got {cfg.data.max_chars}.",
+    )
 
 
 def dump_yaml(cfg: Config) -> str:

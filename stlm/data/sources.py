@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -296,12 +298,38 @@ class LocalSource(Source):
                 kwargs["sample_by"] = "paragraph" if "\n\n" in head else "line"
                 column = "text"
             ds = datasets.load_dataset(builder, data_files=[str(f)], split="train", streaming=True, **kwargs)
-            for ex in ds:
-                if column not in ex:
-                    raise StlmError(
-                        f"data.text_column={column!r} is not a column of {str(f)!r}; columns: {', '.join(ex)}."
-                    )
-                yield ex[column]
+            quiet = logging.getLogger("datasets.packaged_modules.json.json")  # it logs what unreadable() says
+            level, quiet.level = quiet.level, logging.CRITICAL
+            try:
+                for ex in ds:
+                    if column not in ex:
+                        raise StlmError(
+                            f"data.text_column={column!r} is not a column of {str(f)!r}; columns: {', '.join(ex)}."
+                        )
+                    yield ex[column]
+            except StlmError:
+                raise
+            except Exception as e:  # noqa: BLE001 - pyarrow's / datasets' parse errors: the file is at fault
+                raise StlmError(unreadable(f, builder, e)) from None
+            finally:
+                quiet.setLevel(level)
+
+    def head(self, n: int = 8) -> list[str]:
+        """The first `n` records of the first file, read and parsed as training reads them (pre-flight)."""
+        return list(itertools.islice(self._stream("train"), n))
+
+
+def unreadable(f: Path, builder: str, e: Exception) -> str:
+    """data.source names a file its reader fails on: which file, and for JSON lines which line."""
+    if builder == "json":
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    line.strip() and json.loads(line)
+                except ValueError as bad:
+                    return f"data.source: {str(f)!r} line {number} is not valid JSON ({bad}); fix or remove that line."
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"data.source: {str(f)!r} cannot be read as {builder} ({first})."
 
 
 def _local_files(path: Path) -> list[Path]:

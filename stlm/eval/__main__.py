@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stlm import tracking as T
 from stlm.config import Config
 from stlm.errors import StlmError
 from stlm.eval.harness import evaluate, flat_metrics, format_table
 from stlm.eval.hf import HFLM
+from stlm.preflight import check_tracking
 from stlm.train.checkpoint import load_model
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -51,6 +53,7 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     from stlm.tracking import mlflow_client
 
     run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
+    check_tracking(T.tracking_uri(tracking_uri), f"run {run_id}")  # a dead server: seconds, not MLflow's 4 minutes
     client = mlflow_client(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -264,8 +267,7 @@ def _checkpoint_step(path: Path) -> int:
 def log_back(
     run_id: str, tracking_uri: str | None, metrics: dict, step: int, items_path: str | None, selection: dict
 ) -> None:
-    from stlm import tracking as T
-
+    check_tracking(T.tracking_uri(tracking_uri), f"logging back to run {run_id}")
     client = T.mlflow_client(tracking_uri)
     T.log_metrics(client, run_id, metrics, step=step)
     T.set_tags(client, run_id, {"stlm.eval.subset": selection["subset"], "stlm.eval.limit": selection["limit"]})

@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.preflight import check_tracking
+from stlm.tracking import tracking_uri
 
 
 def resolve(ref: str, tracking_uri: str | None) -> tuple[Path, str | None]:
@@ -46,6 +48,8 @@ def main(argv: list[str]) -> int:
 
     from stlm.export.convert import export_checkpoint
 
+    if args.tracking_uri:  # the run's eval scores are read from it: a dead server answers in seconds
+        check_tracking(tracking_uri(args.tracking_uri), "stlm export --tracking-uri")
     path, run_id = resolve(args.checkpoint, args.tracking_uri)
     r = export_checkpoint(
         path,

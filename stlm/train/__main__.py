@@ -20,6 +20,7 @@ from stlm.config import Config, load_config
 from stlm.errors import StlmError
 from stlm.interrupts import Interrupts
 from stlm.models import count_params
+from stlm.preflight import check, data_problems, tracking_problems, writable_problems
 from stlm.train import checkpoint as ckpt
 from stlm.train.loop import train
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this run")
     p.add_argument("--run-name", default=None, help="run name (default: train.run_name, else the config file stem)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (= tracking.uri=..., as stlm sweep takes it)"
+    )
     return p.parse_intermixed_args(argv)  # options may come before, between or after the overrides
 
 
@@ -39,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     guard = Interrupts.install()  # SIGTERM ends the run like Ctrl-C: its MLflow run KILLED, not RUNNING
     cfg = load_config(args.config, args.overrides)
+    cfg.tracking.uri = args.tracking_uri or cfg.tracking.uri
+    found = (
+        tracking_problems(tracking.tracking_uri(cfg.tracking.uri))
+        + data_problems(cfg)
+        + writable_problems(cfg.train.out_dir, "train.out_dir")
+    )
+    check(found, f"stlm train {args.config}")  # before the MLflow run and the run directory exist
     run_dir = name_run(cfg, args.run_name or cfg.train.run_name or Path(args.config).stem)
     resume_from = resume_point(run_dir, args.resume)
     client = tracking.mlflow_client(cfg.tracking.uri)

@@ -219,7 +219,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     """Read, validate and resolve a sweep file; every arm is built and budget-solved here."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise StlmError(f"Sweep file {str(p)!r} does not exist.")
+        raise StlmError(f"Sweep file {str(p)!r} {'is a directory, not a file' if p.is_dir() else 'does not exist'}.")
     p = p.resolve()
     try:
         raw = read_yaml(p)

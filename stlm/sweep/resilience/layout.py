@@ -1,6 +1,7 @@
 """Every name under a sweep's experiment directory, in one place (a file format: an older directory must still read).
 
 <exp>/plan.pkl                 the resolved sweep, pickled when it starts (--resume reads it)
+<exp>/plan.json                its fingerprint (resilience/fingerprint.py): --resume refuses a changed plan
 <exp>/sweep.json               what `stlm report` reads: names, MLflow ids, the summary
 <exp>/mlflow_state.json        the ledger: trial id -> MLflow run, last logged step
 <exp>/mlflow_outbox.jsonl      MLflow writes queued but not yet made
@@ -21,11 +22,18 @@ import os
 from pathlib import Path
 
 PLAN = "plan.pkl"
+PLAN_FINGERPRINT = "plan.json"
 SWEEP_JSON = "sweep.json"
 LEDGER = "mlflow_state.json"
 OUTBOX = "mlflow_outbox.jsonl"
 SESSION = ".stlm-session"
-DRIVER_FILES = (PLAN, SWEEP_JSON, LEDGER, OUTBOX)  # the driver's own files: an object store's are restored on --resume
+DRIVER_FILES = (
+    PLAN,
+    PLAN_FINGERPRINT,
+    SWEEP_JSON,
+    LEDGER,
+    OUTBOX,
+)  # the driver's own files: an object store's are restored on --resume
 
 TUNE = "tune"
 TRAIN = "train"

@@ -164,11 +164,21 @@ class DriverLock:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EAGAIN):  # held: the owner is alive
-                raise self._refuse(self._read()[0] or {"pid": "?", "host": "?"}) from None
+                raise self._refuse(self._owner()) from None
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             # no shared record locks here (NFS mounted with nolock): the content alone decides
         take_over(self, settle_s=0.05)
+
+    def _owner(self, wait_s: float = 2.0) -> dict:
+        """The holder, as it wrote itself: a driver that took the lock a moment ago writes its pid just after
+        (take_over), so an empty lock is read again for up to `wait_s` before it is called a starting driver."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            owner = self._read()[0]
+            if owner.get("pid") or time.monotonic() > deadline:
+                return owner or {"pid": "(not written yet)", "host": f"{socket.gethostname()} (a driver starting now)"}
+            time.sleep(0.05)
 
     def _write(self, data: dict) -> None:
         raw = json.dumps(data).encode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import pickle
 import shutil
@@ -28,6 +29,7 @@ from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.sweep import Sweep, load_sweep
 from stlm.sweep.report.document import build_report
 from stlm.sweep.resilience import layout, legacy, storage
+from stlm.sweep.resilience.fingerprint import check_unchanged, fingerprint
 from stlm.sweep.resilience.lock import hold
 from stlm.sweep.resilience.state import (
     DESCRIBE,
@@ -117,12 +119,14 @@ def absolutize(sweep: Sweep) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # key=value before or after options
     t_start = time.time()
     guard = Interrupts.install()  # SIGINT and SIGTERM: a clean stop at any phase, bounded in time
 
     sweep = load_sweep(args.sweep, args.overrides)
     store = storage.open(args.experiment_dir or Path("sweep_runs") / sweep.name)
+    if store.local.exists() and not store.local.is_dir() and not store.remote:
+        raise StlmError(f"--experiment-dir {store.local} is a file, not a directory; choose another --experiment-dir.")
     if store.remote:  # the bucket answers (bounded), before its state is read
         preflight.check_storage(store)
     decision = decide(
@@ -166,10 +170,26 @@ def _the_sweep(sweep: Sweep, store, decision: Decision, args) -> Sweep:
     if not decision.reads_plan:
         absolutize(sweep)
         return sweep
-    if args.overrides:
-        print("note: --resume continues the sweep as it was planned; the overrides given now are ignored.")
     legacy.install()  # a directory written before the package split pickled its old module names
-    return pickle.loads(store.read_bytes(layout.PLAN) if store.remote else (store.local / layout.PLAN).read_bytes())
+    planned = pickle.loads(store.read_bytes(layout.PLAN) if store.remote else (store.local / layout.PLAN).read_bytes())
+    _check_plan(planned, sweep, store, args)
+    return planned
+
+
+def _check_plan(planned: Sweep, sweep: Sweep, store, args) -> None:
+    """--resume: the sweep file, with the overrides given now (none given: the ones it started with), must give
+    the plan the directory started with; a changed one is refused, naming every difference."""
+    if not args.overrides and planned.overrides:
+        sweep = load_sweep(args.sweep, planned.overrides)
+    absolutize(sweep)  # as the plan was written
+    old = storage.read_json(store, layout.PLAN_FINGERPRINT)
+    if old is None:  # a directory written before plan.json: its pickled plan is the fingerprint
+        try:
+            old = fingerprint(planned)
+        except (AttributeError, TypeError) as e:  # a plan pickled by an stlm too old to read this way
+            print(f"note: the plan in {store} cannot be compared with the sweep file ({e}); it is resumed as planned.")
+            return
+    check_unchanged(old, sweep, store)
 
 
 def _prepare_experiment_dir(session: SweepSession, decision: Decision) -> None:
@@ -192,7 +212,8 @@ def _prepare_experiment_dir(session: SweepSession, decision: Decision) -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not decision.resume:
         (exp_dir / layout.PLAN).write_bytes(pickle.dumps(session.sweep))
-        store.upload(layout.PLAN)
+        (exp_dir / layout.PLAN_FINGERPRINT).write_text(json.dumps(fingerprint(session.sweep), indent=1))
+        store.upload(layout.PLAN, layout.PLAN_FINGERPRINT)
 
 
 def _start_ray(session: SweepSession) -> tuple[bool, dict]:

@@ -22,6 +22,8 @@ Each problem is one sentence naming the key, file or address, and what to do ins
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import os
 from pathlib import Path
@@ -34,7 +36,8 @@ from stlm.errors import StlmError
 from stlm.eval.harness import parse_tasks
 from stlm.eval.tasks import TASKS
 from stlm.eval.tasks.base import resolve_data_dir
-from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable, unreachable
+from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable
+from stlm.preflight import data_problems, tracking_problems
 from stlm.sweep.resilience.storage import endpoint, probe
 
 
@@ -64,27 +67,49 @@ def problems(sweep, *, attached: bool = False, tracking_uri: str | None = None) 
         for arms in keys.values():
             prefix = f"arm{'s' if len(arms) > 1 else ''} {', '.join(a.name for a in arms)}: " if len(keys) > 1 else ""
             found += [prefix + p for p in check_one(arms[0].cfg)]
+    found += _metrics(sweep)
     if not attached:
         found += _local_resources(sweep)
     return found
+
+
+# what a trial reports to Tune: the training loop's log (stlm/train/loop.py; val_* at evaluations, mfu on a
+# GPU with a known peak), the worker's extras (run/worker.py), and eval/<task>/<metric> of the eval tasks
+REPORTED = (
+    *("step", "tokens", "train_loss", "lr", "dropout_scale", "grad_norm", "tokens_per_s", "mfu", "elapsed_s"),
+    *("val_loss", "val_bpb"),
+    *("params", "flops_per_token", "startup_s", "max_steps", "report_s", "resumed_from_step"),
+)
+
+
+def _metrics(sweep) -> list[str]:
+    """Every `metric` is one a trial reports: Tune would train a whole trial, then fail on the first result."""
+    tasks = set()
+    for arm in sweep.arms:
+        with contextlib.suppress(StlmError):  # an unknown task is _eval's to name
+            tasks.update(parse_tasks(arm.cfg.eval.tasks) if arm.cfg.eval.tasks else ())
+    evals = sorted(f"eval/{t}/<metric>" for t in tasks)
+    out = []
+    for m in sweep.spec.metrics:
+        task = m.split("/")[1] if m.startswith("eval/") and m.count("/") == 2 else None
+        if m in REPORTED or task in tasks:
+            continue
+        close = difflib.get_close_matches(m, REPORTED, n=1)
+        out.append(
+            f"metric: {m!r} is never reported by a trial"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f". A trial reports {', '.join(REPORTED)}"
+            + (f", and {', '.join(evals)} for the eval tasks" if evals else "; eval/<task>/<metric> with eval.tasks")
+            + "."
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- tracking server
 
 
 def _tracking(uri: str | None) -> list[str]:
-    """An http(s) tracking server must answer now: MLflow's client would retry a dead one for about
-    4 minutes and then fail with a traceback."""
-    if not uri or not uri.startswith(("http://", "https://")):
-        return []
-    why = unreachable(uri)
-    if why is None:
-        return []
-    return [
-        f"the MLflow tracking server {uri} (--tracking-uri / tracking.uri / $MLFLOW_TRACKING_URI) does not "
-        f"answer: {why}. Start it (cluster/l40.yaml starts `mlflow server` on the head), or log to a local "
-        f"file with --tracking-uri sqlite:///mlflow.db."
-    ]
+    return tracking_problems(uri)
 
 
 def check_storage(store, timeout: float = 10.0) -> None:
@@ -105,10 +130,10 @@ def check_storage(store, timeout: float = 10.0) -> None:
 
 def _data(cfg) -> list[str]:
 
-    try:
-        source = get_source(cfg.data)
-    except StlmError as e:
-        return [str(e)]
+    found = data_problems(cfg)  # exists; a local source's first records parse, with the text column
+    if found:
+        return found
+    source = get_source(cfg.data)
     if isinstance(source, HubSource):
         why = hub_unreachable()
         if why and not _prepared_cache(cfg, source):
