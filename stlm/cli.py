@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from stlm import __version__
 from stlm.errors import run_main
 
 COMMANDS = {
@@ -30,8 +31,6 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("--version", "-V"):
-        from stlm import __version__
-
         print(f"stlm {__version__}")
         return 0
     if not argv or argv[0] in ("-h", "--help"):

@@ -13,6 +13,7 @@ def quiet() -> bool:
 
 def bar(iterable=None, **kwargs):
     """tqdm(iterable, **kwargs), disabled when quiet()."""
+    # lazy: tqdm.auto looks for a notebook; only once a bar is shown
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=quiet(), **kwargs)

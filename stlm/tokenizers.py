@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from filelock import FileLock
 
 from stlm.errors import StlmError
 from stlm.offline import unreachable
@@ -123,6 +124,7 @@ class TiktokenTokenizer(Tokenizer):
     """A byte-level BPE run by tiktoken (GPT-2, or the BPE rustbpe trained). EOT is the last id."""
 
     def __init__(self, name: str, pattern: str, mergeable_ranks: dict[bytes, int]):
+        # lazy: tiktoken, only for the gpt2 tokenizer
         import tiktoken
 
         self.name = name
@@ -179,6 +181,7 @@ def load_gpt2(vocab_file: str | None = None) -> TiktokenTokenizer:
     """GPT-2 from a local gpt2.tiktoken (data.gpt2_vocab_file or $STLM_GPT2_VOCAB), else tiktoken's download."""
     vocab_file = vocab_file or os.environ.get("STLM_GPT2_VOCAB")
     if vocab_file:
+        # lazy: tiktoken, only for the gpt2 tokenizer
         from tiktoken.load import load_tiktoken_bpe
 
         path = Path(vocab_file).expanduser()
@@ -194,6 +197,7 @@ def load_gpt2(vocab_file: str | None = None) -> TiktokenTokenizer:
     why = gpt2_unavailable()  # offline, or no route: at once, not after tiktoken's retries
     if why is None:
         try:
+            # lazy: tiktoken, only for the gpt2 tokenizer
             import tiktoken
 
             enc = tiktoken.get_encoding("gpt2")  # downloads the vocabulary once, then uses tiktoken's cache
@@ -240,6 +244,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str | None = None)
     rustbpe's vocab_size counts the 256 byte tokens plus the merges, so we ask it for
     vocab_size - 1 and put end-of-text at id vocab_size - 1.
     """
+    # lazy: rustbpe, only when a BPE is trained
     import rustbpe
 
     bpe = rustbpe.Tokenizer()
@@ -293,8 +298,7 @@ def load_bpe(vocab_size: int, data_cfg: DataConfig) -> TiktokenTokenizer:
     independent of data.max_chars, so runs that differ only in how much data they read share
     one tokenizer.
     """
-    from filelock import FileLock
-
+    # inside: stlm.data imports this module (a BPE is trained on a data source's corpus)
     from stlm.data.sources import cache_root, get_source, source_key
 
     source = get_source(data_cfg)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from stlm.config import Config, dump_yaml, flatten, to_dict
 
 PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
@@ -74,7 +76,6 @@ def mlflow_client(uri: str | None = None):
     an alembic traceback ("Online migration expected to match one row", "duplicate column name":
     10 of 20 openings in 10 rounds of two processes, issue 28). Later openings take the same lock
     for a few milliseconds: the migration cannot be told from outside to be finished."""
-    from filelock import FileLock
     from mlflow.tracking import MlflowClient  # lazy: mlflow (slow to import) only where a run is written or read
 
     uri = tracking_uri(uri)

@@ -11,10 +11,9 @@ import pickle
 import pytest
 
 from stlm.cli import main
-from stlm.sweep.plan.sweep import load_sweep
+from stlm.sweep.plan.sweep import absolutize, load_sweep
 from stlm.sweep.resilience import layout
 from stlm.sweep.resilience.fingerprint import differences, fingerprint
-from stlm.sweep.run.driver import absolutize
 
 SWEEP = """\
 name: tiny

@@ -222,9 +222,9 @@ def test_dropout_schedule_is_applied_and_resumes(cache_dir, tmp_path, data):
 
 
 def test_nonfinite_loss_stops_with_a_clear_error(cache_dir, tmp_path, data, monkeypatch):
-    import stlm.models
+    import stlm.train.loop
 
-    real_build = stlm.models.build_model
+    real_build = stlm.train.loop.build_model
     calls = {"n": 0}
 
     def poisoned_build(model_cfg, tokenizer=None):
@@ -240,7 +240,7 @@ def test_nonfinite_loss_stops_with_a_clear_error(cache_dir, tmp_path, data, monk
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(stlm.models, "build_model", poisoned_build)
+    monkeypatch.setattr(stlm.train.loop, "build_model", poisoned_build)  # the name the loop calls
     with pytest.raises(NonFiniteLossError, match=r"nan at step 7 \(last good loss [0-9.]+ at step 6\)") as e:
         run(tiny(cache_dir, tmp_path, log_interval=5, eval_interval=5, max_steps=20), data)
     assert isinstance(e.value, StlmError) and "train.lr" in str(e.value)
@@ -348,13 +348,13 @@ def test_stlm_train_cli_logs_to_mlflow_and_resumes(cache_dir, tmp_path, monkeypa
 def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    import stlm.models
+    import stlm.train.loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     built, init = [], {}
-    real_build = stlm.models.build_model
+    real_build = stlm.train.loop.build_model
 
     def build_and_keep(*a, **k):  # a handle on the model, and a copy of its weights before training
         model = real_build(*a, **k)
@@ -362,7 +362,7 @@ def _ddp_worker(rank: int, world_size: int, cfg_dict: dict, port: int, out: str)
         init.update({n: p.detach().clone() for n, p in model.named_parameters()})
         return model
 
-    stlm.models.build_model = build_and_keep
+    stlm.train.loop.build_model = build_and_keep  # the name the loop calls
     try:
         reports = []
         final = train(build_config(cfg_dict), report=lambda m, d: reports.append((m["step"], d)))

@@ -54,6 +54,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
@@ -66,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xxhash
+from filelock import FileLock
 
 from stlm import progress
 from stlm.data.sources import GeneratedSource, Source, cache_root, get_source, source_key, val_chars
@@ -115,7 +117,6 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     the driver it waited for tasks for ever (alive 3.5 minutes later, issue 20). The parent's pid comes
     from the parent: a child whose parent died while it was still importing (seconds, for a main
     script that imports Ray) would otherwise take its new parent for its own."""
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent:  # checked at once too: the parent may have died during start-up
@@ -421,8 +422,6 @@ def _open(path: Path, manifest: dict, tokenizer: Tokenizer) -> PreparedData:
 
 def prepare(cfg: Config) -> PreparedData:
     """Tokenized train/val token arrays for cfg.data and cfg.model.tokenizer (built once, then cached)."""
-    from filelock import FileLock
-
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # We are a tokenization worker being spawned, re-running an unguarded main script that calls
         # prepare(): waiting for the lock our parent holds would deadlock. Fail, so the parent reports it.

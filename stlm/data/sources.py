@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stlm.config import CHOICES
+from stlm.data import generated
+from stlm.data.generated import generate_stories
 from stlm.errors import StlmError
 from stlm.offline import OFFLINE_HINT, hub_down
 
@@ -213,14 +215,12 @@ class GeneratedSource(Source):
     native_val = True
 
     def identity(self) -> dict:
-        from stlm.data import generated
 
         # The generator's own source text is its version: any edit to the grammar invalidates caches.
         code = hashlib.sha256(inspect.getsource(generated).encode()).hexdigest()[:16]
         return {"kind": "generated", "generator": code, "seed": self.split_seed}
 
     def _stream(self, split: str) -> Iterator[str]:
-        from stlm.data.generated import generate_stories
 
         return generate_stories(split, None, seed=self.split_seed)
 
@@ -246,6 +246,7 @@ class HubSource(Source):
         }
 
     def _stream(self, split: str) -> Iterator[str]:
+        # lazy: datasets (pyarrow, fsspec), only for a hub or parquet/json source
         import datasets
 
         hub_split = self.spec.val_split if split == "val" else self.spec.train_split
@@ -286,6 +287,7 @@ class LocalSource(Source):
         return {"kind": "local", "files": files, "text_column": self.text_column if needs_column else None}
 
     def _stream(self, split: str) -> Iterator[str]:
+        # lazy: datasets (pyarrow, fsspec), only for a hub or parquet/json source
         import datasets
 
         for f in self.files:  # one file at a time keeps the documented order (sorted paths)

@@ -17,6 +17,7 @@ eval/<task>/<metric> at the checkpoint's step, and the per-item file under eval/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import tempfile
@@ -25,19 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from stlm import tracking as T
 from stlm.config import Config
 from stlm.errors import StlmError
 from stlm.eval.harness import evaluate, flat_metrics, format_table
 from stlm.eval.hf import HFLM
 from stlm.preflight import check_tracking
-from stlm.train.checkpoint import load_model
+from stlm.sweep.resilience import storage
+from stlm.tracking import mlflow_client
+from stlm.train.checkpoint import load_model, read_meta
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def resolve_device(device: str) -> str:
-    import torch
 
     if device in ("auto", None):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,8 +54,6 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     Tried in order: the run's tag `stlm.checkpoint` (a local path), an artifact directory holding a
     checkpoint (meta.json, or step_* directories), and params train.out_dir + train.run_name.
     """
-    from stlm.tracking import mlflow_client
-
     run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
     check_tracking(T.tracking_uri(tracking_uri), f"run {run_id}")  # a dead server: seconds, not MLflow's 4 minutes
     client = mlflow_client(tracking_uri)
@@ -65,11 +67,8 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
     tag = run.data.tags.get("stlm.checkpoint")
     if tag:
         tried.append(f"tag stlm.checkpoint={tag}")
-        from stlm.sweep.resilience import storage
 
         if storage.is_remote(tag):  # a sweep's run in an object store: its checkpoints, downloaded once
-            import hashlib
-
             local = storage.cache_root() / "downloads" / hashlib.sha1(tag.encode()).hexdigest()[:12]
             if local.is_dir() or storage.Storage(tag, bucket_ok=True).download("", local) is not None:
                 return local
@@ -80,6 +79,7 @@ def resolve_run(ref: str, tracking_uri: str | None) -> Path:
             continue
         names = [Path(a.path).name for a in client.list_artifacts(run_id, art.path)]
         if "meta.json" in names or any(n.startswith("step_") for n in names):
+            # lazy: mlflow, only to download a run's artifacts
             import mlflow
 
             tried.append(f"artifact {art.path}")
@@ -256,7 +256,6 @@ def source_run(path: Path) -> tuple[str, str] | None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    from stlm.train.checkpoint import read_meta
 
     try:
         return int(read_meta(path).get("step", 0))

@@ -26,6 +26,8 @@ import math
 import torch
 
 from stlm.errors import StlmError
+from stlm.eval.__main__ import resolve_device
+from stlm.train.checkpoint import load_model
 
 
 def sample_next(
@@ -166,9 +168,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-cache", action="store_true", help="recompute every step (slow; for checking the cache)")
     args = p.parse_args(argv)
     check_sampling_args(args)
-
-    from stlm.eval.__main__ import resolve_device
-    from stlm.train.checkpoint import load_model
 
     model, _, tokenizer = load_model(args.checkpoint, resolve_device(args.device))
     for i in range(args.num_samples):

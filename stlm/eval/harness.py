@@ -38,6 +38,7 @@ import numpy as np
 from stlm.errors import StlmError
 from stlm.eval.scorer import LM, StlmLM
 from stlm.eval.tasks import ALL_TASKS, TASKS, Item
+from stlm.eval.tasks.bpb import run_bpb
 from stlm.eval.tasks.mmlu import CATEGORIES, SUBJECTS
 
 Z95 = 1.96
@@ -217,8 +218,6 @@ def evaluate(
         for name in names:
             t0 = time.perf_counter()
             if name == "bpb":
-                from stlm.eval.tasks.bpb import run_bpb
-
                 results["bpb"] = run_bpb(
                     torch_model if torch_model is not None else model, config, device, limit, batch_size
                 )

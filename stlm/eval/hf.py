@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from stlm.errors import StlmError
 from stlm.eval.scorer import TorchLM
 
 
 def _transformers():
     try:
+        # lazy: transformers, only for a Hugging Face model
         import transformers
     except ImportError:
         raise StlmError("stlm.eval.hf needs the `transformers` package: pip install 'stlm[transformers]'.") from None
@@ -46,8 +49,6 @@ class HFLM(TorchLM):
         max_length: int | None = None,
     ):
         """`pretrained`: a hub name / local path, or an already built transformers model (then pass `tokenizer`)."""
-        import torch
-
         tr = _transformers()
         if isinstance(pretrained, str):
             self.model = tr.AutoModelForCausalLM.from_pretrained(

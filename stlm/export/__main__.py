@@ -15,14 +15,14 @@ import argparse
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.eval.__main__ import RUN_ID, resolve_run
+from stlm.export.convert import export_checkpoint
 from stlm.preflight import check_tracking
 from stlm.tracking import tracking_uri
 
 
 def resolve(ref: str, tracking_uri: str | None) -> tuple[Path, str | None]:
     """(checkpoint or run directory, MLflow run id or None): a path, else a run id as `stlm eval` takes it."""
-    from stlm.eval.__main__ import RUN_ID, resolve_run
-
     path = Path(ref)
     if path.exists():
         return path, None
@@ -45,8 +45,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (run id, or the run's eval scores)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     args = p.parse_args(argv)
-
-    from stlm.export.convert import export_checkpoint
 
     if args.tracking_uri:  # the run's eval scores are read from it: a dead server answers in seconds
         check_tracking(tracking_uri(args.tracking_uri), "stlm export --tracking-uri")

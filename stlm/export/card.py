@@ -19,16 +19,21 @@ import json
 import math
 from pathlib import Path
 
+import torch
 import yaml
 
+from stlm.data.sources import HUB_ID, HUB_SOURCES
+from stlm.errors import StlmError
 from stlm.export.tokenizer import describe
+from stlm.tracking import mlflow_client
+from stlm.train.__main__ import RUN_FILE
+from stlm.train.checkpoint import read_meta
 
 # metrics shown per task, in this order (the harness's names)
 TASK_METRICS = ("acc", "acc_norm", "acc_bytes", "val_bpb", "val_loss")
 
 
 def _trainer_metrics(ckpt: Path) -> dict:
-    import torch
 
     f = ckpt / "trainer.pt"
     if not f.is_file():
@@ -41,7 +46,6 @@ def _mlflow_run(ckpt: Path, run_id: str | None, tracking_uri: str | None) -> tup
     """The MLflow run of this checkpoint: given, or the one `stlm train` recorded in the run directory."""
     if run_id:
         return run_id, tracking_uri
-    from stlm.train.__main__ import RUN_FILE
 
     f = ckpt.parent / RUN_FILE
     if f.is_file():
@@ -64,9 +68,6 @@ def gather_record(
     ckpt: Path, *, run_id: str | None = None, tracking_uri: str | None = None, eval_json: str | None = None
 ) -> dict:
     """{step, tokens, metrics (last validation), evals {task: {metric: v}}, mlflow_run, notes}."""
-    from stlm.errors import StlmError
-    from stlm.train.checkpoint import read_meta
-
     meta = read_meta(ckpt)
     rec = {
         "step": meta.get("step"),
@@ -79,8 +80,6 @@ def gather_record(
     rid, uri = _mlflow_run(ckpt, run_id, tracking_uri)
     if rid:
         try:
-            from stlm.tracking import mlflow_client
-
             client = mlflow_client(uri)
             run = client.get_run(rid)
             rec["mlflow_run"] = rid
@@ -107,8 +106,6 @@ def gather_record(
 
 def _datasets(data_cfg) -> list[str]:
     """Hub dataset ids of the training data (a short name resolves to its hub id; local files have none)."""
-    from stlm.data.sources import HUB_ID, HUB_SOURCES
-
     if data_cfg.source in HUB_SOURCES:
         return [HUB_SOURCES[data_cfg.source].path]
     if HUB_ID.match(data_cfg.source) and not Path(data_cfg.source).exists():

@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 
 from stlm.atomic import replace_dir
+from stlm.data.generated import story
 from stlm.errors import StlmError
+from stlm.export.card import gather_record, model_card
 from stlm.export.targets import Target, choose_target
+from stlm.export.tokenizer import save_tokenizer
+from stlm.models import count_params
+from stlm.train.checkpoint import load_model, read_config, resolve_checkpoint
 
 CHECK_TOKENS = 64  # length of the random sequences the export is checked on
 TOLERANCE = 1e-4  # max |logit difference| allowed, relative to max(1, |logits|)
@@ -28,6 +33,7 @@ TOLERANCE = 1e-4  # max |logit difference| allowed, relative to max(1, |logits|)
 
 def transformers_module():
     try:
+        # lazy: transformers (an optional extra), only when exporting
         import transformers
     except ImportError:
         raise StlmError("stlm export needs the `transformers` package: pip install 'stlm[transformers]'.") from None
@@ -70,8 +76,6 @@ def exported_params(hf_model) -> int:
 
 def check_directory(path: Path, model, tokenizer, target: Target) -> float:
     """Reload the written directory as a user would; its logits and token ids must be stlm's. Returns the logit gap."""
-    from stlm.data.generated import story
-
     tr = transformers_module()
     reloaded = tr.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     diff, scale = max_logit_diff(model, reloaded)
@@ -108,11 +112,6 @@ def export_checkpoint(
     force: bool = False,
 ) -> ExportResult:
     """Export the checkpoint (or a run directory's latest one) to `out_dir` as a transformers model + card."""
-    from stlm.export.card import gather_record, model_card
-    from stlm.export.tokenizer import save_tokenizer
-    from stlm.models import count_params
-    from stlm.train.checkpoint import load_model, read_config, resolve_checkpoint
-
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise StlmError(f"stlm export: {str(out)!r} already exists and is not empty; pass --force to replace it.")

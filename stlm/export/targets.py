@@ -29,6 +29,7 @@ import torch
 
 from stlm.config import ModelConfig
 from stlm.errors import StlmError
+from stlm.models import count_params
 from stlm.models.layers.ffn import FFNS
 from stlm.models.sharing import LoRAFFN
 
@@ -119,6 +120,7 @@ def _check_qwen3(cfg: ModelConfig) -> None:
 
 
 def _llama_config(cfg: ModelConfig, n_layers: int, eot_id: int, *, qwen3: bool):
+    # lazy: transformers (an optional extra), only when exporting
     import transformers
 
     common = dict(
@@ -178,6 +180,7 @@ def _check_gpt2(cfg: ModelConfig) -> None:
 
 
 def _gpt2_config(cfg: ModelConfig, n_layers: int, eot_id: int):
+    # lazy: transformers (an optional extra), only when exporting
     import transformers
 
     return transformers.GPT2Config(
@@ -238,7 +241,6 @@ class Target:
     state: Callable  # (stlm model) -> {name: tensor}
 
     def hf_config(self, cfg: ModelConfig, eot_id: int):
-        from stlm.models import count_params
 
         return self.config(cfg, count_params(cfg).n_layers_applied, eot_id)
 

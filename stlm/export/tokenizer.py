@@ -19,6 +19,8 @@ plain text; the exported tokenizers do the same (split_special_tokens=True).
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 from stlm.errors import StlmError
 from stlm.tokenizers import EOT_TEXT, ByteTokenizer, TiktokenTokenizer, Tokenizer
@@ -27,6 +29,7 @@ ALL_TEXT = r"[\s\S]+"  # the bytes tokenizer needs no pre-tokenization: one piec
 
 
 def _converter(ranks: dict[bytes, int], pattern: str):
+    # lazy: transformers (an optional extra), only when exporting
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     class RanksConverter(TikTokenConverter):
@@ -59,6 +62,7 @@ def gpt2_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 @functools.cache
 def _byte_alphabet() -> dict[int, str]:
+    # lazy: transformers (an optional extra), only when exporting
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     return bytes_to_unicode()
@@ -90,6 +94,7 @@ SPECIALS = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT, pad_
 
 def to_hf_tokenizer(tok: Tokenizer, context_length: int):
     """A transformers tokenizer that encodes every string to the ids `tok.encode` gives."""
+    # lazy: transformers (an optional extra), only when exporting
     import transformers
 
     if isinstance(tok, TiktokenTokenizer) and tok.name == "gpt2":
@@ -118,9 +123,6 @@ def to_hf_tokenizer(tok: Tokenizer, context_length: int):
 
 def save_tokenizer(tok: Tokenizer, context_length: int, out_dir) -> list[str]:
     """Write the tokenizer files into out_dir (GPT-2: also the standard vocab.json and merges.txt); their names."""
-    import json
-    from pathlib import Path
-
     out = Path(out_dir)
     names = list(to_hf_tokenizer(tok, context_length).save_pretrained(str(out)))
     if tok.name == "gpt2":

@@ -37,6 +37,8 @@ import yaml
 from stlm.atomic import disk_full_guard, fsync_dir, replace_dir
 from stlm.config import Config, build_config, dump_yaml
 from stlm.errors import StlmError
+from stlm.models import build_model
+from stlm.tokenizers import load_tokenizer
 
 STEP_NAME = re.compile(r"^step_(\d+)(?:-[0-9a-f]+)?$")  # step_000040, or a sweep trial's step_000040-3fa2c1d0
 CHECKSUM = "blake2b"  # 16-byte BLAKE2b of each file, in meta.json; about 1 GB/s, so a 50M checkpoint costs ~0.6 s
@@ -315,9 +317,6 @@ def load_model_state(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, Config, tokenizer) from a checkpoint or run directory."""
-    from stlm.models import build_model
-    from stlm.tokenizers import load_tokenizer
-
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
     meta = read_meta(ckpt)

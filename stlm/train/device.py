@@ -48,6 +48,7 @@ def resolve_device(tc: TrainConfig, world: World) -> torch.device:
             raise StlmError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu.")
         if world.distributed:
             try:  # Ray Train knows which GPU it gave this worker
+                # lazy: Ray, only inside a Ray Train worker
                 import ray.train.torch
 
                 return ray.train.torch.get_device()

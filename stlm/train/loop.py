@@ -27,11 +27,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from stlm import progress as bars
 from stlm.config import Config, TrainConfig, to_dict
+from stlm.data import prepare
+from stlm.data.loader import TokenBatcher, val_windows
 from stlm.errors import StlmError
 from stlm.eval.bpb import bpb_from_sums, bpb_sums
+from stlm.models import build_model, count_params
+from stlm.models.layers.dropout import dropout_scale
 from stlm.train import checkpoint as ckpt
 from stlm.train.device import World, peak_flops, resolve_amp, resolve_device, seed_everything, to_device
 from stlm.train.optim import build_optimizer
@@ -125,11 +130,6 @@ def train(
     on_log(metrics): rank 0, every train.log_interval steps (train metrics; val metrics at eval steps).
     progress: show a tqdm bar over steps (rank 0; off when not a TTY or STLM_QUIET=1).
     """
-    from stlm.data import prepare
-    from stlm.data.loader import TokenBatcher, val_windows
-    from stlm.models import build_model, count_params
-    from stlm.models.layers.dropout import dropout_scale
-
     tc, mc = cfg.train, cfg.model
     if tc.keep_checkpoints < 1:
         raise StlmError(
@@ -171,8 +171,6 @@ def train(
 
     model = raw
     if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         # the dropout probability is a Python float, so each new value is a new graph: quantize

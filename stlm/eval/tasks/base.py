@@ -107,6 +107,7 @@ def load_hub(task: str, path: str, name: str | None, split: str) -> list[dict]:
             f"With HF_DATASETS_OFFLINE=1 an earlier download in the datasets cache is read."
         )
     try:
+        # lazy: datasets, only when a benchmark is read from the hub
         import datasets
 
         ds = datasets.load_dataset(path, name, split=split)

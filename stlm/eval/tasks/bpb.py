@@ -6,7 +6,10 @@ windows of stlm.data's val split, so it needs the run's Config (data section) an
 
 from __future__ import annotations
 
+from stlm.data import prepare
+from stlm.data.loader import val_windows
 from stlm.errors import StlmError
+from stlm.eval.bpb import evaluate_bpb
 
 
 def run_bpb(model, cfg, device: str, limit: int | None, batch_size: int = 32) -> dict:
@@ -17,9 +20,6 @@ def run_bpb(model, cfg, device: str, limit: int | None, batch_size: int = 32) ->
         )
     if not hasattr(model, "token_logprobs"):
         raise StlmError("Task 'bpb' scores stlm models only (it needs model.token_logprobs).")
-    from stlm.data import prepare
-    from stlm.data.loader import val_windows
-    from stlm.eval.bpb import evaluate_bpb
 
     data = prepare(cfg)
     ctx = cfg.model.context_length

@@ -21,8 +21,8 @@ from stlm.sweep.plan.schema import (
     SchedulerSpec,
     SearchSpec,
     SweepSpec,
-    check_config_key,
 )
+from stlm.sweep.plan.validate import check_config_key
 
 # Top-level sweep keys a `key=value` on the command line sets in the sweep file itself; any other
 # key is a config key (eval.* and tracking.* are both: as config keys they win over the sweep's).

@@ -24,7 +24,8 @@ from stlm.config import (
 from stlm.errors import StlmError
 from stlm.models import count_params, solve_budget
 from stlm.sweep.plan.overrides import apply_sweep_overrides
-from stlm.sweep.plan.schema import EMPTY_SWEEP_HINT, BudgetSpec, SweepSpec, check_config_key, parse_spec
+from stlm.sweep.plan.schema import EMPTY_SWEEP_HINT, BudgetSpec, SweepSpec
+from stlm.sweep.plan.validate import check_config_key, parse_spec
 from stlm.train.loop import tokens_per_step
 
 
@@ -308,3 +309,26 @@ def resolve_sweep(spec: SweepSpec, path: Path, overrides: list[str]) -> Sweep:
             solved_arms[name] = arm
         arms += [solved_arms[n] for n in names]  # the sweep file's order
     return Sweep(spec=spec, path=path, overrides=overrides, arms=arms)
+
+
+def absolutize(sweep: Sweep) -> None:
+    """Relative paths in the config are relative to the driver's cwd; workers run elsewhere."""
+    for arm in sweep.arms:
+        d, e = arm.data.setdefault("data", {}), arm.data.setdefault("eval", {})
+        src = d.get("source")
+        if isinstance(src, str) and Path(src).expanduser().exists():
+            d["source"] = str(Path(src).expanduser().resolve())
+        for sec, key in ((d, "cache_dir"), (d, "gpt2_vocab_file"), (e, "data_dir")):
+            if sec.get(key):
+                sec[key] = str(Path(sec[key]).expanduser().resolve())
+        cfg = arm.cfg
+        arm.cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(
+                cfg.data,
+                source=d.get("source", cfg.data.source),
+                cache_dir=d.get("cache_dir"),
+                gpt2_vocab_file=d.get("gpt2_vocab_file"),
+            ),
+            eval=dataclasses.replace(cfg.eval, data_dir=e.get("data_dir")),
+        )

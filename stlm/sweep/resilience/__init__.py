@@ -2,6 +2,8 @@
 
 layout.py       every file name under the experiment directory
 state.py        what the directory holds, and what that means for the command given (decide)
+planned.py      the sweep a command runs: the file's, or on --resume the directory's plan, checked against it
+fingerprint.py  what defines a plan (plan.json), compared on --resume
 storage.py      a local path or an object store (s3://...), and the driver's mirror of it
 lock.py         one driver per experiment directory
 sweep_json.py   sweep.json, what `stlm report` reads

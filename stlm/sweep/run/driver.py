@@ -28,9 +28,10 @@ from stlm.sweep.plan.describe import describe
 from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.sweep import Sweep, load_sweep
 from stlm.sweep.report.document import build_report
-from stlm.sweep.resilience import layout, legacy, storage
-from stlm.sweep.resilience.fingerprint import check_unchanged, fingerprint
+from stlm.sweep.resilience import layout, storage
+from stlm.sweep.resilience.fingerprint import fingerprint
 from stlm.sweep.resilience.lock import hold
+from stlm.sweep.resilience.planned import planned_sweep
 from stlm.sweep.resilience.state import (
     DESCRIBE,
     FRESH,
@@ -95,29 +96,6 @@ def sweep_tracking_uri(args, store, sweep: Sweep) -> str:
     return tracking_uri(args.tracking_uri or old.get("tracking_uri") or resolve_tracking_uri(None, sweep))
 
 
-def absolutize(sweep: Sweep) -> None:
-    """Relative paths in the config are relative to the driver's cwd; workers run elsewhere."""
-    for arm in sweep.arms:
-        d, e = arm.data.setdefault("data", {}), arm.data.setdefault("eval", {})
-        src = d.get("source")
-        if isinstance(src, str) and Path(src).expanduser().exists():
-            d["source"] = str(Path(src).expanduser().resolve())
-        for sec, key in ((d, "cache_dir"), (d, "gpt2_vocab_file"), (e, "data_dir")):
-            if sec.get(key):
-                sec[key] = str(Path(sec[key]).expanduser().resolve())
-        cfg = arm.cfg
-        arm.cfg = dataclasses.replace(
-            cfg,
-            data=dataclasses.replace(
-                cfg.data,
-                source=d.get("source", cfg.data.source),
-                cache_dir=d.get("cache_dir"),
-                gpt2_vocab_file=d.get("gpt2_vocab_file"),
-            ),
-            eval=dataclasses.replace(cfg.eval, data_dir=e.get("data_dir")),
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # key=value before or after options
     t_start = time.time()
@@ -132,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     decision = decide(
         sweep_state(store.local, store), resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run
     )
-    sweep = _the_sweep(sweep, store, decision, args)
+    sweep = planned_sweep(sweep, store, decision, overrides=args.overrides)
     for note in getattr(sweep, "notes", []):
         print(f"note: {note}")
 
@@ -159,37 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         return run(session, restart=decision.action == RESTART)
     finally:
         storage.flush_all()  # the driver's last writes reach the bucket (no-op for a local directory)
-
-
-def _the_sweep(sweep: Sweep, store, decision: Decision, args) -> Sweep:
-    """The sweep to run: the file's (paths made absolute), or on --resume the directory's plan; a command
-    the directory's state refuses stops here, naming the command that would go on."""
-    refusal = decision.refusal(sweep, store)
-    if refusal:
-        raise StlmError(refusal)
-    if not decision.reads_plan:
-        absolutize(sweep)
-        return sweep
-    legacy.install()  # a directory written before the package split pickled its old module names
-    planned = pickle.loads(store.read_bytes(layout.PLAN) if store.remote else (store.local / layout.PLAN).read_bytes())
-    _check_plan(planned, sweep, store, args)
-    return planned
-
-
-def _check_plan(planned: Sweep, sweep: Sweep, store, args) -> None:
-    """--resume: the sweep file, with the overrides given now (none given: the ones it started with), must give
-    the plan the directory started with; a changed one is refused, naming every difference."""
-    if not args.overrides and planned.overrides:
-        sweep = load_sweep(args.sweep, planned.overrides)
-    absolutize(sweep)  # as the plan was written
-    old = storage.read_json(store, layout.PLAN_FINGERPRINT)
-    if old is None:  # a directory written before plan.json: its pickled plan is the fingerprint
-        try:
-            old = fingerprint(planned)
-        except (AttributeError, TypeError) as e:  # a plan pickled by an stlm too old to read this way
-            print(f"note: the plan in {store} cannot be compared with the sweep file ({e}); it is resumed as planned.")
-            return
-    check_unchanged(old, sweep, store)
 
 
 def _prepare_experiment_dir(session: SweepSession, decision: Decision) -> None:

@@ -3,6 +3,7 @@
 ledger.py     trial id -> MLflow run and last logged step, in the experiment directory
 runs.py       the runs' life: the parent started or reopened, runs ended, repaired, superseded
 callback.py   the Tune callback that queues every write for the outbox (resilience/outbox.py)
+artifacts.py  a finished trial's eval items and checkpoints on its run
 """
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from stlm.errors import StlmError
 from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import error_text
 from stlm.sweep.resilience.outbox import OUTAGE_ENV, is_transient
+from stlm.sweep.tracking.artifacts import log_trial_artifacts
 from stlm.sweep.tracking.ledger import Ledger
 from stlm.tracking import (
     METRICS_PER_CALL,
@@ -27,7 +27,6 @@ from stlm.tracking import (
     reopen_run,
     status_of,
 )
-from stlm.train.checkpoint import step_of
 
 log = logging.getLogger("stlm.sweep")
 
@@ -341,44 +340,8 @@ class MLflowSweepCallback(Callback):
             entry["eval_logged"] = True
 
     def _log_artifacts(self, tid: str, entry: dict) -> None:
-
-        st = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
-        trial_dir = self.exp_dir / layout.trial(tid)
-        items = trial_dir / layout.EVAL
-        try:
-            if st.remote:  # the eval items a worker node wrote to the bucket
-                st.download(layout.trial(tid, layout.EVAL))
-            if items.is_dir() and any(items.iterdir()):
-                self.client.log_artifacts(entry["run_id"], str(items), "eval")
-            if st.remote:
-                self._log_remote_checkpoint(st, tid, entry)
-                return
-            # lazy: torch, only when a trial's checkpoint is logged
-            from stlm.train.checkpoint import latest_checkpoint
-
-            run_dir = self.exp_dir / layout.train_run(tid)  # Ray Train's copies are the only ones
-            last = latest_checkpoint(run_dir)
-            if last is not None:  # `stlm eval RUN_ID` loads the newest intact checkpoint of this directory
-                self.client.set_tag(entry["run_id"], "stlm.checkpoint", str(run_dir))
-                if self.sweep.spec.log_checkpoint:
-                    self.client.log_artifacts(entry["run_id"], str(last), "checkpoint")
-        except Exception as e:
-            if is_transient(e):  # the server went away mid-upload: the outbox tries the whole op again
-                raise
-            # artifacts are a convenience; never fail the sweep over them
-            self.client.set_tag(entry["run_id"], "stlm.artifact_error", str(e)[:500])
-
-    def _log_remote_checkpoint(self, st, tid: str, entry: dict) -> None:
-        """The trial's checkpoints are in the bucket: tag their URI; log the newest one (downloaded)."""
-        steps = [n for n in st.names(layout.train_run(tid)) if n.startswith("step_") and step_of(n) is not None]
-        if not steps:
-            return
-        self.client.set_tag(entry["run_id"], "stlm.checkpoint", f"{st.uri}/train/{tid}")
-        if self.sweep.spec.log_checkpoint:
-            with tempfile.TemporaryDirectory(prefix="stlm-ckpt-") as tmp:
-                newest = max(steps, key=step_of)
-                local = st.download(layout.train_run(tid, newest), Path(tmp) / newest)
-                self.client.log_artifacts(entry["run_id"], str(local), "checkpoint")
+        store = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
+        log_trial_artifacts(self.client, store, self.exp_dir, tid, entry["run_id"], self.sweep.spec.log_checkpoint)
 
     # -------------------------------------------------------------- the end (the driver's main thread)
 
