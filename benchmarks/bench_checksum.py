@@ -1,5 +1,5 @@
 """What checking a token shard costs at every trial start: the hash for the manifest's checksums, and
-the whole check prepare() does (stlm.data.prepare.trusted_manifest), in seconds per GB.
+the whole check prepare() does (stlm.data.shards.trusted_manifest), in seconds per GB.
 
     python benchmarks/bench_checksum.py [--mb 256] [--rounds 9]
 
@@ -31,7 +31,7 @@ import xxhash
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import emit, machine, median, median_ci
 
-from stlm.data.prepare import SCAN_BYTES, scan_shard, trusted_manifest
+from stlm.data.shards import SCAN_BYTES, scan_shard, trusted_manifest
 
 VOCAB = 50304
 

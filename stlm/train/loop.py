@@ -129,6 +129,10 @@ def train(
     data: a stlm.data.PreparedData (default: stlm.data.prepare(cfg)).
     on_log(metrics): rank 0, every train.log_interval steps (train metrics; val metrics at eval steps).
     progress: show a tqdm bar over steps (rank 0; off when not a TTY or STLM_QUIET=1).
+
+    One function on purpose, like nanoGPT's train.py: set-up, then the loop top to bottom (step, log, evaluate,
+    checkpoint, report), so that the order of every side effect in a step can be read in one place; the pieces
+    with a life of their own (train_step, _save, _resume, device.py) are functions beside it.
     """
     tc, mc = cfg.train, cfg.model
     if tc.keep_checkpoints < 1:

@@ -32,7 +32,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from stlm.data import prepare
-from stlm.data.prepare import cache_location, trusted_manifest, verify_cache
+from stlm.data.prepare import cache_location
+from stlm.data.shards import trusted_manifest, verify_cache
 from stlm.data.sources import cache_root
 from stlm.errors import StlmError
 from stlm.sweep.resilience.storage import copy_file, filesystem, read_fs_json

@@ -67,8 +67,8 @@ class SweepSession:
     uri: str  # the MLflow tracking URI
     address: str | None  # the Ray cluster attached to; None: a local Ray
     guard: Interrupts | None
-    client: object = None  # the MLflow client, once run() has it
-    parent: str | None = None  # the parent run's id, once run() started or reopened it
+    client: object = None  # the MLflow client, once run_under_parent() has it
+    parent: str | None = None  # the parent run's id, once run_under_parent() started or reopened it
 
     @property
     def exp_dir(self) -> Path:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         _start_ray(session)
     _prepare_experiment_dir(session, decision)
     try:
-        return run(session, restart=decision.action == RESTART)
+        return run_under_parent(session, restart=decision.action == RESTART)
     finally:
         storage.flush_all()  # the driver's last writes reach the bucket (no-op for a local directory)
 
@@ -189,7 +189,7 @@ def _start_ray(session: SweepSession) -> tuple[bool, dict]:
     return dashboard, cluster
 
 
-def run(session: SweepSession, *, restart: bool = False) -> int:
+def run_under_parent(session: SweepSession, *, restart: bool = False) -> int:
     """Open the sweep's MLflow parent run, run the trials, and end the runs however the trials end."""
     sweep, exp_dir, store, uri = session.sweep, session.exp_dir, session.store, session.uri
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -212,7 +212,7 @@ def run(session: SweepSession, *, restart: bool = False) -> int:
     if session.guard is not None:  # a driver forced out by the watchdog still ends its runs
         session.guard.on_force_exit(lambda: (repair_runs(client, exp_dir), end_parent(client, parent, "interrupted")))
     try:
-        return _run_trials(session)
+        return _trials_to_the_end(session)
     except KeyboardInterrupt:
         end_runs(client, exp_dir, parent, "interrupted")
         print(
@@ -226,7 +226,7 @@ def run(session: SweepSession, *, restart: bool = False) -> int:
         raise
 
 
-def _run_trials(session: SweepSession) -> int:
+def _trials_to_the_end(session: SweepSession) -> int:
     """Data, Ray, Tune's fit, then the end: interrupted (130), or the summary (0; 1 when a trial failed)."""
     concurrency = _start_cluster(session)
     results, callback = _fit(session, concurrency)
