@@ -66,11 +66,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xxhash
 from filelock import FileLock
 
 from stlm import progress
-from stlm.data.shards import CHECKSUM, trusted_manifest, verify_cache
+from stlm.data.shards import new_digest, recorded, trusted_manifest, verify_cache
 from stlm.data.sources import GeneratedSource, Source, cache_root, get_source, source_key, val_chars
 from stlm.errors import StlmError
 from stlm.tokenizers import Tokenizer, load_tokenizer
@@ -205,7 +204,7 @@ class _Encoder:
 
 def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int | None, desc: str) -> dict:
     stats = {"tokens": 0, "bytes": 0, "chars": 0, "documents": 0}
-    digest = xxhash.xxh3_128()  # of the bytes as written: no second pass over the shard
+    digest = new_digest()  # of the bytes as written: no second pass over the shard
     bar = progress.bar(total=cap, desc=desc, unit="char", unit_scale=True)
     try:
         with open(path, "wb") as f:
@@ -228,7 +227,7 @@ def _tokenize_split(docs: Iterable[str], encoder: _Encoder, path: Path, cap: int
         ) from None
     finally:
         bar.close()
-    stats["checksum"] = f"{CHECKSUM}:{digest.hexdigest()}"
+    stats["checksum"] = recorded(digest)
     return stats
 
 

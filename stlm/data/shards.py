@@ -19,6 +19,16 @@ SCAN_BYTES = 1 << 25  # check a shard 32 MB at a time
 log = logging.getLogger("stlm.data")
 
 
+def new_digest():
+    """The running hash of a shard's bytes; `recorded(digest)` is what a manifest keeps of it."""
+    return xxhash.xxh3_128()
+
+
+def recorded(digest) -> str:
+    """'xxh3_128:<hex>': the algorithm named with the value, so a manifest says how to check it."""
+    return f"{CHECKSUM}:{digest.hexdigest()}"
+
+
 def verify_cache(path: Path, content: dict, key: str) -> tuple[dict | None, str | None]:
     """(the manifest of a complete, intact cache for exactly `content`, None), or (None, why it was
     rejected) where a shard is damaged, or (None, None) where the cache is missing or partial."""
@@ -87,7 +97,7 @@ def scan_shard(path: Path, dtype: str) -> tuple[str, int]:
     training; the checksum catches the rest (valid ids swapped or changed, the size unchanged).
     Over a memmap: read() into a buffer copied every byte out of the page cache, 6x the time of
     hashing it in place (benchmarks/bench_checksum.py)."""
-    digest = xxhash.xxh3_128()
+    digest = new_digest()
     top = -1
     if path.stat().st_size:  # np.memmap refuses an empty file
         tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
@@ -96,4 +106,4 @@ def scan_shard(path: Path, dtype: str) -> tuple[str, int]:
             part = tokens[i : i + step]
             digest.update(part)
             top = max(top, int(part.max()))
-    return f"{CHECKSUM}:{digest.hexdigest()}", top
+    return recorded(digest), top

@@ -37,24 +37,19 @@ from stlm.eval.harness import parse_tasks
 from stlm.eval.tasks import TASKS
 from stlm.eval.tasks.base import resolve_data_dir
 from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable
+from stlm.preflight import check as report_problems
 from stlm.preflight import data_problems, tracking_problems
 from stlm.sweep.resilience.storage import endpoint, probe
 
 
 def check(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> None:
-    found = problems(sweep, attached=attached, tracking_uri=tracking_uri)
-    if found:
-        lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(found, 1))
-        raise StlmError(
-            f"pre-flight found {len(found)} problem{'s' if len(found) > 1 else ''} in sweep "
-            f"{sweep.name!r}; nothing was started or written:\n{lines}"
-        )
+    report_problems(problems(sweep, attached=attached, tracking_uri=tracking_uri), f"sweep {sweep.name!r}")
 
 
 def problems(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> list[str]:
     """Every problem found, in order: tracking server, data, tokenizer, eval (each distinct setting once),
     resources."""
-    found: list[str] = _tracking(tracking_uri)
+    found: list[str] = tracking_problems(tracking_uri)
     checks = (
         ("data", lambda c: repr(c.data), _data),
         ("tokenizer", lambda c: (c.model.tokenizer, c.data.gpt2_vocab_file), _tokenizer),
@@ -106,10 +101,6 @@ def _metrics(sweep) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tracking server
-
-
-def _tracking(uri: str | None) -> list[str]:
-    return tracking_problems(uri)
 
 
 def check_storage(store, timeout: float = 10.0) -> None:
