@@ -9,7 +9,6 @@ state, which name the old modules) and today's `stlm report` writes its report.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,9 +38,10 @@ def _legacy_tree(dest: Path) -> Path:
 
 
 def _env(pythonpath: Path | None) -> dict:
-    env = dict(os.environ, STLM_QUIET="1", RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    """The end-to-end tests' environment (a local Ray of its own), running the code at `pythonpath` or this tree's."""
+    from test_sweep_e2e import _env as sweep_env
+
+    env = sweep_env()
     env.pop("PYTHONPATH", None)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
