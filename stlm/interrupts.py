@@ -12,15 +12,22 @@ handler does, here driven by SIGTERM too: `kill` and schedulers send SIGTERM). A
 raises KeyboardInterrupt at once. If the process is still alive `grace_s` seconds after the
 first signal, a watchdog thread runs the force-exit hooks (mark the MLflow run KILLED) and
 exits with status 130: a driver never outlives a stop request by more than a few seconds.
+
+A KeyboardInterrupt raised while a finalizer runs (a weakref callback, a `__del__`, SQLAlchemy
+tidying its class registry) is only printed by Python as "Exception ignored in ...", and the command
+would run on until the watchdog. sys.unraisablehook catches that case and raises it again in the
+main thread, as a second signal would.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 GRACE_S = 12.0  # the issue's bound is 15 s from the signal to the driver's exit
@@ -33,6 +40,7 @@ class Interrupts:
         self.grace_s = grace_s
         self.hooks: list[Callable[[], None]] = []
         self.signals = 0
+        self.last_signal = signal.SIGINT
         self.in_tune = False
         self._watchdog: threading.Timer | None = None
 
@@ -46,6 +54,7 @@ class Interrupts:
                     signal.signal(sig, cls._installed._handle)
                 # Tune's own SIGINT handler would take Ctrl-C away from us; its SIGUSR1 one is used instead
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+                sys.unraisablehook = cls._installed._unraisable(sys.unraisablehook)
         return cls._installed
 
     def reclaim(self) -> None:
@@ -68,6 +77,7 @@ class Interrupts:
 
     def _handle(self, sig, frame) -> None:
         self.signals += 1
+        self.last_signal = sig
         name = signal.Signals(sig).name
         if self.signals == 1:
             self._watchdog = threading.Timer(self.grace_s, self._force_exit, args=(name,))
@@ -83,6 +93,22 @@ class Interrupts:
                 tune_stop(signal.SIGUSR1, frame)  # Tune's handler: stop, checkpoint the experiment, return
                 return
         raise KeyboardInterrupt(name)
+
+    def _unraisable(self, previous):
+        def hook(info) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt) and self.signals:
+                # our interrupt landed in a finalizer, which swallows it: deliver it again a moment later
+                # from another thread, once the finalizer has returned (raised here, it would be swallowed
+                # too; and Thread.start waits, where the signal would land again)
+                _thread.start_new_thread(self._deliver_again, ())
+                return
+            previous(info)
+
+        return hook
+
+    def _deliver_again(self) -> None:
+        time.sleep(0.05)
+        _thread.interrupt_main(self.last_signal)
 
     def _force_exit(self, name: str) -> None:
         print(f"\n{name} {self.grace_s:.0f} s ago and still running: exiting now.", file=sys.stderr, flush=True)

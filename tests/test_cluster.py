@@ -24,6 +24,8 @@ import pytest
 import yaml
 from test_sweep_e2e import _kill_group, live_pids
 
+from stlm.train.checkpoint import step_of
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
 VENV_PYTHON = sys.executable  # the interpreter running the tests has stlm, ray and mlflow installed
@@ -360,21 +362,29 @@ def test_two_node_cluster_runs_a_sweep(tmp_path, mlflow_server, shared_data):
             start_new_session=True,
         )
         try:
-            # a spot preemption: once both trials have a persisted checkpoint, the worker node (its raylet,
-            # agents and the Ray Train worker on it) is killed; its trial must resume on the head
-            def persisted():
-                return (
-                    [t for t in (exp_dir / "train").glob("*") if any(t.glob("step_*"))]
-                    if (exp_dir / "train").is_dir()
-                    else []
-                )
+            # a spot preemption: once the trial training on the worker node has a checkpoint that Ray Train
+            # registered, and steps to go, the worker node (its raylet, agents and the Ray Train worker on it)
+            # is killed; that trial must resume on the head. The trial is found by its Train worker's working
+            # directory, which Ray Train names after the run. (Waiting for both trials' checkpoints instead
+            # could catch the worker's trial already finished, its worker still tearing down: nothing resumed.)
+            def registered_step(run: Path) -> int:
+                try:
+                    snap = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+                    return step_of(snap["latest_checkpoint_result"]["checkpoint_dir_name"]) or 0
+                except (OSError, ValueError, KeyError, TypeError):
+                    return 0
 
-            def on_worker():
-                return [p for p in _node_pids(cluster["homes"]["worker"]) if b"RayTrainWorker" in _cmdline(p)]
+            def training_on_worker() -> list[str]:
+                names = set()
+                for pid in _node_pids(cluster["homes"]["worker"]):
+                    if b"RayTrainWorker" in _cmdline(pid):
+                        with contextlib.suppress(OSError):
+                            names.add(Path(os.readlink(f"/proc/{pid}/cwd")).name)
+                return [n for n in names if 0 < registered_step(exp_dir / "train" / n) <= max_steps - 10]
 
             _wait_until(
-                "a checkpoint of each trial while one trains on the worker node",
-                lambda: len(persisted()) == 2 and on_worker(),
+                "a registered checkpoint of the trial training on the worker node",
+                training_on_worker,
                 300,
                 log,
                 job,
