@@ -749,7 +749,7 @@ def test_a_stopped_train_worker_is_ended_as_stalled_and_retried_apart_from_crash
     import yaml
     from test_sweep_e2e import _child_runs, _kill_group, _start, _train_workers_of
 
-    limit, steps = 8, 300
+    limit, steps = 8, 200
     sweep = _fault_sweep(tmp_path, "stall", [{"name": "ok", "set": {}}])
     spec = yaml.safe_load(sweep.read_text())
     spec["seeds"] = [0]

@@ -1,7 +1,8 @@
 """A trial whose Ray Train workers stop reporting: its stall limit, the clock that holds it, and the error it ends with.
 
 A worker that hangs (stopped, deadlocked in a collective, waiting on a dead filesystem) reports nothing; Ray Train's
-own health check notices only a process that stopped answering, after 10 minutes, and then spends a crash retry on it.
+own health check notices only a process that stopped answering, after 600 s (RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S),
+and then spends a crash retry on it.
 The Tune trial's process, where the Train controller runs (run/train_run.py), keeps a StallClock instead: the time
 since its workers' last report, against the trial's stall limit (`resources.stall_timeout`, else derived from the
 trial's own report intervals by stall_limit below). Past the limit the attempt is ended as stalled and retried from
@@ -77,7 +78,8 @@ class StallClock:
     budget: int  # stalls retried from the last checkpoint (max_failures), counted apart from crashes
     evaluates: bool  # the trial ends with a benchmark evaluation after its last training step (eval.tasks)
     t_start: float  # when the Tune trial started (time.time()): the workers' startup_s counts from it
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.monotonic  # silences and gaps
+    wall: Callable[[], float] = time.time  # attempts' starts, against t_start
     first_waits: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     stalls: int = 0
@@ -94,7 +96,7 @@ class StallClock:
 
     def attempt_starting(self) -> None:
         self.attempts += 1
-        self._attempt_wall = time.time()
+        self._attempt_wall = self.wall()
         self._since = None  # the placement group and the workers' start are start-up, not silence
         if self._stalled_at is not None:
             self.lost_s += self.clock() - self._stalled_at
@@ -105,7 +107,8 @@ class StallClock:
         self._first_pending = True
 
     def limit(self) -> float | None:
-        evaluating = self.evaluates and self.last_step is not None and self.last_step >= (self._max_steps or 1 << 62)
+        steps = (self.last_step, self._max_steps)
+        evaluating = self.evaluates and None not in steps and steps[0] >= steps[1]  # past the last training report
         return stall_limit(
             self.explicit,
             first_waits=self.first_waits,
@@ -153,5 +156,5 @@ class StallClock:
         source = "resources.stall_timeout" if self.explicit is not None else "derived from its report intervals"
         return (
             f"no report from its Ray Train workers for {self.silent_s:.1f} s {where} "
-            f"(stall limit {self.limit_s:.0f} s, {source}; stall {self.stalls}, {self.budget} retried)"
+            f"(stall limit {self.limit_s:.0f} s, {source}; stall {self.stalls}, of {self.budget} retried)"
         )

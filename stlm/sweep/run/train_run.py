@@ -26,7 +26,7 @@ With the controller in the trial's process, the trial also watches its workers f
 (resilience/stall.py): StallWatch ends an attempt whose workers report nothing for longer than the
 trial's stall limit, and StallPolicy retries it from the last checkpoint on a budget of its own, so
 Ray Train's crash budget (FailureConfig.max_failures) is left as it was. The stock path has neither
-(Ray Train's own health check notices a stopped worker after 10 minutes and spends a crash retry).
+(Ray Train's own health check gives a stopped worker 600 s and spends a crash retry on it).
 
 This uses Ray Train V2 internals of Ray 2.60 (TrainController, DatasetsCallback, WorkerGroupCallback,
 FailurePolicy and two trainer hooks); `trainer_class()` falls back to the stock TorchTrainer where they
@@ -74,7 +74,6 @@ def _in_trial(base: type) -> type:
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.controller import TrainController
-    from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
 
     for hook in ("_initialize_and_run_controller", "_create_default_callbacks"):
         if not hasattr(base, hook):  # renamed in this Ray: overriding nothing would lose every report
@@ -92,7 +91,9 @@ def _in_trial(base: type) -> type:
         def _initialize_and_run_controller(self, **controller_kwargs):
             watch = next((c for c in controller_kwargs["callbacks"] if isinstance(c, stall_watch_class())), None)
             if watch is not None:
-                controller_kwargs["failure_policy"] = StallPolicy(controller_kwargs["failure_policy"], watch.clock)
+                controller_kwargs["failure_policy"] = stall_policy_class()(
+                    controller_kwargs["failure_policy"], watch.clock
+                )
             # Stock: the same object as an actor pinned to this node, then ray.get(run) and
             # ray.get(get_result). The trial's thread is not the main thread: no SIGINT handler here
             # either. When this trial is killed (ASHA), its workers' placement group is freed by the
@@ -101,8 +102,18 @@ def _in_trial(base: type) -> type:
             asyncio.run(controller.run())
             return controller.get_result()
 
+    InTrialTrainer.__name__ = InTrialTrainer.__qualname__ = f"InTrial{base.__name__}"
+    return InTrialTrainer
+
+
+@functools.cache
+def stall_policy_class() -> type:
+    # inside: Ray Train internals, which another Ray version may not have (the caller falls back)
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
+
     class StallPolicy(FailurePolicy):
-        """Ray Train's failure policy, except for a stall (StallWatch): retried on the stall budget alone."""
+        """Ray Train's failure policy (`inner`), except for a stall (StallWatch): that is retried while the
+        clock's stall budget lasts, and the inner policy's crash count is left as it was."""
 
         def __init__(self, inner: FailurePolicy, clock: StallClock):
             super().__init__(inner.failure_config)
@@ -114,8 +125,7 @@ def _in_trial(base: type) -> type:
                 return FailureDecision.RETRY if self.clock.retry else FailureDecision.RAISE
             return self.inner.make_decision(training_failed_error)
 
-    InTrialTrainer.__name__ = InTrialTrainer.__qualname__ = f"InTrial{base.__name__}"
-    return InTrialTrainer
+    return StallPolicy
 
 
 @functools.cache
@@ -127,9 +137,9 @@ def stall_watch_class() -> type:
         """Ends a Train attempt whose workers report nothing for longer than the trial's stall limit.
 
         Runs in the controller's loop. At the first poll of the workers past the limit, the workers are
-        killed (a stopped process answers nothing else; Ray Train would wait 10 minutes for it) and the
+        killed (a stopped process answers nothing else; Ray Train would wait 600 s for it) and the
         poll says TrialStalledError for every rank: the controller then stops the worker group and asks
-        the failure policy (StallPolicy) whether to retry from the last checkpoint.
+        the failure policy (stall_policy_class) whether to retry from the last checkpoint.
         """
 
         def __init__(self, clock: StallClock):

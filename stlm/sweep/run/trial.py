@@ -110,10 +110,10 @@ def run_trial(config: dict, ctx: Context) -> None:
         if stalls.retry:  # a crash (or another error)
             raise
         raise TrialStalledError(
-            f"Trial {trial_id} stalled: {stalls.describe()}. Each stall is retried from the last checkpoint up to "
-            f"max_failures ({stalls.budget}) times, apart from crashes, and it stalled again. If its workers were "
-            "only slow (a long evaluation, a slow filesystem), raise resources.stall_timeout; otherwise the "
-            "workers' logs under the sweep's Ray session show where they hung."
+            f"Trial {trial_id} stalled: {stalls.describe()}. A trial's stalls are retried from its last "
+            f"checkpoint up to max_failures ({stalls.budget}) times, counted apart from its crashes, and this one "
+            "was past that. If its workers were only slow (a long evaluation, a slow filesystem), raise "
+            "resources.stall_timeout; otherwise the workers' logs in the sweep's Ray session show where they hung."
         ) from None
     fatal = read_fatal(trial_dir, store)
     if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
