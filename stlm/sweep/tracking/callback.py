@@ -341,7 +341,7 @@ class MLflowSweepCallback(Callback):
         if evals:
             entry["eval_logged"] = True
         stalls = int(op["metrics"].get(STALLS, 0))
-        if stalls > entry.get(STALLS, 0):  # the run says so where a user filters runs: tags.stlm.stalls > 0
+        if stalls > entry.get(STALLS, 0):  # the run says so among its tags, where the MLflow UI filters runs
             self.client.set_tag(entry["run_id"], "stlm.stalls", str(stalls))
             entry[STALLS] = stalls
 
