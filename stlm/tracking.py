@@ -35,6 +35,7 @@ MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit
 END_STATE = {
     "finished": "FINISHED",
     "failed": "FAILED",
+    "stalled": "FAILED",  # a sweep trial whose workers stopped reporting more often than its retries allow
     "stopped": "KILLED",
     "interrupted": "KILLED",
     "overwritten": "KILLED",

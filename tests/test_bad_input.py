@@ -163,6 +163,15 @@ def test_a_metric_never_reported(here, capsys):
     _untouched(here)
 
 
+@pytest.mark.parametrize("value", ["0", "-30"])
+def test_a_stall_timeout_that_is_not_positive_names_the_key(here, capsys, value):
+    (here / "sweep.yaml").write_text(SWEEP + f"resources: {{stall_timeout: {value}}}\n")
+    _refused(capsys, ["sweep", "sweep.yaml", "--dry-run"], "resources.stall_timeout must be a positive number")
+    (here / "sweep.yaml").write_text(SWEEP)
+    _refused(capsys, ["sweep", "sweep.yaml", f"resources.stall_timeout={value}"], "resources.stall_timeout must be")
+    _untouched(here)
+
+
 def test_max_chars_zero_names_the_key(here, capsys):
     _refused(capsys, ["train", "config.yaml", "data.max_chars=0"], "data.max_chars must be positive")
     _untouched(here)

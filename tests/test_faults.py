@@ -714,3 +714,84 @@ def test_tunes_experiment_state_is_replaced_whole_or_not_at_all():
         subprocess.run(["umount", "-l", disk], capture_output=True)
         with contextlib.suppress(OSError):
             os.rmdir(disk)
+
+
+def _registered_step(exp_dir: Path) -> int:
+    """The step of the newest checkpoint Ray Train registered in the sweep's one Train run (-1: none yet)."""
+    from stlm.train.checkpoint import step_of
+
+    try:
+        [snapshot] = (exp_dir / layout.TRAIN).glob(f"*/{layout.SNAPSHOT}")
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (ValueError, OSError, KeyError, TypeError):  # none yet, or being replaced
+        return -1
+    return step_of(latest) or -1
+
+
+def _until(what, timeout: float, p: subprocess.Popen, log: Path):
+    """Poll what() every 20 ms until it returns something true; fail if the sweep ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.02)
+    pytest.fail(f"gave up waiting (sweep exit {p.poll()}):\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_a_stopped_train_worker_is_ended_as_stalled_and_retried_apart_from_crashes(tmp_path):
+    """Issue 28: a Train worker stopped with SIGSTOP reports nothing. Past resources.stall_timeout the
+    trial's attempt is ended as stalled (its worker killed) and retried from its last checkpoint on a
+    budget of its own: a crash after it (the retried worker killed) still gets max_failures' one retry.
+    The trial finishes with each validation step logged once; its MLflow run, the summary and the
+    report name the stall, and the summary gives start-up and stall time apart."""
+    import yaml
+    from test_sweep_e2e import _child_runs, _kill_group, _start, _train_workers_of
+
+    limit, steps = 8, 200
+    sweep = _fault_sweep(tmp_path, "stall", [{"name": "ok", "set": {}}])
+    spec = yaml.safe_load(sweep.read_text())
+    spec["seeds"] = [0]
+    spec["config"]["model"].update(n_layers=1, d_model=32)
+    spec["config"]["train"].update(max_steps=steps, eval_batches=1)
+    spec["resources"]["stall_timeout"] = limit
+    sweep.write_text(yaml.safe_dump(spec))
+    exp_dir, log = tmp_path / "sweep_runs" / "stall", tmp_path / "stall.log"
+
+    p = _start([str(sweep)], tmp_path, log)
+    stopped = None
+    try:
+        # 1. stop the worker once Ray Train registered a checkpoint to retry it from
+        _until(lambda: _registered_step(exp_dir) >= EVERY, 240, p, log)
+        [stopped] = _train_workers_of(exp_dir)
+        os.kill(stopped, signal.SIGSTOP)
+        t_stop, step_at_stop = time.monotonic(), _registered_step(exp_dir)
+        # 2. the stall ends that attempt: its worker is killed and another one trains on from that checkpoint
+        retried = _until(lambda: [w for w in _train_workers_of(exp_dir) if w != stopped], 120, p, log)
+        t_retry = time.monotonic()
+        _until(lambda: _registered_step(exp_dir) > step_at_stop, 120, p, log)
+        # 3. a crash: the retried worker killed (max_failures: 1 is for this; the stall spent none of it)
+        os.kill(retried[0], signal.SIGKILL)
+        rc = p.wait(timeout=300)
+    finally:
+        _kill_group(p)
+        if stopped and _alive(stopped):
+            os.kill(stopped, signal.SIGKILL)
+    out = log.read_text()
+    print(f"SIGSTOP -> the retry's worker running: {t_retry - t_stop:.1f} s (stall limit {limit} s)")
+    assert rc == 0, out[-4000:]
+    assert not _alive(stopped), "the stopped worker outlived its stall"
+    client, [run] = _child_runs(exp_dir)
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["stlm.status"] == "finished" and tags["stlm.stalls"] == "1", tags
+    print(f"silent {metrics['stall_silent_s']:.1f} s at detection; {metrics['stall_lost_s']:.1f} s lost to the stall")
+    assert limit < metrics["stall_silent_s"] < 2 * limit and metrics["stall_limit_s"] == limit
+    resumed = sorted({m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")})
+    assert resumed == sorted({0, step_at_stop, *resumed[2:]}) and len(resumed) == 3, (step_at_stop, resumed)
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_bpb")]
+    assert val_steps == list(range(EVERY, steps + 1, EVERY))
+    summary = out.split("per arm")[1]
+    assert "stalled trials (1; " in summary and "stalled 1x, retried: silent" in summary, summary
+    assert "finished (stalled 1x, retried)" in out
+    assert "Stalled trials" in (exp_dir / "report" / "report.md").read_text()

@@ -11,6 +11,7 @@ from stlm.fmt import num, si
 from stlm.models import count_params
 from stlm.sweep.analysis import compare
 from stlm.sweep.plan.sweep import Sweep
+from stlm.sweep.resilience.stall import LIMIT, LOST, SILENT, STALLS
 
 
 def summarize(sweep: Sweep, result_grid, ledger: dict, exp_dir: Path, space=None) -> tuple[str, list[dict]]:
@@ -57,7 +58,8 @@ def _trial_row(result, ledger: dict, metrics: list[str], tasks: list[str], space
         "val_bpb": m.get("val_bpb"),
         **{k: m.get(k) for k in metrics},
         "evals": {f"eval/{t}/acc": m[f"eval/{t}/acc"] for t in tasks if f"eval/{t}/acc" in m},
-        "startup_s": m.get("startup_s"),
+        "startup_s": m.get("startup_s"),  # of its last attempt: a retry's counts from the retry's start
+        **{k: m.get(k) for k in (STALLS, SILENT, LIMIT, LOST)},  # set once it stalled and was retried
         "wall_s": m.get("time_total_s"),
         "status": status,
         "error": (str(result.error).strip().splitlines() or [""])[-1][:160] if result.error else None,
@@ -91,6 +93,7 @@ def _trial_table(rows: list[dict], metrics: list[str]) -> list[str]:
         lines.append(
             " ".join(cells)
             + f"  {row['status']}"
+            + (f" (stalled {row[STALLS]}x, retried)" if row.get(STALLS) and row["status"] != "stalled" else "")
             + (" *pareto*" if row.get("pareto") else "")
             + (f"  ({row['error']})" if row["error"] else "")
         )
@@ -127,10 +130,31 @@ def _arm_lines(sweep: Sweep, rows: list[dict]) -> list[str]:
     starts = [row["startup_s"] for row in rows if isinstance(row.get("startup_s"), (int, float))]
     if starts:
         lines.append(
-            f"trial start-up (Tune trial -> Ray Train worker running): median "
+            f"trial start-up (Tune trial, or a retry's start -> Ray Train worker running): median "
             f"{sorted(starts)[len(starts) // 2]:.1f}s, max {max(starts):.1f}s"
         )
-    return lines
+    return lines + stall_lines(rows)
+
+
+def stall_lines(rows: list[dict]) -> list[str]:
+    """The trials that stalled (no report for longer than their stall limit), with the time each stall cost,
+    apart from start-up."""
+    stalled = [r for r in rows if r.get(STALLS) or r["status"] == "stalled"]
+    if not stalled:
+        return []
+    parts = []
+    for r in stalled:
+        if r["status"] == "stalled":
+            parts.append(f"{r['trial_id']} ended stalled (its error says when)")
+        else:
+            parts.append(
+                f"{r['trial_id']} stalled {r[STALLS]}x, retried: silent {r[SILENT]:.1f}s against a {r[LIMIT]:.0f}s "
+                f"limit, {r[LOST]:.1f}s from its last report to its retry's start"
+            )
+    return [
+        f"stalled trials ({len(stalled)}; each stall retried from its last checkpoint, apart from crashes): "
+        + "; ".join(parts)
+    ]
 
 
 def comparison_of(sweep: Sweep, rows: list[dict]) -> dict:

@@ -201,6 +201,8 @@ def run_lines(sweep: Sweep, space, training: dict[str, tuple]) -> list[str]:
         + "} = "
         + ", ".join(f"{v:g} {k}" for k, v in trial_resources(sweep).items())
         + f"; max concurrent: {r.max_concurrent or 'as many as the cluster fits'}"
+        + "; stall limit: "
+        + (f"{r.stall_timeout:g} s" if r.stall_timeout else "derived from each trial's report intervals")
     )
     cfg = sweep.arms[0].cfg
     t = cfg.train

@@ -29,12 +29,12 @@ A sweep file (every key optional except `name`; defaults shown):
         train.lr: {type: loguniform, low: 3e-4, high: 3e-3}
       architecture: false                # true (or bounds, see ArchitectureSpec): search the shape
     scheduler: {type: none, grace_period: 100, reduction_factor: 2, time_attr: step}   # none | asha
-    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: null}
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: null, stall_timeout: null}
     metric: val_bpb                      # or a list for multi-objective NSGA-II: [val_bpb, params]
     mode: min                            # or a list, one per metric
     eval: {tasks: [blimp], limit: 200}   # merged over the config's `eval` section
     tracking: {uri: null, experiment: stlm}
-    max_failures: 1                      # retries of a trial from its last checkpoint
+    max_failures: 1                      # retries of a trial from its last checkpoint (crashes; stalls apart)
     log_checkpoint: false                # upload each trial's final checkpoint to MLflow
 
 Validation follows stlm.config: unknown keys name the closest valid key, every error names
@@ -151,6 +151,9 @@ class ResourcesSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional shares a GPU, e.g. 0.25 for four 10M trials per GPU
     max_concurrent: int | None = None  # default: as many trials as the cluster's resources fit
+    # seconds a trial's workers may go without a report before the trial counts as stalled (then retried from its
+    # last checkpoint); null: derived from the trial's own report intervals (resilience/stall.py: stall_limit)
+    stall_timeout: float | None = None
 
 
 @dataclass

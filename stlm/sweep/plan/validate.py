@@ -187,6 +187,11 @@ def _validate_resources(r: ResourcesSpec) -> None:
         raise StlmError(f"resources.gpus_per_worker: above 1 it must be whole, got {r.gpus_per_worker}.")
     if r.max_concurrent is not None and r.max_concurrent < 1:
         raise StlmError("resources.max_concurrent must be >= 1 (or null).")
+    if r.stall_timeout is not None and not r.stall_timeout > 0:
+        raise StlmError(
+            f"resources.stall_timeout must be a positive number of seconds (or null: derived from each trial's "
+            f"report intervals), got {r.stall_timeout}."
+        )
 
 
 def _validate_objectives(spec: SweepSpec) -> None:

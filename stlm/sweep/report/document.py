@@ -40,6 +40,7 @@ from stlm.sweep.report.tables import (
     param_gap_lines,
     pareto_table,
     scale_table,
+    stalls_table,
     summary_table,
 )
 from stlm.tracking import log_metrics, mlflow_client
@@ -116,6 +117,12 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
         blocks.append(("table", f"Pareto front ({a.primary} vs {a.pareto_x}), {len(a.pareto)} trials", pareto_table(a)))
     if a.excluded:
         blocks.append(("table", "Failed, stopped or unfinished trials (not averaged)", excluded_table(a)))
+    stalls = stalls_table(a)
+    if stalls[1]:
+        title = (
+            "Stalled trials: no report for longer than the stall limit (each stall retried from the last checkpoint)"
+        )
+        blocks.append(("table", title, stalls))
     return blocks
 
 

@@ -12,6 +12,7 @@ from stlm.fmt import ci, stat
 from stlm.sweep.analysis.arms import Analysis
 from stlm.sweep.analysis.trials import EVAL_RE
 from stlm.sweep.plan.sweep import split_sized
+from stlm.sweep.resilience.stall import LIMIT, LOST, SILENT, STALLS
 
 
 def _verdict(d: stats.PairedDiff | None, mode: str | None) -> str:
@@ -123,6 +124,22 @@ def excluded_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
     rows = [
         [t.run_id, t.arm, str(t.seed), t.status, stat(t.value(a.primary)), t.error.replace("\n", " ")[:120]]
         for t in a.excluded
+    ]
+    return head, rows
+
+
+def stalls_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
+    """The trials whose workers went silent past their stall limit: retried (and finished, or not), or ended
+    stalled. Empty when none did."""
+    stalled = [t for t in a.finished + a.excluded if t.value(STALLS) or t.status == "stalled"]
+    head = ["run", "arm", "seed", "status", "stalls retried", "silent (s)", "limit (s)", "lost to stalls (s)"]
+    rows = [
+        [t.run_id, t.arm, str(t.seed), t.status]
+        + [
+            f"{t.value(k):.{0 if k == STALLS else 1}f}" if t.value(k) is not None else "-"
+            for k in (STALLS, SILENT, LIMIT, LOST)
+        ]
+        for t in stalled
     ]
     return head, rows
 

@@ -10,6 +10,7 @@ sweep_json.py   sweep.json, what `stlm report` reads
 tune_state.py   Tune's experiment state written whole or not at all
 checkpoints.py  a trial's checkpoints persisted whole; the registered ones found and resumed
 fatal.py        a trial's errors: the one no retry can fix, and any failed trial's text
+stall.py        a trial whose workers stop reporting: its stall limit, budget and error
 disk.py         the sweep ended cleanly before its disk is full
 outbox.py       MLflow writes queued on disk until the server takes them
 legacy.py       the old module names that directories written before the package split pickled

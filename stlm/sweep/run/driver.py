@@ -52,7 +52,7 @@ from stlm.sweep.run.trial import Context, prepare_trial
 from stlm.sweep.run.tuner import build_tuner, make_reporter
 from stlm.sweep.tracking.ledger import Ledger
 from stlm.sweep.tracking.runs import end_parent, end_runs, repair_runs, restart_from_plan, start_parent, supersede
-from stlm.tracking import mlflow_client, tracking_uri
+from stlm.tracking import END_STATE, mlflow_client, tracking_uri
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +299,7 @@ def _interrupted(session: SweepSession, callback) -> int:
         end_parent(session.client, session.parent, "interrupted")
     done = Ledger(session.exp_dir).trials.values()
     n_fin = sum(1 for t in done if t.get("status") == "finished")
-    n_fail = sum(1 for t in done if t.get("status") == "failed")
+    n_fail = sum(1 for t in done if END_STATE.get(t.get("status")) == "FAILED")
     print(
         f"\nsweep {session.sweep.name} interrupted after {time.time() - session.t_start:.0f}s "
         f"({n_fin} of {session.sweep.num_trials} trials finished"
@@ -319,7 +319,7 @@ def _finished(session: SweepSession, results, callback) -> int:
     table, rows = summarize(sweep, results, ledger.data, exp_dir, space)
     wall = time.time() - session.t_start
     feasible = count_feasible(sweep, space, results)
-    n_failed = sum(1 for r in rows if r["status"] == "failed")
+    n_failed = sum(1 for r in rows if END_STATE.get(r["status"]) == "FAILED")  # failed, or stalled for good
     extra = {
         "wall_s": wall,
         "trials": rows,

@@ -22,14 +22,21 @@ it until the job ends). With the driver's FreeDeadTrialsPlacementGroups callback
 the GCS table instead, a run leaves that actor out too, and a local sweep needs no dashboard
 (benchmarks/RESULTS.md). STLM_PG_CLEANUP=ray in the driver's environment keeps Ray's cleaner.
 
-This uses Ray Train V2 internals of Ray 2.60 (TrainController, DatasetsCallback and two trainer
-hooks); `trainer_class()` falls back to the stock TorchTrainer where they are missing, and
-STLM_TRAIN_CONTROLLER=actor in the driver's environment asks for the stock path outright.
+With the controller in the trial's process, the trial also watches its workers for a stall
+(resilience/stall.py): StallWatch ends an attempt whose workers report nothing for longer than the
+trial's stall limit, and StallPolicy retries it from the last checkpoint on a budget of its own, so
+Ray Train's crash budget (FailureConfig.max_failures) is left as it was. The stock path has neither
+(Ray Train's own health check gives a stopped worker 600 s and spends a crash retry on it).
+
+This uses Ray Train V2 internals of Ray 2.60 (TrainController, DatasetsCallback, WorkerGroupCallback,
+FailurePolicy and two trainer hooks); `trainer_class()` falls back to the stock TorchTrainer where they
+are missing, and STLM_TRAIN_CONTROLLER=actor in the driver's environment asks for the stock path outright.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -37,6 +44,8 @@ import time
 import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
+
+from stlm.sweep.resilience.stall import StallClock, TrialStalledError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # the key TuneReportCallback uses, kept for MLflow and results
@@ -47,10 +56,14 @@ PG_CLEANUP_ENV = "STLM_PG_CLEANUP"  # "driver" (default): the sweep driver frees
 class ReportToTune(UserCallback):
     """What TuneReportCallback does, without its queue actor: the controller runs in the Tune
     trial's thread, so a report is a plain `ray.tune.report` (rank 0's metrics, the checkpoint's
-    path; the checkpoint itself is already persisted by Ray Train)."""
+    path; the checkpoint itself is already persisted by Ray Train). With a stall clock, each report
+    is noted on it first, and carries what it adds (the attempt's own start-up, the stalls so far)."""
+
+    def __init__(self, clock: StallClock | None = None):
+        self.clock = clock
 
     def after_report(self, run_context, metrics, checkpoint):
-        result = dict(metrics[0])
+        result = dict(metrics[0]) if self.clock is None else self.clock.reported(metrics[0])
         if checkpoint is not None:
             result[CHECKPOINT_PATH_KEY] = checkpoint.path
         ray.tune.report(result)
@@ -76,6 +89,11 @@ def _in_trial(base: type) -> type:
             return callbacks
 
         def _initialize_and_run_controller(self, **controller_kwargs):
+            watch = next((c for c in controller_kwargs["callbacks"] if isinstance(c, stall_watch_class())), None)
+            if watch is not None:
+                controller_kwargs["failure_policy"] = stall_policy_class()(
+                    controller_kwargs["failure_policy"], watch.clock
+                )
             # Stock: the same object as an actor pinned to this node, then ray.get(run) and
             # ray.get(get_result). The trial's thread is not the main thread: no SIGINT handler here
             # either. When this trial is killed (ASHA), its workers' placement group is freed by the
@@ -88,6 +106,69 @@ def _in_trial(base: type) -> type:
     return InTrialTrainer
 
 
+@functools.cache
+def stall_policy_class() -> type:
+    # inside: Ray Train internals, which another Ray version may not have (the caller falls back)
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
+
+    class StallPolicy(FailurePolicy):
+        """Ray Train's failure policy (`inner`), except for a stall (StallWatch): that is retried while the
+        clock's stall budget lasts, and the inner policy's crash count is left as it was."""
+
+        def __init__(self, inner: FailurePolicy, clock: StallClock):
+            super().__init__(inner.failure_config)
+            self.inner, self.clock = inner, clock
+
+        def make_decision(self, training_failed_error):
+            failures = getattr(training_failed_error, "worker_failures", None) or {}
+            if failures and all(isinstance(e, TrialStalledError) for e in failures.values()):
+                return FailureDecision.RETRY if self.clock.retry else FailureDecision.RAISE
+            return self.inner.make_decision(training_failed_error)
+
+    return StallPolicy
+
+
+@functools.cache
+def stall_watch_class() -> type:
+    # inside: a Ray Train internal, which another Ray version may not have (the caller falls back)
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class StallWatch(WorkerGroupCallback):
+        """Ends a Train attempt whose workers report nothing for longer than the trial's stall limit.
+
+        Runs in the controller's loop. At the first poll of the workers past the limit, the workers are
+        killed (a stopped process answers nothing else; Ray Train would wait 600 s for it) and the
+        poll says TrialStalledError for every rank: the controller then stops the worker group and asks
+        the failure policy (stall_policy_class) whether to retry from the last checkpoint.
+        """
+
+        def __init__(self, clock: StallClock):
+            self.clock = clock
+            self._group = None
+
+        def before_worker_group_start(self, worker_group_context):
+            self.clock.attempt_starting()
+
+        def after_worker_group_training_start(self, worker_group):
+            self._group = worker_group
+            self.clock.training_started()
+
+        def after_worker_group_poll_status(self, worker_group_status):
+            if worker_group_status.errors or worker_group_status.finished:
+                return
+            why = self.clock.check()
+            if why is None:
+                return
+            log.warning("trial stalled: %s; %s", why, "retrying it" if self.clock.retry else "no stall retry left")
+            error = TrialStalledError(why)
+            for status in worker_group_status.worker_statuses.values():
+                status.error = error
+            for worker in self._group.get_workers() if self._group is not None else []:
+                ray.kill(worker.actor)
+
+    return StallWatch
+
+
 def stock() -> tuple[type, list]:
     # lazy: Tune's Train integration, only for Ray's stock controller
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -95,13 +176,14 @@ def stock() -> tuple[type, list]:
     return TorchTrainer, [TuneReportCallback()]
 
 
-def trainer_class(num_workers: int) -> tuple[type, list]:
+def trainer_class(num_workers: int, clock: StallClock | None = None) -> tuple[type, list]:
     """(trainer class, run callbacks) for a trial's Train run: the in-trial controller where this
-    Ray has the internals it needs, else (or with STLM_TRAIN_CONTROLLER=actor) the stock
-    TorchTrainer and TuneReportCallback."""
+    Ray has the internals it needs (and with a clock, the stall watch), else (or with
+    STLM_TRAIN_CONTROLLER=actor) the stock TorchTrainer and TuneReportCallback."""
     if os.environ.get("STLM_TRAIN_CONTROLLER", "in-trial") == "actor":
         return stock()
     try:
+        callbacks = [ReportToTune(clock)] + ([stall_watch_class()(clock)] if clock is not None else [])
         if num_workers == 1:  # no process group for one worker: stlm's loop trains it as one process
             # inside the try: Ray Train's internals, which another Ray version may not have
             from ray.train.backend import BackendConfig
@@ -111,8 +193,8 @@ def trainer_class(num_workers: int) -> tuple[type, list]:
                 def __init__(self, *args, **kwargs):
                     super().__init__(*args, backend_config=BackendConfig(), **kwargs)
 
-            return _in_trial(OneWorkerTrainer), [ReportToTune()]
-        return _in_trial(TorchTrainer), [ReportToTune()]
+            return _in_trial(OneWorkerTrainer), callbacks
+        return _in_trial(TorchTrainer), callbacks
     except ImportError as e:  # another Ray version: the stock path, slower on small machines
         log.warning("Ray Train internals not found (%s): trials use the stock controller actor.", e)
         return stock()

@@ -18,6 +18,7 @@ from stlm.sweep.plan.space import SearchSpace
 from stlm.sweep.plan.sweep import Sweep
 from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import read_fatal
+from stlm.sweep.resilience.stall import StallClock, TrialStalledError
 from stlm.sweep.run.worker import worker_loop
 from stlm.sweep.tracking.ledger import Ledger
 from stlm.tracking import mlflow_client
@@ -48,6 +49,7 @@ def run_trial(config: dict, ctx: Context) -> None:
 
     from stlm.sweep.run.train_run import trainer_class  # lazy: imports Ray Train
 
+    t_start = time.time()
     trial_id = tune.get_context().get_trial_id()
     if config.get("arch.infeasible"):
         raise StlmError(f"trial {trial_id}: the sampled shape {config} cannot meet the budget (not launched).")
@@ -69,7 +71,13 @@ def run_trial(config: dict, ctx: Context) -> None:
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
-    Trainer, report_callbacks = trainer_class(resources.workers)
+    stalls = StallClock(
+        explicit=resources.stall_timeout,
+        budget=ctx.sweep.spec.max_failures,
+        evaluates=bool(cfg.eval.tasks),
+        t_start=t_start,
+    )
+    Trainer, report_callbacks = trainer_class(resources.workers, stalls)
     storage_path = store.ray(layout.TRAIN)  # a path, or the bucket's URI: Ray Train uploads the checkpoints there
     trainer = Trainer(
         worker_loop,
@@ -78,7 +86,7 @@ def run_trial(config: dict, ctx: Context) -> None:
             "params": counted.total,
             "flops_per_token": counted.flops_per_token,
             "trial_dir": str(trial_dir),
-            "t_start": time.time(),
+            "t_start": t_start,
             "storage_dir": f"{storage_path}/{trial_id}",
             "exp": ctx.exp_dir,
             "trial_id": trial_id,
@@ -96,7 +104,17 @@ def run_trial(config: dict, ctx: Context) -> None:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
+    try:
+        trainer.fit()  # raises TrainingFailedError once max_failures retries are spent: Tune marks the trial ERROR
+    except ray.train.TrainingFailedError:
+        if stalls.retry:  # a crash (or another error)
+            raise
+        raise TrialStalledError(
+            f"Trial {trial_id} stalled: {stalls.describe()}. A trial's stalls are retried from its last "
+            f"checkpoint up to max_failures ({stalls.budget}) times, counted apart from its crashes, and this one "
+            "was past that. If its workers were only slow (a long evaluation, a slow filesystem), raise "
+            "resources.stall_timeout; otherwise the workers' logs in the sweep's Ray session show where they hung."
+        ) from None
     fatal = read_fatal(trial_dir, store)
     if fatal:  # the workers stopped on an error no retry can fix (worker_loop): the trial fails with it
         error = DiskFullError if fatal["type"] == DiskFullError.__name__ else StlmError  # the sweep stops on the former

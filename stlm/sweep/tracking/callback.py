@@ -16,6 +16,7 @@ from stlm.errors import StlmError
 from stlm.sweep.resilience import layout, storage
 from stlm.sweep.resilience.fatal import error_text
 from stlm.sweep.resilience.outbox import OUTAGE_ENV, is_transient
+from stlm.sweep.resilience.stall import STALLS, is_stall
 from stlm.sweep.tracking.artifacts import log_trial_artifacts
 from stlm.sweep.tracking.ledger import Ledger
 from stlm.tracking import (
@@ -232,8 +233,9 @@ class MLflowSweepCallback(Callback):
             entry["status"] = status
         elif kind == "error":
             self.client.set_tag(entry["run_id"], "stlm.error", op["error"])
-            end_with_status(self.client, entry["run_id"], "failed")
-            entry["status"] = "failed"
+            status = "stalled" if is_stall(op["error"]) else "failed"  # a stall more often than its retries allow
+            end_with_status(self.client, entry["run_id"], status)
+            entry["status"] = status
         self.ledger.data["outbox_done"] = op["seq"]
         self.ledger.save()
 
@@ -338,6 +340,10 @@ class MLflowSweepCallback(Callback):
             entry["last_step"] = step
         if evals:
             entry["eval_logged"] = True
+        stalls = int(op["metrics"].get(STALLS, 0))
+        if stalls > entry.get(STALLS, 0):  # the run says so among its tags, where the MLflow UI filters runs
+            self.client.set_tag(entry["run_id"], "stlm.stalls", str(stalls))
+            entry[STALLS] = stalls
 
     def _log_artifacts(self, tid: str, entry: dict) -> None:
         store = storage.open(getattr(self, "exp_uri", None) or self.exp_dir)
