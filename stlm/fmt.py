@@ -20,6 +20,11 @@ def si(n: float, fixed: bool = False) -> str:
     return f"{n:g}" if isinstance(n, float) and not math.isfinite(n) else str(int(n))
 
 
+def gib(n_bytes: float) -> str:
+    """Bytes as memory is spoken of: 12.3 GiB."""
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
 def missing(x: Any) -> bool:
     """None or NaN: a value that prints as n/a."""
     return x is None or (isinstance(x, float) and math.isnan(x))

@@ -61,9 +61,8 @@ def fitted(path: Path, shared_data: Path) -> list[str]:
     """Overrides that fit a shipped sweep to this machine and to the shared data, offline, and keep its
     plan (arms, sizes, steps, sequences per step): CPUs only, the cores there are, a micro-batch that fits
     the memory (grad_accum keeps the batch), the local corpus, GPT-2 vocabulary and benchmarks."""
-    import dataclasses
-
-    from stlm.sweep.run.preflight import estimate_memory, local_resources
+    from stlm.sweep.run.memory import trial_memory
+    from stlm.sweep.run.preflight import local_resources
 
     sweep, have = load_sweep(path), local_resources()
     r = sweep.spec.resources
@@ -71,10 +70,7 @@ def fitted(path: Path, shared_data: Path) -> list[str]:
     batch = min(a.cfg.train.batch_size for a in sweep.arms)
 
     def memory(b: int) -> float:
-        cfgs = [
-            (dataclasses.replace(a.cfg, train=dataclasses.replace(a.cfg.train, batch_size=b)), a) for a in sweep.arms
-        ]
-        return r.workers * max(estimate_memory(cfg, a.count.total) for cfg, a in cfgs)
+        return trial_memory(load_sweep(path, [f"train.batch_size={b}"]))
 
     while memory(batch) > have["memory"] and batch % 2 == 0:
         batch //= 2

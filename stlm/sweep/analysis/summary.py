@@ -11,6 +11,7 @@ from stlm.fmt import num, si
 from stlm.models import count_params
 from stlm.sweep.analysis import compare
 from stlm.sweep.plan.sweep import Sweep
+from stlm.sweep.resilience.low_memory import low_memory
 from stlm.sweep.resilience.stall import LIMIT, LOST, SILENT, STALLS
 
 
@@ -62,9 +63,16 @@ def _trial_row(result, ledger: dict, metrics: list[str], tasks: list[str], space
         **{k: m.get(k) for k in (STALLS, SILENT, LIMIT, LOST)},  # set once it stalled and was retried
         "wall_s": m.get("time_total_s"),
         "status": status,
-        "error": (str(result.error).strip().splitlines() or [""])[-1][:160] if result.error else None,
+        "error": _error_line(result.error) if result.error else None,
         "run_id": entry.get("run_id"),
     }
+
+
+def _error_line(error) -> str:
+    """The line a failed trial's row shows: Ray's memory monitor named with the node's figures, else the error's
+    last line."""
+    text = str(error).strip()
+    return (low_memory(text) or (text.splitlines() or [""])[-1])[:160]
 
 
 def _shape(cfg: dict, space) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stlm.atomic import write_atomic
 from stlm.sweep.resilience import layout
+from stlm.sweep.resilience.low_memory import low_memory
 from stlm.sweep.resilience.storage import read_json
 
 ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*?:")
@@ -30,7 +31,8 @@ def read_fatal(trial_dir: Path, store=None) -> dict | None:
 
 
 def error_text(trial) -> str:
-    """'ExceptionType: message' of a failed Tune trial (first line), then the tail of its traceback."""
+    """'ExceptionType: message' of a failed Tune trial (first line; for a trial Ray's memory monitor killed, that
+    and the node's figures), then the tail of its traceback."""
     path = getattr(trial, "error_file", None)
     text = ""
     try:
@@ -41,5 +43,5 @@ def error_text(trial) -> str:
     if not text:
         return "trial failed (no error text recorded)"
     causes = [ln.strip() for ln in text.splitlines() if ERROR_LINE.match(ln.strip())]
-    head = causes[-1] if causes else text.strip().splitlines()[-1]
+    head = low_memory(text) or (causes[-1] if causes else text.strip().splitlines()[-1])
     return f"{head}\n\n{text[-3000:]}"

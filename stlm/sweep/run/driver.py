@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pickle
 import shutil
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from stlm.errors import StlmError
+from stlm.fmt import gib
 from stlm.interrupts import Interrupts
 from stlm.sweep.analysis.summary import comparison_of, count_feasible, summarize
 from stlm.sweep.plan.describe import describe
@@ -47,6 +49,7 @@ from stlm.sweep.resilience.sweep_json import write_sweep_json
 from stlm.sweep.run import cluster_data, preflight
 from stlm.sweep.run.args import parser
 from stlm.sweep.run.data import prepare_data_locally
+from stlm.sweep.run.memory import free_memory, memory_concurrency, trial_memory
 from stlm.sweep.run.ray_cluster import check_cluster, default_concurrency, env_vars, init_ray
 from stlm.sweep.run.trial import Context, prepare_trial
 from stlm.sweep.run.tuner import build_tuner, make_reporter
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"pre-flight: data, tokenizers and eval data found; {where}.")
     if decision.action == DESCRIBE:
+        if not address:  # what the real run will say once Ray is up (_start_cluster)
+            wanted, free = default_concurrency(sweep, preflight.local_resources()), free_memory()
+            n, note = memory_concurrency(sweep, wanted, free, "this machine")
+            print(note or f"memory: about {gib(trial_memory(sweep))} per trial; {n} at once fit in {gib(free)} free.")
         print("\n--dry-run: nothing launched.")
         return 0
 
@@ -251,6 +258,13 @@ def _start_cluster(session: SweepSession) -> int:
     else:
         dashboard, cluster = _start_ray(session)
     concurrency = default_concurrency(sweep, cluster)
+    if session.address:  # Ray's schedulable memory over the cluster's nodes
+        memory, where = cluster.get("memory", math.inf), "the Ray cluster"
+    else:
+        memory, where = free_memory(), "this machine"
+    concurrency, note = memory_concurrency(sweep, concurrency, memory, where)
+    if note:
+        print(note, flush=True)
     resources = ", ".join(f"{v:g} {k}" for k, v in cluster.items() if k in ("CPU", "GPU"))
     print(
         f"Ray up in {time.time() - t_ray:.1f}s: {resources}; {sweep.num_trials} trials, up to {concurrency} at a "

@@ -36,10 +36,12 @@ from stlm.errors import StlmError
 from stlm.eval.harness import parse_tasks
 from stlm.eval.tasks import TASKS
 from stlm.eval.tasks.base import resolve_data_dir
+from stlm.fmt import gib
 from stlm.offline import OFFLINE_HINT, hub_down, hub_unreachable
 from stlm.preflight import check as report_problems
 from stlm.preflight import data_problems, tracking_problems
 from stlm.sweep.resilience.storage import endpoint, probe
+from stlm.sweep.run.memory import trial_memory
 
 
 def check(sweep, *, attached: bool = False, tracking_uri: str | None = None) -> None:
@@ -236,13 +238,12 @@ def _local_resources(sweep) -> list[str]:
             f"GPUs, and this machine (a local Ray) has {have['GPU']:g}. Run on CPUs with "
             "resources.gpus_per_worker=0 on the command line, or attach to a GPU cluster with --address."
         )
-    need_mem = max(estimate_memory(a.cfg, a.count.total) for a in sweep.arms) * r.workers
+    need_mem = trial_memory(sweep)
     if need_mem > have["memory"]:
         out.append(
-            f"resources: one trial needs about {need_mem / 2**30:.1f} GiB of memory (weights, gradients, "
-            f"AdamW state and activations of {r.workers} worker(s)), and this machine has "
-            f"{have['memory'] / 2**30:.1f} GiB. Lower train.batch_size (train.grad_accum keeps the batch), "
-            "or attach to a bigger cluster with --address."
+            f"resources: one trial needs about {gib(need_mem)} of memory (weights, gradients, AdamW state, "
+            f"activations and the processes of {r.workers} worker(s)), and this machine has {gib(have['memory'])}. "
+            "Lower train.batch_size (train.grad_accum keeps the batch), or attach to a bigger cluster with --address."
         )
     return out
 
@@ -255,15 +256,3 @@ def local_resources() -> dict[str, float]:
     except (ValueError, OSError, AttributeError):  # not a POSIX system: do not guess
         memory = float("inf")
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus), "memory": memory}
-
-
-def estimate_memory(cfg, params: int) -> float:
-    """Bytes one worker needs, roughly: fp32 weights + gradients + 2 AdamW moments (16 bytes a parameter),
-    then activations kept for the backward pass (~34 bytes per token and width per layer, as Korthikanti
-    et al. count them, plus the attention matrix) and the fp32 logits with their gradient. Rough: it
-    only catches a trial that cannot fit at all."""
-    m, t = cfg.model, cfg.train
-    tokens = t.batch_size * m.context_length
-    per_layer = tokens * (34 * m.d_model) + 5 * t.batch_size * m.n_heads * m.context_length**2
-    logits = 2 * 4 * tokens * m.effective_vocab_size
-    return 16.0 * params + m.n_layers * per_layer + logits

@@ -45,6 +45,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
+from stlm.sweep.resilience.low_memory import low_memory
 from stlm.sweep.resilience.stall import StallClock, TrialStalledError
 
 log = logging.getLogger(__name__)
@@ -112,17 +113,26 @@ def stall_policy_class() -> type:
     from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
 
     class StallPolicy(FailurePolicy):
-        """Ray Train's failure policy (`inner`), except for a stall (StallWatch): that is retried while the
-        clock's stall budget lasts, and the inner policy's crash count is left as it was."""
+        """Ray Train's failure policy (`inner`), except for a stall (StallWatch) and a kill by Ray's memory monitor
+        (resilience/low_memory.py): each is retried on a budget of its own (the clock's for stalls, as many
+        low-memory kills as crashes), and the inner policy's crash count is left as it was."""
 
         def __init__(self, inner: FailurePolicy, clock: StallClock):
             super().__init__(inner.failure_config)
             self.inner, self.clock = inner, clock
+            self.low_memory_kills = 0
 
         def make_decision(self, training_failed_error):
             failures = getattr(training_failed_error, "worker_failures", None) or {}
             if failures and all(isinstance(e, TrialStalledError) for e in failures.values()):
                 return FailureDecision.RETRY if self.clock.retry else FailureDecision.RAISE
+            if failures and any(low_memory(str(e)) for e in failures.values()):
+                self.low_memory_kills += 1
+                log.warning(
+                    "trial workers %s (%d so far)", low_memory(str(training_failed_error)), self.low_memory_kills
+                )
+                within = self.low_memory_kills <= self.clock.budget
+                return FailureDecision.RETRY if within else FailureDecision.RAISE
             return self.inner.make_decision(training_failed_error)
 
     return StallPolicy
