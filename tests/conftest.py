@@ -69,6 +69,28 @@ def _local_names_only(getaddrinfo):
     return guarded
 
 
+# The test files that take longest, longest first (one CI run's --durations, summed per file). .ci/run gives xdist
+# --dist loadfile --no-loadscope-reorder: each process takes the next whole file in collection order, and with the
+# longest files first the two processes finish together (longest processing time first). xdist's own order, by
+# number of tests, left one-test files of two minutes for the end.
+LONGEST_FILES = (
+    "test_faults.py",
+    "test_sweep_e2e.py",
+    "test_cluster.py",
+    "test_storage.py",
+    "test_sweep_scales.py",
+    "test_legacy_experiment_dir.py",
+    "test_preflight.py",
+    "test_checkpoint.py",
+    "test_benchmarks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real BLiMP, HellaSwag, ARC, ..., TinyStories). CI always has it: a checkout without

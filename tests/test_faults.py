@@ -357,6 +357,24 @@ def _check_sweep(exp_dir: Path, finished_arm: str, failed_arm: str | None = None
     assert not _processes_of(exp_dir), "processes of the sweep outlived it"
 
 
+def _unregistered_checkpoints(exp_dir: Path) -> dict[str, tuple[int, list[int]]]:
+    """Per trial, the step of the checkpoint Ray Train registered and the steps persisted beyond it."""
+    from stlm.train.checkpoint import step_of
+
+    stale = {}
+    for run in (exp_dir / "train").iterdir() if (exp_dir / "train").is_dir() else []:
+        snap = run / "checkpoint_manager_snapshot.json"
+        try:
+            registered = json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            registered = None
+        top = (step_of(registered) or 0) if registered else 0
+        ahead = [step_of(c) for c in run.glob("step_*") if (step_of(c) or 0) > top]
+        if ahead:
+            stale[run.name] = (top, ahead)
+    return stale
+
+
 @pytest.mark.slow
 def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
     """Issue 20, cases 1, 2 and 5 in one sweep. The driver freezes (SIGSTOP) while its trials run on,
@@ -388,21 +406,15 @@ def test_a_frozen_then_killed_driver_and_a_second_driver_lose_nothing(tmp_path):
             time.sleep(0.05)
         assert p.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.kill(p.pid, signal.SIGSTOP)
-        time.sleep(8)
+        # the workers run ahead of the frozen driver: wait for a checkpoint Ray Train has not registered, then a
+        # second more (one persisted a moment before the freeze is registered within milliseconds, if at all)
+        deadline = time.time() + 60
+        while not _unregistered_checkpoints(exp_dir) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
     finally:
         _kill_group(p)
-    from stlm.train.checkpoint import step_of
-
-    stale = {}  # trial -> (registered step, steps persisted beyond it)
-    for run in (exp_dir / "train").iterdir():
-        snap = run / "checkpoint_manager_snapshot.json"
-        registered = (
-            json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"] if snap.is_file() else None
-        )
-        top = step_of(registered) if registered else 0
-        ahead = [step_of(c) for c in run.glob("step_*") if step_of(c) > top]
-        if ahead:
-            stale[run.name] = (top, ahead)
+    stale = _unregistered_checkpoints(exp_dir)  # trial -> (registered step, steps persisted beyond it)
     assert stale, "the frozen driver should have left checkpoints Ray Train had not registered"
 
     # 2. resume; meanwhile a second driver on the same directory is refused, with or without --overwrite
