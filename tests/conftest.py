@@ -71,7 +71,7 @@ def _local_names_only(getaddrinfo):
 
 # The test files that take longest, longest first (one CI run's --durations, summed per file). .ci/run gives xdist
 # --dist loadfile --no-loadscope-reorder: each process takes the next whole file in collection order, and with the
-# longest files first the two processes finish together (longest processing time first). xdist's own order, by
+# longest files first the processes finish together (longest processing time first). xdist's own order, by
 # number of tests, left one-test files of two minutes for the end.
 LONGEST_FILES = (
     "test_faults.py",
