@@ -16,8 +16,9 @@ import re
 MARKERS = ("NODE_OUT_OF_MEMORY", "running low on memory", "OutOfMemoryError")
 NODE_FIGURES = re.compile(
     r"Memory on the node \(IP: (?P<ip>[^,]+), ID: (?P<node>[^)]+)\) was (?P<used>[\d.]+)GB used / "
-    r"(?P<limit>[\d.]+)GB limit"
+    r"(?P<total>[\d.]+)GB limit"
 )
+THRESHOLD = re.compile(r"exceeded threshold of (?P<bytes>\d+)B \((?P<percent>[\d.]+)% of")
 KILLED = "killed for low memory"
 
 
@@ -25,12 +26,11 @@ def low_memory(error_text: str) -> str | None:
     """'killed for low memory ...' with the node's figures when Ray's memory monitor ended this trial, else None."""
     if not any(m in error_text for m in MARKERS):
         return None
-    m = NODE_FIGURES.search(error_text)
-    figures = (
-        f": node {m['ip']} had {float(m['used']):.1f} GB in use against Ray's limit of {float(m['limit']):.1f} GB"
-        if m
-        else ""
-    )
+    figures = ""
+    if m := NODE_FIGURES.search(error_text):
+        figures = f": node {m['ip']} had {float(m['used']):.1f} GB of its {float(m['total']):.1f} GB in use"
+        if t := THRESHOLD.search(error_text):
+            figures += f", past the monitor's threshold of {int(t['bytes']) / 1e9:.1f} GB ({float(t['percent']):g}%)"
     return (
         f"{KILLED} by Ray's memory monitor{figures}. Lower resources.max_concurrent or train.batch_size "
         "(train.grad_accum keeps the batch), or give the trials nodes with more memory."
