@@ -112,9 +112,13 @@ class Interrupts:
 
     def _force_exit(self, name: str) -> None:
         print(f"\n{name} {self.grace_s:.0f} s ago and still running: exiting now.", file=sys.stderr, flush=True)
+        self.run_hooks()
+        os._exit(130)
+
+    def run_hooks(self) -> None:
+        """The force-exit hooks, before an os._exit (here, or when a sweep's Ray cluster is lost)."""
         for hook in self.hooks:
             try:
                 hook()
             except Exception as e:  # noqa: BLE001 - exiting anyway; say what was not recorded
                 print(f"(while exiting: {type(e).__name__}: {e})", file=sys.stderr, flush=True)
-        os._exit(130)

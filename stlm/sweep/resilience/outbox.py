@@ -220,6 +220,15 @@ class Outbox:
                 self._cv.notify_all()
 
 
+def settle_all(timeout_s: float) -> None:
+    """Before a driver exits at once (its Ray cluster lost): the queued writes land for up to `timeout_s`,
+    then every drainer of this process stops, so no other thread writes the ledger after the caller; the
+    writes still queued stay in their outbox file for --resume."""
+    for box in list(_SHARED.values()):
+        box.wait(timeout_s)
+        box.close()
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"

@@ -69,6 +69,14 @@ def parser() -> argparse.ArgumentParser:
         help="give up attaching to --address after this long (default 30)",
     )
     p.add_argument(
+        "--head-timeout",
+        type=positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="stop the sweep (exit 75; --resume continues it) once the Ray head's GCS has not answered for this long "
+        "(default 30)",
+    )
+    p.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI (default: sweep file, $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",

@@ -49,6 +49,7 @@ from stlm.sweep.resilience.sweep_json import write_sweep_json
 from stlm.sweep.run import cluster_data, preflight
 from stlm.sweep.run.args import parser
 from stlm.sweep.run.data import prepare_data_locally
+from stlm.sweep.run.head_watch import watch_cluster
 from stlm.sweep.run.memory import free_memory, memory_concurrency, trial_memory
 from stlm.sweep.run.ray_cluster import check_cluster, default_concurrency, env_vars, init_ray
 from stlm.sweep.run.trial import Context, prepare_trial
@@ -191,6 +192,8 @@ def _start_ray(session: SweepSession) -> tuple[bool, dict]:
         connect_timeout=args.connect_timeout,
     )
     Interrupts.install().reclaim()  # ray.init replaced our SIGTERM handler with its own abort
+    again = session.resume_cmd + (f" --address {args.address}" if args.address else "")
+    watch_cluster(args.head_timeout, address=session.address, resume_cmd=again, guard=session.guard)
     cluster = ray.cluster_resources()
     check_cluster(session.sweep, cluster, attached=bool(session.address))
     return dashboard, cluster

@@ -18,6 +18,7 @@ from stlm.offline import offline_reason
 from stlm.sweep.plan.describe import trial_resources
 from stlm.sweep.plan.sweep import Sweep
 from stlm.sweep.resilience import layout
+from stlm.sweep.run import reaper
 
 # environment the workers need, passed through runtime_env when set in the driver
 PASS_ENV = (
@@ -173,6 +174,7 @@ def init_ray(
     kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.WARNING)
     addr_dir = Path(exp_dir) / layout.RAY
     if not address:
+        reaper.tie_to_this_process(exp_dir)  # its processes end with this driver, even a kill -9'd one
         env["RAY_TMPDIR"] = str(addr_dir)
         # One machine has no spot preemptions to watch: Ray Train's watcher is one more actor process
         # per trial (2.7 CPU-s of start-up measured on 2 cores) polling every 5 s. Clusters keep it.
