@@ -143,6 +143,7 @@ def test_a_directory_given_as_a_file(here, capsys):
     [
         (["--connect-timeout", "-5"], "--connect-timeout: '-5' is not a positive number"),
         (["--connect-timeout", "0"], "--connect-timeout: '0' is not a positive number"),
+        (["--head-timeout", "0"], "--head-timeout: '0' is not a positive number"),
         (["--address", "localhost:abc"], "--address: 'localhost:abc' is not a Ray address"),
     ],
 )
