@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -135,7 +136,8 @@ def test_a_killed_gcs_stops_the_sweep_with_its_resume_command(tmp_path):
     print(f"lost GCS: the driver exited {noticed_s:.1f}s after the kill, status {rc}")
     assert rc == head_watch.LOST_EXIT and noticed_s <= 30, (rc, noticed_s, out[-3000:])
     said = out[out.index("error: Stopped: the sweep's local Ray is gone") :]
-    assert "has not answered for 8 s" in said and "Nothing finished is lost" in said, said
+    silent = re.search(r"has not answered for (\d+) s \(ConnectionRefusedError", said)
+    assert silent and 8 <= int(silent[1]) <= 30 and "Nothing finished is lost" in said, said
     assert "Traceback" not in out and "Failed to connect to GCS" not in out, out[-3000:]
     assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in left]
     client, runs = _child_runs(exp_dir)
