@@ -88,12 +88,11 @@ def watch_cluster(limit_s: float, *, address: str | None, resume_cmd: str, guard
     """Watch the GCS of the Ray this driver is connected to; lost: stop the sweep as described above."""
     import ray  # lazy: the driver calls this once Ray is up
 
-    try:
+    if address and address.startswith("ray://"):  # Ray Client: its server on the head (gRPC too) is what answers
+        gcs = address.split("://", 1)[1].rstrip("/")
+        gcs = gcs if gcs.rpartition(":")[2].isdigit() else f"{gcs}:10001"
+    else:
         gcs = ray.get_runtime_context().gcs_address
-    except Exception:  # noqa: BLE001 - Ray Client (ray://) has no GCS address of its own: its server is watched
-        gcs = address.split("://", 1)[-1] if address and address.startswith("ray://") else None
-    if not gcs:
-        return
     host, _, port = gcs.rpartition(":")
     what = (
         f"the Ray cluster at {address!r} is gone: its head (GCS at {gcs})"
