@@ -80,6 +80,7 @@ LONGEST_FILES = (
     "test_storage.py",
     "test_sweep_scales.py",
     "test_legacy_experiment_dir.py",
+    "test_lost_head.py",
     "test_preflight.py",
     "test_checkpoint.py",
     "test_benchmarks.py",
