@@ -153,3 +153,23 @@ def test_description_plots_and_trial_pages_agree_with_the_report(client, tmp_pat
     assert text.startswith("**`B`**, seed 1: a trial of sweep [`grow`]")
     assert f"Final val_bpb: **{stat(b1.data.metrics['val_bpb'])}** at step 100" in text
     assert f"blimp {b1.data.metrics['eval/blimp/acc']:.3f} ± 0.010" in text and "arc_easy" in text
+
+
+def test_a_sweep_of_many_arms_keeps_every_row_and_the_plots_within_mlflows_limit(client, tmp_path):
+    """16 arms: the description with a sentence and a power line per arm would pass MLflow's 8000 characters; the
+    page keeps the question, every arm's row, the warning and the plots, and sends the rest to report.md."""
+    from stlm.sweep.report.document import build_report
+
+    exp = client.create_experiment("wide", artifact_location=(tmp_path / "artifacts").as_uri())
+    arms = ["control"] + [f"variant_{i:02d}" for i in range(15)]
+    parent = client.create_run(exp, tags={"stlm.sweep": "wide", "stlm.control_arm": "control"}).info.run_id
+    client.log_param(parent, "sweep.arms", ",".join(arms))
+    for i, arm in enumerate(arms):
+        for seed in (0, 1):
+            _log_trial(client, exp, parent, "wide", arm, seed, 2.0 + 0.01 * i + 0.003 * seed * i, evals=False)
+    build_report(client.tracking_uri, parent, tmp_path / "report")
+    note = client.get_run(parent).data.tags[NOTE]
+    assert len(note) <= 8000 and "(cut here" not in note
+    assert all(f"| {arm} | 2 |" in note for arm in arms)
+    assert "Fewer than 3 paired seeds" in note and "Each arm's answer and power line: report.md." in note
+    assert "get-artifact?path=report%2Fdiffs.png" in note and "**Files**" in note

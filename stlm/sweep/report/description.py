@@ -17,7 +17,7 @@ from stlm.sweep.analysis import compare
 from stlm.sweep.analysis.trials import EVAL_RE, headline_tasks
 from stlm.sweep.report.tables import md_table, param_gap_lines, summary_table, verdict
 from stlm.sweep.tracking.runs import PLAN_TEXT, question
-from stlm.tracking import set_description
+from stlm.tracking import MAX_TAG_CHARS, set_description
 
 if TYPE_CHECKING:
     from stlm.sweep.analysis.arms import Analysis
@@ -65,11 +65,17 @@ def page_link(experiment_id: str, run_id: str, tab: str = "") -> str:
 
 
 def parent_note(a: Analysis, parent, images: list[tuple[str, str]], out: Path) -> str:
-    """The parent run's description: the whole answer on the run's page, in MLflow's 8000 characters."""
+    """The parent run's description: the whole answer on the run's page, in MLflow's 8000 characters (with many
+    arms, the per-arm sentences and power lines stay in report.md: the table's 'excl. 0' column says the same)."""
+    text = _parent_note(a, parent, images, out, per_arm=True)
+    return text if len(text) <= MAX_TAG_CHARS else _parent_note(a, parent, images, out, per_arm=False)
+
+
+def _parent_note(a: Analysis, parent, images: list[tuple[str, str]], out: Path, per_arm: bool) -> str:
     rid, exp = parent.info.run_id, parent.info.experiment_id
     n_done = len(a.finished)
     lines = [f"### Sweep `{a.name}`", "", question(parent.data.params, a.control), ""]
-    answer = answer_lines(a)
+    answer = answer_lines(a) if per_arm else []
     if answer:
         lines += ["**Answer.** " + " ".join(answer), ""]
     rule = (
@@ -84,7 +90,10 @@ def parent_note(a: Analysis, parent, images: list[tuple[str, str]], out: Path) -
         md_table(*summary_table(a)),
         "",
     ]
-    notes = compare.power_lines(a.record) + param_gap_lines(a)
+    power = compare.power_lines(a.record)
+    if not per_arm:  # the warning only; each arm's detectable difference is in report.md
+        power = [x for x in power[:1] if x.startswith("Fewer than")] + ["Each arm's answer and power line: report.md."]
+    notes = power + param_gap_lines(a)
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     if images:
         lines += ["**Plots**", ""]

@@ -36,6 +36,7 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
     if run_id and reopen_run(client, run_id):
         client.set_tag(run_id, "stlm.status", "running")
         save_view(client, sweep, space, client.get_run(run_id).info.experiment_id, run_id)
+        status_note(client, run_id, f"**Running** again (resumed). {WHEN_DONE}")
         return run_id
     spec = sweep.spec
     run_id = create_run(
@@ -86,12 +87,11 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
     ledger.data["parent_run_id"] = run_id
     ledger.save()
     save_view(client, sweep, space, client.get_run(run_id).info.experiment_id, run_id)
-    status_note(
-        client,
-        run_id,
-        "**Running.** The per-arm summary, the plots and links to the report are written here when the sweep ends.",
-    )
+    status_note(client, run_id, f"**Running.** {WHEN_DONE}")
     return run_id
+
+
+WHEN_DONE = "The per-arm summary, the plots and links to the report are written here when the sweep ends."
 
 
 def status_note(client, run_id: str, sentence: str) -> None:
