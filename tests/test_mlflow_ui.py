@@ -15,13 +15,14 @@ from stlm.fmt import ci, stat
 from stlm.tracking import EXPERIMENT_KIND, MODEL_TRAINING, NOTE, VIEW_PREFIX
 
 
-@pytest.fixture
-def client(tmp_path):
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One store for the module (a new database costs a second or more of migrations); each test its experiments."""
     from mlflow.tracking import MlflowClient
 
     from stlm.tracking import mlflow_client
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     mlflow_client(uri)  # creates the database under stlm's lock
     return MlflowClient(tracking_uri=uri)
 
