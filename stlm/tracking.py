@@ -13,10 +13,18 @@ working directory:
 
 A run's stlm status (the tag stlm.status: finished, failed, stopped, interrupted) and the MLflow state it ends in
 are one map, END_STATE, with its reverse STATUS_FROM_MLFLOW; end_with_status sets both.
+
+What the MLflow UI reads (checked against MLflow 3.17's UI bundle, mlflow/server/js/build): an experiment's tag
+mlflow.experimentKind (every experiment stlm writes to is a model-training one), a run's description
+mlflow.note.content (Markdown), a saved runs-table view (the experiment tag mlflow.sharedViewState.<id>, listed
+under "Views" and opened by ?viewStateShareKey=<id>), and ?workflowType=machine_learning, the URL parameter that
+opens an experiment on its runs table: 3.17 chooses the page by that parameter or the sidebar's GenAI / Model
+training switch (remembered by the browser), not by the tag. ui_link builds such a link.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -30,6 +38,14 @@ from stlm.config import Config, dump_yaml, flatten, to_dict
 PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
 METRICS_PER_CALL = 1000
 MAX_PARAM_CHARS = 6000  # MLflow 3 param value limit
+MAX_TAG_CHARS = 8000  # MLflow 3 run tag value limit (a run's description is a tag)
+MAX_EXPERIMENT_TAG_CHARS = 20000
+
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # the UI's kind for training runs (vs genai_development)
+NOTE = "mlflow.note.content"  # a run's description: Markdown, rendered on its page
+VIEW_PREFIX = "mlflow.sharedViewState."  # + view id: a saved runs-table view of the experiment
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves unless told otherwise
 
 # a run's stlm status (its tag stlm.status) -> the MLflow state it ends in; any other status ends FAILED
 END_STATE = {
@@ -90,22 +106,89 @@ def mlflow_client(uri: str | None = None):
 
 
 def get_or_create_experiment(client, name: str) -> str:
-    """Experiment id of `name`, creating it (race-safe) if needed. For a sqlite store the
-    artifacts go next to the database (<db dir>/mlartifacts), not into the working directory."""
+    """Experiment id of `name`, creating it (race-safe) if needed, tagged as a model-training experiment
+    (mark_model_training). For a sqlite store the artifacts go next to the database (<db dir>/mlartifacts),
+    not into the working directory."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        mark_model_training(client, exp)
         return exp.experiment_id
     artifact_location = None
     uri = client.tracking_uri if hasattr(client, "tracking_uri") else ""
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+        )
     except Exception:  # another process created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
+        mark_model_training(client, exp)
         return exp.experiment_id
+
+
+def mark_model_training(client, experiment) -> None:
+    """Tag an experiment (an Experiment or its id) mlflow.experimentKind=custom_model_development, the kind
+    whose page is the runs table, only where it has no kind yet: a kind a user chose stands."""
+    exp = client.get_experiment(experiment) if isinstance(experiment, str) else experiment
+    if EXPERIMENT_KIND not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+
+
+def set_description(client, run_id: str, markdown: str) -> None:
+    """A run's description (Markdown, shown on its page in the MLflow UI), cut to MLflow's tag limit."""
+    if len(markdown) > MAX_TAG_CHARS:
+        cut = "\n\n(cut here: MLflow keeps 8000 characters)"
+        markdown = markdown[: MAX_TAG_CHARS - len(cut)].rsplit("\n", 1)[0] + cut
+    client.set_tag(run_id, NOTE, markdown)
+
+
+def save_runs_view(
+    client,
+    experiment_id: str,
+    view_id: str,
+    name: str,
+    *,
+    columns: list[str],
+    search_filter: str,
+    order_by: str,
+    ascending: bool,
+) -> None:
+    """A saved view of the experiment's runs table, as the UI's "Views" menu saves one (an experiment tag
+    holding {name, createdAt, updatedAt, state}, the state a JSON text of the table's search and columns).
+    `columns`: "params.<key>", "metrics.<key>" or "tags.<key>"; `order_by` likewise."""
+
+    def column(ref: str) -> str:  # the UI's column ids: params.`train.lr`
+        kind, _, key = ref.partition(".")
+        return f"{kind}.`{key}`"
+
+    now = int(time.time() * 1000)
+    old = client.get_experiment(experiment_id).tags.get(VIEW_PREFIX + view_id)
+    try:
+        created = int(json.loads(old)["createdAt"]) if old else now
+    except (ValueError, KeyError, TypeError):
+        created = now
+    state = {
+        "searchFilter": search_filter,
+        "orderByKey": column(order_by),
+        "orderByAsc": ascending,
+        "selectedColumns": [column(c) for c in columns],
+    }
+    value = json.dumps({"name": name, "createdAt": created, "updatedAt": now, "state": json.dumps(state)})
+    if len(value) <= MAX_EXPERIMENT_TAG_CHARS:
+        client.set_experiment_tag(experiment_id, VIEW_PREFIX + view_id, value)
+
+
+def ui_link(tracking_uri: str, experiment_id: str, *, run_id: str | None = None, view_id: str | None = None) -> str:
+    """The MLflow UI's address of an experiment's runs table (with a saved view), or of one run, opened as a
+    model-training experiment. A tracking server's own address; for a database or directory, where
+    `mlflow ui` serves by default."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
+    page = f"/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={view_id}" if view_id else "")
+    return f"{base}/#{page}?{query}"
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
@@ -210,10 +293,12 @@ def status_of(run) -> str:
 
 
 def reopen_run(client, run_id: str) -> bool:
-    """Mark an existing run RUNNING again (resume); False if it is gone."""
+    """Mark an existing run RUNNING again (resume); False if it is gone. Its experiment is marked as a
+    model-training one if it is not yet (made before stlm marked them)."""
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except Exception:
         return False
+    mark_model_training(client, run.info.experiment_id)
     client.update_run(run_id, status="RUNNING")
     return True

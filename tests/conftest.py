@@ -75,9 +75,10 @@ def _local_names_only(getaddrinfo):
 # number of tests, left one-test files of two minutes for the end.
 LONGEST_FILES = (
     "test_faults.py",
-    "test_sweep_e2e.py",
     "test_cluster.py",
+    "test_sweep_e2e.py",
     "test_storage.py",
+    "test_quickstart.py",
     "test_sweep_scales.py",
     "test_legacy_experiment_dir.py",
     "test_lost_head.py",

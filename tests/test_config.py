@@ -197,7 +197,7 @@ NO_EFFECT = {
     "train.compile": "the same function compiled (test_models: the whole model is captured); ~30 s on the CPU",
     "eval.batch_size": "batching only: log-probs are batch-invariant by design (test_models checks it)",
     "eval.data_dir": "where the benchmark files are read from: the same files anywhere give the same results",
-    "tracking.uri": "where MLflow records the run (test_sweep_e2e reads runs back from it), not what the run is",
+    "tracking.uri": "where MLflow records the run (the end-to-end tests read runs back from it), not what the run is",
     "tracking.experiment": "the MLflow experiment the run is filed under, not what the run is",
 }
 

@@ -268,6 +268,7 @@ def log_back(
 ) -> None:
     check_tracking(T.tracking_uri(tracking_uri), f"logging back to run {run_id}")
     client = T.mlflow_client(tracking_uri)
+    T.mark_model_training(client, client.get_run(run_id).info.experiment_id)  # results land in a training view
     T.log_metrics(client, run_id, metrics, step=step)
     T.set_tags(client, run_id, {"stlm.eval.subset": selection["subset"], "stlm.eval.limit": selection["limit"]})
     if items_path and Path(items_path).is_file():

@@ -114,6 +114,13 @@ def load_trials(client, parent, tracking_uri: str) -> list[Trial]:
     return trials
 
 
+def headline_tasks(tasks) -> list[str]:
+    """The eval tasks less the members of a group among them (stlm.eval.harness names a member <group>_<name>:
+    blimp_<uid>, mmlu_<subject>): what a plot or a line has room for; the report's tables keep every member."""
+    tasks = sorted(set(tasks))
+    return [t for t in tasks if not any(t.startswith(g + "_") for g in tasks if g != t)]
+
+
 def tag_list(text: str | None) -> list[str] | None:
     """A tag holding a list: JSON ('["val_bpb", "params.total"]') or comma-separated."""
     if not text:

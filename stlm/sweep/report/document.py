@@ -21,6 +21,7 @@ from stlm.sweep.analysis.knobs import IMPORTANCE_SEED, KnobReport, best_per_arm
 from stlm.sweep.analysis.trials import get_run, load_trials, tag_list
 from stlm.sweep.plan.space import SPACE_PARAM
 from stlm.sweep.plan.sweep import split_sized
+from stlm.sweep.report.description import answer_lines, publish
 from stlm.sweep.report.plots import (
     plot_benchmarks,
     plot_curves,
@@ -83,6 +84,9 @@ def _sections(a: Analysis, images: list[tuple[str, str]]) -> list[tuple[str, str
     if gaps:
         blocks.append(("p", "", " ".join(gaps)))
     blocks.append(("table", f"Summary: {a.primary}", summary_table(a)))
+    answer = answer_lines(a)
+    if answer:
+        blocks.append(("p", "", "Answer: " + " ".join(answer)))
     blocks.append(("images", "Plots", images))
     if a.sizes and a.record.get("scale"):
         blocks.append(
@@ -235,7 +239,8 @@ def build_report(
     metric may be a list (multi-objective, e.g. ["val_bpb", "params.total"]): the first is the
     primary metric and the Pareto front is drawn. metric=None / mode=None / control_arm=None
     are read from the parent run's tags (stlm.metric, stlm.mode, stlm.control_arm) when set.
-    The files are also logged to the parent run as artifacts under report/.
+    The files are also logged to the parent run as artifacts under report/, the plots as images, and the
+    summary as the parent run's description (description.py).
     """
     client = mlflow_client(tracking_uri)
     parent = get_run(client, parent_run_id, tracking_uri)
@@ -270,6 +275,7 @@ def build_report(
             client.log_artifact(parent_run_id, str(f), artifact_path="report")
         # the arms' comparison and the knobs' importances as the parent run's metrics: MLflow's compare view shows them
         log_metrics(client, parent_run_id, {**compare.mlflow_metrics(a.record), **a.knobs.mlflow_metrics()}, step=0)
+        publish(client, a, parent, images, out)  # the answer on the runs' pages in the MLflow UI
     return md
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from stlm import stats
 from stlm.fmt import missing
 from stlm.sweep.analysis.knobs import KnobReport, best_per_arm
-from stlm.sweep.analysis.trials import CURVE_METRICS, EVAL_RE
+from stlm.sweep.analysis.trials import CURVE_METRICS, EVAL_RE, headline_tasks
 from stlm.sweep.plan.sweep import split_sized
 
 if TYPE_CHECKING:
@@ -164,13 +164,15 @@ def plot_scale(a: Analysis, path: Path) -> Path | None:
 
 
 def _benchmarks(a: Analysis) -> list[tuple[str, str]]:
-    """(task, metric) pairs with an 'acc' metric (eval/<task>/acc)."""
+    """(task, metric) pairs with an 'acc' metric (eval/<task>/acc), a group's members left out (BLiMP's 67
+    made the figure 15,000 pixels wide)."""
     out = []
     for key in a.final_keys:
         m = EVAL_RE.match(key)
         if m and m.group(2) == "acc":
             out.append((m.group(1), key))
-    return out
+    keep = set(headline_tasks(t for t, _ in out))
+    return [(t, key) for t, key in out if t in keep]
 
 
 def plot_benchmarks(a: Analysis, path: Path) -> Path | None:

@@ -15,7 +15,7 @@ from stlm.sweep.plan.sweep import split_sized
 from stlm.sweep.resilience.stall import LIMIT, LOST, SILENT, STALLS
 
 
-def _verdict(d: stats.PairedDiff | None, mode: str | None) -> str:
+def verdict(d: stats.PairedDiff | None, mode: str | None) -> str:
     """excludes zero: yes/no (n/a without an interval); for the primary metric say which way is better."""
     if d is None or d.excludes_zero is None:
         return "n/a"
@@ -59,7 +59,7 @@ def summary_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
                 ci(s.lo, s.hi) if s else "n/a",
                 "(control)" if a.is_control(arm) else stat(d.mean if d else None, signed=True),
                 "" if a.is_control(arm) else (ci(d.lo, d.hi, signed=True) if d else "n/a"),
-                "" if a.is_control(arm) else _verdict(d, mode),
+                "" if a.is_control(arm) else verdict(d, mode),
                 f"{sum(n_params) / len(n_params):,.0f}" if n_params else "n/a",
                 _gap(mean_params[arm], mean_params.get(a.control_of.get(arm, a.control))),
             ]
@@ -114,7 +114,7 @@ def diffs_table(a: Analysis) -> tuple[list[str], list[list[str]]]:
             else:
                 mode = mode_of.get(key) or ("max" if EVAL_RE.match(key) else "min")
                 rows.append(
-                    [key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True), _verdict(d, mode)]
+                    [key, arm, str(d.n), stat(d.mean, True), stat(d.std), ci(d.lo, d.hi, True), verdict(d, mode)]
                 )
     return head, rows
 

@@ -55,7 +55,16 @@ from stlm.sweep.run.ray_cluster import check_cluster, default_concurrency, env_v
 from stlm.sweep.run.trial import Context, prepare_trial
 from stlm.sweep.run.tuner import build_tuner, make_reporter
 from stlm.sweep.tracking.ledger import Ledger
-from stlm.sweep.tracking.runs import end_parent, end_runs, repair_runs, restart_from_plan, start_parent, supersede
+from stlm.sweep.tracking.runs import (
+    end_parent,
+    end_runs,
+    repair_runs,
+    restart_from_plan,
+    start_parent,
+    status_note,
+    supersede,
+    ui_lines,
+)
 from stlm.tracking import END_STATE, mlflow_client, tracking_uri
 
 
@@ -73,6 +82,7 @@ class SweepSession:
     guard: Interrupts | None
     client: object = None  # the MLflow client, once run_under_parent() has it
     parent: str | None = None  # the parent run's id, once run_under_parent() started or reopened it
+    plan_text: str = ""  # what --dry-run prints: the parent run's plan.txt
 
     @property
     def exp_dir(self) -> Path:
@@ -119,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     space = SearchSpace(sweep)
-    print(describe(sweep, space), flush=True)
+    plan_text = describe(sweep, space)
+    print(plan_text, flush=True)
     address = args.address or os.environ.get("RAY_ADDRESS")
     uri = sweep_tracking_uri(args, store, sweep)
     preflight.check(sweep, attached=bool(address), tracking_uri=uri)  # every problem at once; nothing written yet
@@ -136,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     session = SweepSession(
-        sweep=sweep, space=space, store=store, args=args, t_start=t_start, uri=uri, address=address, guard=guard
+        sweep=sweep,
+        space=space,
+        store=store,
+        args=args,
+        t_start=t_start,
+        uri=uri,
+        address=address,
+        guard=guard,
+        plan_text=plan_text,
     )
     if address:  # attach (bounded) and check the cluster before anything is written
         _start_ray(session)
@@ -210,7 +229,9 @@ def run_under_parent(session: SweepSession, *, restart: bool = False) -> int:
         n = repair_runs(client, exp_dir)  # runs a kill -9'd driver left RUNNING; the trials reopen them
         if n:
             print(f"note: {n} trial run(s) left RUNNING by the previous driver were marked KILLED until they resume.")
-    parent = start_parent(client, Ledger(exp_dir), sweep, session.experiment, store.uri, session.space)
+    parent = start_parent(
+        client, Ledger(exp_dir), sweep, session.experiment, store.uri, session.space, session.plan_text
+    )
     session = dataclasses.replace(session, client=client, parent=parent)
     write_sweep_json(exp_dir, sweep, uri, session.experiment, parent, where=store.uri)
     print(
@@ -311,12 +332,14 @@ def _interrupted(session: SweepSession, callback) -> int:
     """SIGINT / SIGTERM (or SIGUSR1): Tune stopped and saved the experiment; nothing is lost."""
     # The queued MLflow writes go first (raises, naming --resume, when the server stays away).
     callback.finish("interrupted")
-    if callback.outbox.pending() == 0:
-        repair_runs(session.client, session.exp_dir, None)
-        end_parent(session.client, session.parent, "interrupted")
     done = Ledger(session.exp_dir).trials.values()
     n_fin = sum(1 for t in done if t.get("status") == "finished")
     n_fail = sum(1 for t in done if END_STATE.get(t.get("status")) == "FAILED")
+    if callback.outbox.pending() == 0:
+        repair_runs(session.client, session.exp_dir, None)
+        end_parent(session.client, session.parent, "interrupted")
+        note = f"**Interrupted** with {n_fin} of {session.sweep.num_trials} trials finished. Continue it with "
+        status_note(session.client, session.parent, note + f"`{session.resume_cmd}`; the summary is written then.")
     print(
         f"\nsweep {session.sweep.name} interrupted after {time.time() - session.t_start:.0f}s "
         f"({n_fin} of {session.sweep.num_trials} trials finished"
@@ -363,7 +386,10 @@ def _finished(session: SweepSession, results, callback) -> int:
     print(f"\nsweep {sweep.name}: {len(rows)} trials ({n_failed} failed) in {wall:.0f}s; experiment dir {store}")
     if report:
         print(f"report: {report}")
-    print(f"browse the runs:  mlflow ui --backend-store-uri {session.uri}")
+    print(
+        f"browse the runs:  mlflow ui --backend-store-uri {session.uri}\n"
+        + ui_lines(session.client, session.uri, session.parent)
+    )
     if session.guard is not None and session.guard.signals:
         return 130
     return 0 if n_failed == 0 else 1

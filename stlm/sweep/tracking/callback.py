@@ -19,6 +19,7 @@ from stlm.sweep.resilience.outbox import OUTAGE_ENV, is_transient
 from stlm.sweep.resilience.stall import STALLS, is_stall
 from stlm.sweep.tracking.artifacts import log_trial_artifacts
 from stlm.sweep.tracking.ledger import Ledger
+from stlm.sweep.tracking.runs import arm_size
 from stlm.tracking import (
     METRICS_PER_CALL,
     create_run,
@@ -155,7 +156,7 @@ class MLflowSweepCallback(Callback):
         if entry is not None and entry.get("status") == "finished":  # run_trial reports it again; nothing reruns
             return
         arm, seed = trial.config["arm"], trial.config["seed"]
-        op = {"kind": "start", "trial": tid, "arm": arm, "seed": seed}
+        op = {"kind": "start", "trial": tid, "arm": arm, "seed": seed, "size": arm_size(self.sweep, arm)}
         try:
             cfg, counted, _ = self.prepare_trial(trial.config, tid)
         except Exception as e:  # an unresolvable trial config: the trial itself will fail with this error
@@ -169,8 +170,6 @@ class MLflowSweepCallback(Callback):
                     **flat_config(cfg),
                     "params.total": counted.total,
                     "flops_per_token": counted.flops_per_token,
-                    "sweep.arm": arm,
-                    "sweep.seed": seed,
                     **knobs,
                 },
             )
@@ -258,11 +257,18 @@ class MLflowSweepCallback(Callback):
             entry.setdefault("max_steps", op.get("max_steps"))
             return
         run_id = self._existing_run(tid)  # made by a driver that died before its ledger save
+        # the search sample of its (arm, seed) cell: the cell's trials are started in order, one op at a time
+        sample = sum(1 for t in self.ledger.trials.values() if (t["arm"], t["seed"]) == (op["arm"], op["seed"]))
+        cell = {
+            "arm": op["arm"],
+            "seed": op["seed"],
+            "sample": sample,
+            **({"size": op["size"]} if op.get("size") else {}),
+        }
         if run_id is None:
             tags = {
                 "stlm.sweep": self.sweep.name,
-                "stlm.arm": op["arm"],
-                "stlm.seed": op["seed"],
+                **{f"stlm.{k}": v for k, v in cell.items()},  # tags and params alike: the runs table shows both
                 "stlm.trial_id": tid,
                 "stlm.status": "running",
                 "stlm.kind": "trial",
@@ -277,7 +283,7 @@ class MLflowSweepCallback(Callback):
         if op.get("error"):
             self.client.set_tag(run_id, "stlm.error", op["error"])
         else:
-            log_params(self.client, run_id, op["params"])
+            log_params(self.client, run_id, {**op["params"], **{f"sweep.{k}": v for k, v in cell.items()}})
             self.client.log_text(run_id, op["config_yaml"], layout.TRIAL_CONFIG)
         self.ledger.trials[tid] = {
             "run_id": run_id,

@@ -6,17 +6,37 @@ import json
 import shutil
 from pathlib import Path
 
-from stlm.sweep.plan.space import parent_params
+from stlm.sweep.plan.describe import budget_lines
+from stlm.sweep.plan.space import SPACE_PARAM, parent_params
+from stlm.sweep.plan.sweep import size_label
 from stlm.sweep.resilience import layout
 from stlm.sweep.tracking.ledger import Ledger
-from stlm.tracking import create_run, end_with_status, log_params, mlflow_client, reopen_run
+from stlm.tracking import (
+    create_run,
+    end_with_status,
+    log_params,
+    mlflow_client,
+    reopen_run,
+    save_runs_view,
+    set_description,
+    ui_link,
+)
 
 
-def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, space) -> str:
-    """The sweep's parent run (reused on resume)."""
+def arm_size(sweep, arm: str) -> str | None:
+    """The parameter budget an arm was solved to, as sized arm names say it ('10M'); None without a budget."""
+    size = next((a.size for a in sweep.arms if a.name == arm), None)
+    return size_label(size) if size else None
+
+
+def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, space, plan_text: str = "") -> str:
+    """The sweep's parent run (reused on resume), and the saved runs-table view of its trials (save_view).
+    plan_text: what --dry-run prints (plan.describe), kept as the artifact plan.txt."""
     run_id = ledger.data.get("parent_run_id")
     if run_id and reopen_run(client, run_id):
         client.set_tag(run_id, "stlm.status", "running")
+        save_view(client, sweep, space, client.get_run(run_id).info.experiment_id, run_id)
+        status_note(client, run_id, f"**Running** again (resumed). {WHEN_DONE}")
         return run_id
     spec = sweep.spec
     run_id = create_run(
@@ -48,6 +68,7 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
             "sweep.mode": ",".join(spec.modes),
             "sweep.budget": spec.budget.target if spec.budget else None,
             "sweep.experiment_dir": str(exp_dir),
+            "sweep.budget_text": " ".join(budget_lines(sweep)),  # the question's budget, as --dry-run says it
             **(
                 {
                     "sweep.sizes": ",".join(
@@ -61,9 +82,101 @@ def start_parent(client, ledger: Ledger, sweep, experiment: str, exp_dir: Path, 
         },
     )
     client.log_text(run_id, sweep.path.read_text(), "sweep.yaml")
+    if plan_text:  # every arm's size, FLOPs and steps
+        client.log_text(run_id, plan_text + "\n", PLAN_TEXT)
     ledger.data["parent_run_id"] = run_id
     ledger.save()
+    save_view(client, sweep, space, client.get_run(run_id).info.experiment_id, run_id)
+    status_note(client, run_id, f"**Running.** {WHEN_DONE}")
     return run_id
+
+
+WHEN_DONE = "The per-arm summary, the plots and links to the report are written here when the sweep ends."
+
+
+def status_note(client, run_id: str, sentence: str) -> None:
+    """The parent run's description before the sweep has a summary (report/description.py writes that): its
+    question and where it stands."""
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    text = f"### Sweep `{tags.get('stlm.sweep', '')}`\n\n{question(run.data.params, tags.get('stlm.control_arm'))}"
+    set_description(client, run_id, f"{text}\n\n{sentence}")
+
+
+PLAN_TEXT = "plan.txt"  # the parent run's artifact: what --dry-run prints
+
+
+def question(params: dict[str, str], control: str | None) -> str:
+    """The sweep's question as one Markdown paragraph, read back from its parent run's params (start_parent):
+    the arms and the control, the objective, the budget in parameters and compute, the seeds and the search."""
+
+    def items(key: str) -> list[str]:
+        return [x for x in (params.get(key) or "").split(",") if x]
+
+    arms = ", ".join(f"`{a}`" + (" (control)" if a == control else "") for a in items("sweep.arms"))
+    metrics, modes = items("sweep.metric") or ["val_bpb"], items("sweep.mode") or ["min"]
+    goal = "; ".join(f"{m}, {'lower' if mo == 'min' else 'higher'} is better" for m, mo in zip(metrics, modes))
+    budget = (params.get("sweep.budget_text") or "").removeprefix("budget: ") or (
+        "no parameter budget: every arm keeps its configured size"
+    )
+    if "compute:" not in budget:
+        budget += "; compute not matched: every arm trains its configured train.max_steps"
+    seeds = items("sweep.seeds")
+    parts = [f"**Question.** Arms {arms}; {goal}.", f"Budget: {budget}."]
+    trials = f"{params['sweep.trials']} trials" if params.get("sweep.trials") else "trials"
+    parts.append(f"Seeds {', '.join(seeds)}, paired across the arms; {trials}")
+    try:
+        knobs = list(json.loads(params.get(SPACE_PARAM) or "{}"))
+    except ValueError:
+        knobs = []
+    samples = params.get("sweep.samples_per_cell")
+    if knobs:
+        parts[-1] += (
+            f", {samples} search sample(s) per (arm, seed) cell, Optuna {params.get('sweep.algorithm', '')} over "
+            + ", ".join(f"`{k}`" for k in knobs)
+        )
+    parts[-1] += "."
+    return " ".join(parts)
+
+
+def view_id(parent_run_id: str) -> str:
+    """The id of a sweep's saved runs-table view (the experiment tag mlflow.sharedViewState.<id>)."""
+    return f"stlm-sweep-{parent_run_id}"
+
+
+def ui_lines(client, uri: str, parent_run_id: str) -> str:
+    """Where the MLflow UI shows a sweep: the parent run's page (its description holds the summary) and the
+    saved view of its trials, both opened as a model-training experiment."""
+    try:
+        exp = client.get_run(parent_run_id).info.experiment_id
+    except Exception as e:  # noqa: BLE001 - the server went away at the end: the `mlflow ui` command still holds
+        return f"  (the MLflow UI links need the tracking server: {type(e).__name__})"
+    return (
+        f"  the answer, on the parent run's page: {ui_link(uri, exp, run_id=parent_run_id)}\n"
+        f"  every trial, best first:              {ui_link(uri, exp, view_id=view_id(parent_run_id))}"
+    )
+
+
+def save_view(client, sweep, space, experiment_id: str, parent_run_id: str) -> None:
+    """The runs-table view of the sweep's trials, saved on its experiment: one row per trial run, with its arm,
+    seed, size and search sample, the searched knobs, its parameters, the sweep's metrics and the eval
+    accuracies as columns, best first. The MLflow UI lists it under "Views"; ui_link(view_id=...) opens it."""
+    spec = sweep.spec
+    cell = ["sweep.arm", "sweep.seed"] + (["sweep.size"] if spec.budget and spec.budget.target else [])
+    cell += ["sweep.sample"] if spec.search.samples > 1 else []
+    knobs = [f"search.{k}" for k in space.distributions()]
+    metrics = [m for m in dict.fromkeys([*spec.metrics, "val_bpb"]) if m != "params"]  # `params` is a param
+    evals = [f"eval/{t}/acc" for t in sweep.arms[0].cfg.eval.tasks]
+    save_runs_view(
+        client,
+        experiment_id,
+        view_id(parent_run_id),
+        f"sweep {sweep.name}: trials ({parent_run_id[:8]})",
+        columns=[f"params.{k}" for k in (*cell, *knobs, "params.total")] + [f"metrics.{m}" for m in (*metrics, *evals)],
+        search_filter=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=f"metrics.{spec.metrics[0]}" if spec.metrics[0] != "params" else "params.params.total",
+        ascending=spec.modes[0] == "min",
+    )
 
 
 def supersede(exp_dir: Path, *, delete_runs: bool) -> None:
