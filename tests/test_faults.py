@@ -613,11 +613,10 @@ controller.save_to_dir()
 state = os.path.join(storage.experiment_driver_staging_path, controller.experiment_state_file_name)
 before = open(state).read()
 add(200)  # the next state is ~400 kB
-with open(os.path.join(disk, "ballast"), "wb") as f:  # the disk fills up
-    try:
+with open(os.path.join(disk, "ballast"), "wb", buffering=0) as f:  # the disk fills up (unbuffered: a buffered
+    try:                                                            # file's close would retry the failed write)
         while True:
             f.write(bytes(65536))
-            f.flush()
     except OSError:
         pass
 try:
